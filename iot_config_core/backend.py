@@ -1,0 +1,96 @@
+"""The few storage primitives a `ConfigStore` needs, and the types they speak.
+
+A backend stores opaque bytes under flat names in one root and offers exactly one hard primitive:
+an atomic *conditional* replace or remove, checked against a version token it handed out earlier.
+Everything else (ETags, preconditions, validation, caching, listing) is built once on top, in
+`iot_config_core.store`. Backends raise `OSError` (or their client's errors) for I/O failures and
+`VersionConflict` when the condition does not hold; the store turns both into typed errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from datetime import datetime
+from typing import Final, Protocol
+
+import attrs
+
+__all__ = ["ABSENT", "Absent", "Backend", "Blob", "Entry", "VersionConflict"]
+
+
+class Absent:
+    """The expected version of a name that must not exist yet (a create)."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Final = Absent()
+
+
+class VersionConflict(Exception):
+    """The stored version was not the expected one when a conditional write was attempted."""
+
+
+@attrs.frozen
+class Entry:
+    """One stored object as a listing or stat sees it.
+
+    ``token`` identifies the version cheaply (inode/size/mtime on POSIX, the object ETag on S3): two
+    reads with equal tokens saw the same bytes. ``etag`` is our ETag when the backend knows it
+    without reading the bytes, else ``None``.
+    """
+
+    name: str
+    token: Hashable
+    size: int
+    modified: datetime | None
+    etag: str | None = None
+
+
+@attrs.frozen
+class Blob:
+    """The bytes of one stored object and the version they were read at.
+
+    ``data`` holds at most the ``limit + 1`` bytes the reader asked for, so an oversized file is
+    recognised without being loaded whole.
+    """
+
+    data: bytes
+    entry: Entry
+
+
+class Backend(Protocol):
+    """What a store needs from storage. Names are always ``<canonical-mac>.json``."""
+
+    @property
+    def description(self) -> str:
+        """Where the data lives, for logs and errors (never contains credentials)."""
+
+    def scan(self) -> list[Entry]:
+        """Every stored object whose name does not start with a dot."""
+
+    def stat(self, name: str) -> Entry | None:
+        """The current version of ``name``, or ``None`` when absent."""
+
+    def read(self, name: str, limit: int) -> Blob | None:
+        """The bytes of ``name`` (at most ``limit + 1``), or ``None`` when absent."""
+
+    def replace(self, name: str, data: bytes, expected: Hashable | Absent) -> Entry:
+        """Atomically store ``data`` if the current version is ``expected``.
+
+        Readers see the old or the new bytes, never a mix; a crash leaves one of them.
+        Raises `VersionConflict` when the current version is not ``expected``.
+        """
+
+    def remove(self, name: str, expected: Hashable) -> None:
+        """Atomically delete ``name`` if its current version is ``expected``."""
+
+    def root_exists(self) -> bool:
+        """Whether the root is there (a vanished root is an outage, not an empty fleet)."""
+
+    def create_root(self) -> None:
+        """Create the root; the store never does this implicitly."""
+
+    def probe(self) -> None:
+        """Prove the root is readable and writable, leaving nothing behind."""

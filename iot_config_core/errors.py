@@ -1,0 +1,122 @@
+"""The typed errors of the core library.
+
+Every error carries a stable machine ``code`` (part of the public API: scripts and the HTTP layer
+switch on it) and a ``details`` mapping with the facts a caller needs to act on it. Messages are for
+humans and may change; codes do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+__all__ = [
+    "AlreadyExistsError",
+    "ConfigError",
+    "CorruptDocumentError",
+    "DocumentTooLargeError",
+    "InvalidDocumentError",
+    "InvalidETagError",
+    "InvalidMacError",
+    "NotFoundError",
+    "PreconditionFailedError",
+    "StoreUnavailableError",
+    "UnsupportedStoreError",
+]
+
+
+class ConfigError(Exception):
+    """Base of every error the core raises on purpose."""
+
+    code: ClassVar[str] = "CONFIG_ERROR"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: Mapping[str, Any] = details
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
+
+
+class InvalidMacError(ConfigError, ValueError):
+    """Text that is not a MAC address in any accepted spelling."""
+
+    code = "INVALID_MAC"
+
+
+class InvalidDocumentError(ConfigError, ValueError):
+    """Bytes or content that are not an acceptable config document.
+
+    ``details["reason"]`` names the rule that was broken (for example ``"duplicate_key"``), and
+    ``line``/``column`` are present when the problem has a position in the text.
+    """
+
+    code = "INVALID_DOCUMENT"
+
+
+class DocumentTooLargeError(InvalidDocumentError):
+    """A document over the configured size limit (``details``: ``size``, ``limit``)."""
+
+    code = "DOCUMENT_TOO_LARGE"
+
+
+class InvalidETagError(ConfigError, ValueError):
+    """A precondition value that is not an entity tag, a list of them, or ``*``."""
+
+    code = "INVALID_ETAG"
+
+
+class NotFoundError(ConfigError, LookupError):
+    """No config is stored for this MAC."""
+
+    code = "NOT_FOUND"
+
+
+class AlreadyExistsError(ConfigError):
+    """A create-only write found a config already stored (``details["current_etag"]``)."""
+
+    code = "ALREADY_EXISTS"
+
+    @property
+    def current_etag(self) -> str:
+        return str(self.details["current_etag"])
+
+
+class PreconditionFailedError(ConfigError):
+    """``if_match``/``if_none_match`` did not hold against the stored version.
+
+    ``details["current_etag"]`` is the stored ETag, or ``None`` when nothing is stored, so a client
+    can re-read and retry without another round trip to learn it.
+    """
+
+    code = "PRECONDITION_FAILED"
+
+    @property
+    def current_etag(self) -> str | None:
+        value = self.details.get("current_etag")
+        return None if value is None else str(value)
+
+
+class CorruptDocumentError(ConfigError):
+    """A stored file that no longer parses (typically edited badly by hand).
+
+    It is reported, never served; overwriting it with a valid document repairs it.
+    """
+
+    code = "CORRUPT_DOCUMENT"
+
+
+class StoreUnavailableError(ConfigError):
+    """The storage backend failed (I/O error, vanished root, unreachable server).
+
+    The original exception is chained as ``__cause__``; the store never leaks a bare ``OSError``.
+    """
+
+    code = "STORE_UNAVAILABLE"
+
+
+class UnsupportedStoreError(ConfigError, ValueError):
+    """A store URL whose backend cannot give the store's guarantees (atomic, conditional writes)."""
+
+    code = "UNSUPPORTED_STORE"

@@ -1,0 +1,120 @@
+"""An in-memory backend on fsspec's ``MemoryFileSystem``, with the guarantees of the disk one.
+
+``MemoryFileSystem`` alone is not safe for concurrent use (an opened file is visible empty, writers
+overwrite each other, and every instance shares one class-level dict). So each store gets a private
+filesystem, writes replace whole values under a lock, and a per-name generation counter gives
+version tokens that change on every write.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Hashable
+from datetime import datetime
+
+from fsspec.implementations.memory import MemoryFileSystem
+
+from .backend import ABSENT, Absent, Blob, Entry, VersionConflict
+
+__all__ = ["MemoryBackend", "private_memory_filesystem"]
+
+
+def private_memory_filesystem() -> MemoryFileSystem:
+    """A ``MemoryFileSystem`` whose contents no other instance in the process shares."""
+    fs = MemoryFileSystem(skip_instance_cache=True)
+    fs.store = {}
+    fs.pseudo_dirs = [""]
+    return fs
+
+
+class MemoryBackend:
+    """Configs as values in a ``MemoryFileSystem`` directory, for tests and embedded use."""
+
+    def __init__(self, fs: MemoryFileSystem, root: str) -> None:
+        self._fs = fs
+        self.root = fs._strip_protocol(root).rstrip("/") or "/"
+        self._lock = threading.Lock()
+        self._generation: dict[str, int] = {}
+        self._counter = itertools.count(1)
+
+    @property
+    def description(self) -> str:
+        return f"memory://{self.root}"
+
+    def _path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def _entry(self, name: str) -> Entry | None:
+        file = self._fs.store.get(self._path(name))
+        if file is None:
+            return None
+        modified: datetime | None = getattr(file, "modified", None) or getattr(file, "created", None)
+        size = file.size
+        # A file put into the filesystem behind our back has generation 0 but its own identity.
+        token = (self._generation.get(name, 0), id(file), size)
+        return Entry(name=name, token=token, size=size, modified=modified)
+
+    def scan(self) -> list[Entry]:
+        with self._lock:
+            if not self._root_exists():
+                raise FileNotFoundError(self.root)
+            names = [
+                info["name"].rsplit("/", 1)[-1]
+                for info in self._fs.ls(self.root, detail=True)
+                if info["type"] == "file"
+            ]
+            return [e for n in names if not n.startswith(".") and (e := self._entry(n))]
+
+    def stat(self, name: str) -> Entry | None:
+        with self._lock:
+            return self._entry(name)
+
+    def read(self, name: str, limit: int) -> Blob | None:
+        with self._lock:
+            entry = self._entry(name)
+            if entry is None:
+                return None
+            return Blob(self._fs.cat_file(self._path(name), 0, limit + 1), entry)
+
+    def _current(self, name: str) -> Hashable | Absent:
+        entry = self._entry(name)
+        return ABSENT if entry is None else entry.token
+
+    def replace(self, name: str, data: bytes, expected: Hashable | Absent) -> Entry:
+        with self._lock:
+            if not self._root_exists():
+                raise FileNotFoundError(self.root)
+            if self._current(name) != expected:
+                raise VersionConflict(name)
+            self._fs.pipe_file(self._path(name), bytes(data))
+            self._generation[name] = next(self._counter)
+            entry = self._entry(name)
+            assert entry is not None
+            return entry
+
+    def remove(self, name: str, expected: Hashable) -> None:
+        with self._lock:
+            if self._current(name) != expected:
+                raise VersionConflict(name)
+            self._fs.rm_file(self._path(name))
+            self._generation[name] = next(self._counter)
+
+    def _root_exists(self) -> bool:
+        return bool(self._fs.isdir(self.root))
+
+    def root_exists(self) -> bool:
+        with self._lock:
+            return self._root_exists()
+
+    def create_root(self) -> None:
+        with self._lock:
+            self._fs.makedirs(self.root, exist_ok=True)
+
+    def probe(self) -> None:
+        with self._lock:
+            if not self._root_exists():
+                raise FileNotFoundError(self.root)
+            path = self._path(".health-probe")
+            self._fs.pipe_file(path, b"ok\n")
+            self._fs.rm_file(path)

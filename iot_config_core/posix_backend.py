@@ -1,0 +1,213 @@
+"""Local disk and POSIX mounts (CephFS via ceph-fuse): durable, atomic, lock-protected writes.
+
+fsspec's local filesystem writes in place and never fsyncs (see ``shared/STORAGE-NOTES.md``), so
+this backend uses the OS directly: a uniquely named temp file in the same directory, written and
+fsynced, then ``os.replace``d over the target and the directory fsynced. A reader or a crash sees the
+old bytes or the new, never a mix.
+
+Compare-and-swap holds across threads and processes (two server replicas on one CephFS mount): the
+check and the swap run under an exclusive ``flock`` on a per-name lock file in ``.locks/``. flock
+locks belong to an open file description, so threads of one process exclude each other too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import stat as stat_module
+import time
+from collections.abc import Hashable, Iterator
+from datetime import UTC, datetime
+
+from .backend import ABSENT, Absent, Blob, Entry, VersionConflict
+
+__all__ = ["PosixBackend"]
+
+log = logging.getLogger(__name__)
+
+LOCK_DIR = ".locks"
+TEMP_SUFFIX = ".tmp"
+# A writer holds its temp file for milliseconds; one this old was left by a crash.
+STALE_TEMP_SECONDS = 15 * 60
+# Lock waits are bounded so a wedged peer turns into a clear error instead of a hung request.
+LOCK_TIMEOUT_SECONDS = 10.0
+
+
+def _entry(name: str, st: os.stat_result) -> Entry:
+    return Entry(
+        name=name,
+        token=(st.st_ino, st.st_size, st.st_mtime_ns),
+        size=st.st_size,
+        modified=datetime.fromtimestamp(st.st_mtime, UTC),
+    )
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems refuse fsync on directories; the rename stands
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+class PosixBackend:
+    """Configs as files in one directory of a POSIX filesystem."""
+
+    def __init__(self, root: str, *, lock_timeout: float = LOCK_TIMEOUT_SECONDS) -> None:
+        self.root = os.path.abspath(root)
+        self._lock_timeout = lock_timeout
+
+    @property
+    def description(self) -> str:
+        return f"file://{self.root}"
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def scan(self) -> list[Entry]:
+        entries: list[Entry] = []
+        now = time.time()
+        with os.scandir(self.root) as it:
+            for item in it:
+                name = item.name
+                if name.startswith("."):
+                    if name.endswith(TEMP_SUFFIX):
+                        self._reap_temp(item, now)
+                    continue
+                try:
+                    st = item.stat()
+                except FileNotFoundError:  # deleted between readdir and stat
+                    continue
+                if stat_module.S_ISREG(st.st_mode):
+                    entries.append(_entry(name, st))
+        return entries
+
+    def _reap_temp(self, item: os.DirEntry[str], now: float) -> None:
+        """Remove a temp file left by a crashed writer, once it is clearly abandoned."""
+        try:
+            if now - item.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS:
+                os.unlink(item.path)
+                log.info("removed stale temp file %s", item.path)
+        except OSError:  # another reaper won, or no permission: harmless either way
+            pass
+
+    def stat(self, name: str) -> Entry | None:
+        try:
+            st = os.stat(self._path(name))
+        except FileNotFoundError:
+            return None
+        return _entry(name, st) if stat_module.S_ISREG(st.st_mode) else None
+
+    def read(self, name: str, limit: int) -> Blob | None:
+        try:
+            fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat_module.S_ISREG(st.st_mode):
+                return None
+            chunks: list[bytes] = []
+            remaining = limit + 1
+            while remaining > 0:
+                chunk = os.read(fd, min(remaining, max(st.st_size, 65536)))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                remaining -= len(chunk)
+            return Blob(b"".join(chunks), _entry(name, st))
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        lock_dir = self._path(LOCK_DIR)
+        path = os.path.join(lock_dir, name + ".lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except FileNotFoundError:
+            if not os.path.isdir(self.root):
+                raise
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(lock_dir)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            self._acquire(fd, name)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def _acquire(self, fd: int, name: str) -> None:
+        deadline = time.monotonic() + self._lock_timeout
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        errno.ETIMEDOUT, f"lock on {name} not acquired in {self._lock_timeout} s"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+
+    def _current_token(self, name: str) -> Hashable | Absent:
+        entry = self.stat(name)
+        return ABSENT if entry is None else entry.token
+
+    def replace(self, name: str, data: bytes, expected: Hashable | Absent) -> Entry:
+        target = self._path(name)
+        with self._locked(name):
+            if self._current_token(name) != expected:
+                raise VersionConflict(name)
+            temp = self._path(f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            try:
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                os.replace(temp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                raise
+            _fsync_dir(self.root)
+            return _entry(name, st)
+
+    def remove(self, name: str, expected: Hashable) -> None:
+        with self._locked(name):
+            if self._current_token(name) != expected:
+                raise VersionConflict(name)
+            os.unlink(self._path(name))
+            _fsync_dir(self.root)
+
+    def root_exists(self) -> bool:
+        return os.path.isdir(self.root)
+
+    def create_root(self) -> None:
+        os.makedirs(self.root, exist_ok=True)
+
+    def probe(self) -> None:
+        with os.scandir(self.root) as it:
+            next(it, None)
+        path = self._path(f".health-{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"ok\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(path)

@@ -1,0 +1,531 @@
+"""`ConfigStore`: device configs over any backend, with preconditions, validation and caching.
+
+Every rule about what may be stored and when a write may happen lives here, once, above the
+backend primitives of `iot_config_core.backend`:
+
+- every write is a conditional replace against the version the preconditions were checked on,
+  so no update is ever lost, whatever the backend and however many writers share it;
+- nothing invalid is written, and a stored file that does not parse is reported, never served;
+- reads are validated against a cheap version token (a stat), so unchanged documents are neither
+  re-read nor re-parsed, and a change by another process or a human is seen on the next call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import attrs
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from .backend import ABSENT, Backend, Blob, Entry, VersionConflict
+from .document import DocumentLimits, compute_etag, decode_document, encode_document
+from .errors import (
+    AlreadyExistsError,
+    ConfigError,
+    CorruptDocumentError,
+    InvalidDocumentError,
+    NotFoundError,
+    PreconditionFailedError,
+    StoreUnavailableError,
+    UnsupportedStoreError,
+)
+from .etags import ETagCondition
+from .mac import MacAddress
+from .memory_backend import MemoryBackend, private_memory_filesystem
+from .model import ConfigSummary, RawDocument, StoredConfig
+from .posix_backend import PosixBackend
+
+__all__ = ["BACKENDS", "ConfigStore", "Listing", "open_store", "register_backend"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MacLike = MacAddress | str
+Condition = str | ETagCondition
+
+# A conditional write that keeps losing races to other writers gives up after this many tries
+# (each loss means someone else's write landed, so the system as a whole is making progress).
+MAX_WRITE_ATTEMPTS = 16
+# Raw documents kept for the device endpoint, bounded by bytes so 100,000 devices stay cheap.
+DEFAULT_RAW_CACHE_BYTES = 16 * 1024 * 1024
+
+BackendFactory = Callable[[fsspec.AbstractFileSystem, str], Backend]
+
+
+def _posix(fs: fsspec.AbstractFileSystem, root: str) -> Backend:
+    return PosixBackend(root)
+
+
+def _memory(fs: fsspec.AbstractFileSystem, root: str) -> Backend:
+    assert isinstance(fs, MemoryFileSystem)
+    return MemoryBackend(fs, root)
+
+
+def _s3(fs: fsspec.AbstractFileSystem, root: str) -> Backend:
+    from .s3_backend import S3Backend  # optional extra: imported only when used
+
+    return S3Backend(fs, root)
+
+
+#: fsspec protocol -> backend factory. Only backends that can do an atomic conditional write are
+#: here: anything else would silently turn compare-and-swap into last-write-wins.
+BACKENDS: dict[str, BackendFactory] = {
+    "file": _posix,
+    "local": _posix,
+    "memory": _memory,
+    "s3": _s3,
+    "s3a": _s3,
+}
+
+
+def register_backend(protocol: str, factory: BackendFactory) -> None:
+    """Make ``open_store`` accept another fsspec protocol (the factory must honour `Backend`)."""
+    BACKENDS[protocol] = factory
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _backend_for(fs: fsspec.AbstractFileSystem, root: str) -> Backend:
+    if isinstance(fs, LocalFileSystem):
+        return PosixBackend(root)
+    for protocol in _protocols(fs):
+        if protocol in BACKENDS:
+            return BACKENDS[protocol](fs, root)
+    raise UnsupportedStoreError(
+        f"no store backend for fsspec protocol {_protocols(fs)[0]!r}; "
+        f"supported: {', '.join(sorted(BACKENDS))}",
+        protocol=_protocols(fs)[0],
+    )
+
+
+def open_store(
+    url: str,
+    *,
+    create: bool = False,
+    limits: DocumentLimits = DocumentLimits(),
+    **storage_options: Any,
+) -> ConfigStore:
+    """Open the store at ``url``: a path, ``file://``, ``memory://``, ``s3://bucket/prefix``, …
+
+    ``create=True`` creates the root first; otherwise a missing root makes operations fail with
+    `StoreUnavailableError`. Each ``memory://`` store is private to its `ConfigStore`.
+    """
+    try:
+        if url.startswith("memory://") and "fs" not in storage_options:
+            fs: fsspec.AbstractFileSystem = private_memory_filesystem()
+            root = url[len("memory://") :] or "/"
+        else:
+            fs, root = fsspec.url_to_fs(url, **storage_options)
+    except ImportError as exc:
+        raise UnsupportedStoreError(f"cannot open {url!r}: {exc}", url=url) from exc
+    except (ValueError, OSError) as exc:
+        raise StoreUnavailableError(f"cannot open {url!r}: {exc}", url=url) from exc
+    store = ConfigStore(fs, root, limits=limits)
+    if create:
+        store.create_root()
+    return store
+
+
+@attrs.frozen
+class Listing:
+    """A sorted snapshot of the fleet; ``generation`` changes whenever its contents do."""
+
+    summaries: tuple[ConfigSummary, ...]
+    generation: int
+    skipped: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class _Parsed:
+    """What the cache remembers about one version of one file."""
+
+    token: Hashable
+    etag: str
+    summary: ConfigSummary | None
+    error: InvalidDocumentError | None
+
+
+class _RawCache:
+    """A small LRU of validated raw documents, bounded by total bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._items: OrderedDict[str, tuple[Hashable, RawDocument]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, name: str, token: Hashable) -> RawDocument | None:
+        with self._lock:
+            item = self._items.get(name)
+            if item is None or item[0] != token:
+                return None
+            self._items.move_to_end(name)
+            return item[1]
+
+    def put(self, name: str, token: Hashable, doc: RawDocument) -> None:
+        if doc.size > self._max // 4:
+            return
+        with self._lock:
+            old = self._items.pop(name, None)
+            if old is not None:
+                self._bytes -= old[1].size
+            self._items[name] = (token, doc)
+            self._bytes += doc.size
+            while self._bytes > self._max:
+                _, (_, evicted) = self._items.popitem(last=False)
+                self._bytes -= evicted.size
+
+    def discard(self, name: str) -> None:
+        with self._lock:
+            old = self._items.pop(name, None)
+            if old is not None:
+                self._bytes -= old[1].size
+
+
+class ConfigStore:
+    """Device configs keyed by MAC address, stored as ``<canonical-mac>.json`` under ``root``.
+
+    Thread-safe; several processes (or hosts sharing a mount or bucket) may use one root at once.
+    """
+
+    def __init__(
+        self,
+        fs: fsspec.AbstractFileSystem,
+        root: str,
+        *,
+        limits: DocumentLimits = DocumentLimits(),
+        raw_cache_bytes: int = DEFAULT_RAW_CACHE_BYTES,
+    ) -> None:
+        self._setup(_backend_for(fs, root), limits, raw_cache_bytes)
+
+    @classmethod
+    def from_backend(
+        cls,
+        backend: Backend,
+        *,
+        limits: DocumentLimits = DocumentLimits(),
+        raw_cache_bytes: int = DEFAULT_RAW_CACHE_BYTES,
+    ) -> ConfigStore:
+        """A store over a backend built by hand (one not reachable through an fsspec URL)."""
+        store = cls.__new__(cls)
+        store._setup(backend, limits, raw_cache_bytes)
+        return store
+
+    def _setup(self, backend: Backend, limits: DocumentLimits, raw_cache_bytes: int) -> None:
+        self.limits = limits
+        self._backend = backend
+        self._parsed: dict[str, _Parsed] = {}
+        self._raw = _RawCache(raw_cache_bytes)
+        self._list_lock = threading.Lock()
+        self._listing = Listing((), 0)
+        self._generation = 0
+        self._warned: set[tuple[str, Hashable]] = set()
+
+    @property
+    def description(self) -> str:
+        """Where the configs live (no credentials), for logs."""
+        return self._backend.description
+
+    def __repr__(self) -> str:
+        return f"ConfigStore({self.description!r})"
+
+    # -- error boundary -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """Turn backend failures into `StoreUnavailableError`; our own errors pass through."""
+        try:
+            yield
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise StoreUnavailableError(
+                f"store {self.description} unavailable during {action}: {exc}",
+                action=action,
+                backend=self.description,
+            ) from exc
+
+    def _missing(self, mac: MacAddress) -> ConfigError:
+        """Not found, unless the whole root is gone: that is an outage, not an empty fleet."""
+        if not self._backend.root_exists():
+            return StoreUnavailableError(
+                f"store root {self.description} does not exist", backend=self.description
+            )
+        return NotFoundError(f"no config for {mac}", mac_address=str(mac))
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _read(self, mac: MacAddress) -> Blob:
+        blob = self._backend.read(mac.file_name, self.limits.max_bytes)
+        if blob is None:
+            raise self._missing(mac)
+        return blob
+
+    def _decode(self, mac: MacAddress, blob: Blob, etag: str) -> dict[str, Any]:
+        try:
+            return decode_document(blob.data, self.limits)
+        except InvalidDocumentError as exc:
+            raise CorruptDocumentError(
+                f"stored config for {mac} is not a valid document: {exc.message}",
+                mac_address=str(mac),
+                etag=etag,
+                **exc.details,
+            ) from exc
+
+    def get(self, mac: MacLike) -> StoredConfig:
+        """The config of ``mac``; `NotFoundError` or `CorruptDocumentError` otherwise."""
+        mac = _mac(mac)
+        with self._guard("get"):
+            blob = self._read(mac)
+        etag = compute_etag(blob.data)
+        content = self._decode(mac, blob, etag)
+        return StoredConfig(mac, content, etag, len(blob.data), blob.entry.modified)
+
+    def get_raw(self, mac: MacLike) -> RawDocument:
+        """The exact stored bytes of a valid config, for serving to devices.
+
+        Costs one stat when the document is unchanged since it was last served.
+        """
+        mac = _mac(mac)
+        name = mac.file_name
+        with self._guard("get_raw"):
+            entry = self._backend.stat(name)
+            if entry is None:
+                self._raw.discard(name)
+                raise self._missing(mac)
+            cached = self._raw.get(name, entry.token)
+            if cached is not None:
+                return cached
+            blob = self._read(mac)
+        etag = compute_etag(blob.data)
+        self._decode(mac, blob, etag)
+        doc = RawDocument(mac, blob.data, etag, blob.entry.modified)
+        self._raw.put(name, blob.entry.token, doc)
+        return doc
+
+    def etag(self, mac: MacLike) -> str | None:
+        """The current ETag of ``mac``, or ``None`` when absent (valid or not)."""
+        mac = _mac(mac)
+        with self._guard("etag"):
+            blob = self._backend.read(mac.file_name, self.limits.max_bytes)
+        return None if blob is None else compute_etag(blob.data)
+
+    def exists(self, mac: MacLike) -> bool:
+        mac = _mac(mac)
+        with self._guard("exists"):
+            return self._backend.stat(mac.file_name) is not None
+
+    # -- listing --------------------------------------------------------------------------------
+
+    def list(self) -> list[ConfigSummary]:
+        """Summaries of every valid config, sorted by MAC."""
+        return list(self.listing().summaries)
+
+    def listing(self) -> Listing:
+        """The fleet listing, re-reading only files whose version changed since the last call.
+
+        Files that are not ``<canonical-mac>.json`` and files that do not parse are skipped with a
+        warning (once per version), and never break the list.
+        """
+        with self._list_lock, self._guard("list"):
+            entries = self._backend.scan()
+            changed = False
+            seen: set[str] = set()
+            skipped: list[str] = []
+            for entry in entries:
+                mac = MacAddress.from_file_name(entry.name)
+                if mac is None:
+                    self._warn_once(entry, "not a <canonical-mac>.json file name")
+                    skipped.append(entry.name)
+                    continue
+                seen.add(entry.name)
+                parsed = self._parsed.get(entry.name)
+                if parsed is None or parsed.token != entry.token:
+                    parsed = self._parse_entry(mac, entry)
+                    changed = True
+                if parsed is None:
+                    continue
+                if parsed.error is not None:
+                    self._warn_once(entry, parsed.error.message)
+                    skipped.append(entry.name)
+            for gone in self._parsed.keys() - seen:
+                del self._parsed[gone]
+                changed = True
+            if changed or tuple(skipped) != self._listing.skipped:
+                self._generation += 1
+                summaries = sorted(
+                    (p.summary for p in self._parsed.values() if p.summary is not None),
+                    key=lambda s: s.mac_address.value,
+                )
+                self._listing = Listing(tuple(summaries), self._generation, tuple(skipped))
+            return self._listing
+
+    def _parse_entry(self, mac: MacAddress, entry: Entry) -> _Parsed | None:
+        try:
+            blob = self._backend.read(entry.name, self.limits.max_bytes)
+        except OSError as exc:  # one unreadable file (permissions) must not hide the fleet
+            self._warn_once(entry, f"unreadable: {exc}")
+            self._parsed.pop(entry.name, None)
+            return None
+        if blob is None:  # deleted since the scan
+            self._parsed.pop(entry.name, None)
+            return None
+        etag = compute_etag(blob.data)
+        meta = blob.entry
+        try:
+            content = decode_document(blob.data, self.limits)
+        except InvalidDocumentError as exc:
+            parsed = _Parsed(meta.token, etag, None, exc)
+        else:
+            summary = ConfigSummary.from_content(
+                mac, content, etag=etag, size=len(blob.data), modified=meta.modified
+            )
+            parsed = _Parsed(meta.token, etag, summary, None)
+        self._parsed[entry.name] = parsed
+        return parsed
+
+    def _warn_once(self, entry: Entry, why: str) -> None:
+        key = (entry.name, entry.token)
+        if key not in self._warned:
+            if len(self._warned) > 10_000:
+                self._warned.clear()
+            self._warned.add(key)
+            log.warning("skipping %s in %s: %s", entry.name, self.description, why)
+
+    def count(self) -> int:
+        """Number of valid configs in the most recent listing (no I/O: for metrics scrapes)."""
+        return len(self._listing.summaries)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def put(
+        self,
+        mac: MacLike,
+        content: Mapping[str, Any],
+        *,
+        if_match: Condition | None = None,
+        if_none_match: Condition | None = None,
+        create_only: bool = False,
+    ) -> StoredConfig:
+        """Store ``content`` as the config of ``mac`` and return what was stored.
+
+        - ``if_match``: an ETag (or list, or ``*``); write only if the stored version matches,
+          else `PreconditionFailedError` carrying the current ETag.
+        - ``if_none_match``: write only if the stored version does *not* match (``*``: only if
+          absent), else `PreconditionFailedError`.
+        - ``create_only``: write only if nothing is stored, else `AlreadyExistsError`.
+
+        Writing the bytes already stored changes nothing and returns the same ETag.
+        """
+        mac = _mac(mac)
+        match = None if if_match is None else ETagCondition.parse(if_match)
+        none_match = None if if_none_match is None else ETagCondition.parse(if_none_match)
+        data = encode_document(content, self.limits)
+        new_etag = compute_etag(data)
+        name = mac.file_name
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            with self._guard("put"):
+                current = self._backend.read(name, self.limits.max_bytes)
+                if current is None and not self._backend.root_exists():
+                    raise self._missing(mac)
+            current_etag = None if current is None else compute_etag(current.data)
+            self._check(mac, current_etag, match, none_match, create_only)
+            if current is not None and current.data == data:
+                entry = current.entry
+                break
+            try:
+                with self._guard("put"):
+                    entry = self._backend.replace(
+                        name, data, ABSENT if current is None else current.entry.token
+                    )
+                break
+            except VersionConflict:
+                continue
+        else:
+            raise self._contended(mac, "put")
+        self._raw.discard(name)
+        return StoredConfig(mac, decode_document(data, self.limits), new_etag, len(data), entry.modified)
+
+    def delete(self, mac: MacLike, *, if_match: Condition | None = None) -> None:
+        """Delete the config of ``mac``; `NotFoundError` when absent."""
+        mac = _mac(mac)
+        match = None if if_match is None else ETagCondition.parse(if_match)
+        name = mac.file_name
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            with self._guard("delete"):
+                current = self._backend.read(name, self.limits.max_bytes)
+            if current is None:
+                raise self._missing(mac)
+            self._check(mac, compute_etag(current.data), match, None, False)
+            try:
+                with self._guard("delete"):
+                    self._backend.remove(name, current.entry.token)
+                break
+            except VersionConflict:
+                continue
+        else:
+            raise self._contended(mac, "delete")
+        self._raw.discard(name)
+
+    @staticmethod
+    def _check(
+        mac: MacAddress,
+        current: str | None,
+        match: ETagCondition | None,
+        none_match: ETagCondition | None,
+        create_only: bool,
+    ) -> None:
+        """RFC 9110 order: If-Match first, then If-None-Match; then create-only."""
+        if match is not None and not match.matches_strong(current):
+            raise PreconditionFailedError(
+                f"config for {mac} is not at the expected version"
+                if current is not None
+                else f"no config for {mac} to match",
+                mac_address=str(mac),
+                current_etag=current,
+            )
+        if none_match is not None and none_match.matches_weak(current):
+            raise PreconditionFailedError(
+                f"config for {mac} already exists"
+                if none_match.any
+                else f"config for {mac} is at a version excluded by if_none_match",
+                mac_address=str(mac),
+                current_etag=current,
+            )
+        if create_only and current is not None:
+            raise AlreadyExistsError(
+                f"config for {mac} already exists", mac_address=str(mac), current_etag=current
+            )
+
+    def _contended(self, mac: MacAddress, action: str) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"{action} of {mac} lost {MAX_WRITE_ATTEMPTS} races with other writers in a row",
+            action=action,
+            mac_address=str(mac),
+        )
+
+    # -- operations -----------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Prove the root is readable and writable (leaves nothing behind), else raise."""
+        with self._guard("health check"):
+            self._backend.probe()
+
+    def create_root(self) -> None:
+        """Create the root directory or prefix if it is missing."""
+        with self._guard("create root"):
+            self._backend.create_root()
+
+
+def _mac(mac: MacLike) -> MacAddress:
+    return mac if isinstance(mac, MacAddress) else MacAddress.parse(mac)

@@ -1,0 +1,50 @@
+"""Developer and CI sessions: ``nox -s tests lint typecheck`` is what CI runs."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_venv = "yes"
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite with branch coverage; the core must stay at or above 90 %."""
+    session.install("-e", ".[server,test]")
+    session.run("coverage", "erase")
+    session.run(
+        "pytest",
+        "--cov",
+        "--cov-report=",
+        *session.posargs,
+        env={"COVERAGE_PROCESS_START": "pyproject.toml"},
+    )
+    session.run("coverage", "combine", success_codes=[0, 1])
+    session.run("coverage", "report", "--include=iot_config_core/*", "--fail-under=90")
+    session.run("coverage", "report", "--include=iot_config_server/*")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over packages, tests and examples."""
+    session.install("-e", ".[server,test]", "mypy>=1.11", "nox")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks: ratios against the physical floor measured in the same run."""
+    session.install("-e", ".[server,test]")
+    session.run("python", "-m", "benchmarks", *session.posargs)
