@@ -28,7 +28,7 @@ class Absent:
 ABSENT: Final = Absent()
 
 
-class VersionConflict(Exception):
+class VersionConflict(Exception):  # noqa: N818 - a signal between store and backend
     """The stored version was not the expected one when a conditional write was attempted."""
 
 

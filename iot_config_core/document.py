@@ -1,9 +1,9 @@
 """Strict JSON config documents: what may be stored, how it is written, and its ETag.
 
-Devices parse these documents with small JSON libraries and little RAM, so the store accepts only
-what every parser reads the same way: a UTF-8 JSON object, no duplicate keys, no NaN/Infinity, bounded
-nesting and size. Stored bytes are pretty-printed (humans edit the files on the share) and the ETag is
-a hash of those exact bytes, so a hand edit is a new version.
+Devices parse these documents with small JSON libraries and little RAM, so the store accepts
+only what every parser reads the same way: a UTF-8 JSON object, no duplicate keys, no
+NaN/Infinity, bounded nesting and size. Stored bytes are pretty-printed (humans edit the files on
+the share) and the ETag is a hash of those exact bytes, so a hand edit is a new version.
 """
 
 from __future__ import annotations
@@ -121,7 +121,9 @@ def decode_document(data: bytes, limits: DocumentLimits = DocumentLimits()) -> d
             limit=limits.max_bytes,
         )
     if data.startswith(_BOM):
-        _invalid("byte_order_mark", "document starts with a UTF-8 byte order mark", line=1, column=1)
+        _invalid(
+            "byte_order_mark", "document starts with a UTF-8 byte order mark", line=1, column=1
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -146,12 +148,16 @@ def decode_document(data: bytes, limits: DocumentLimits = DocumentLimits()) -> d
             column=exc.colno,
         )
     except RecursionError:
-        _invalid("too_deep", f"nesting deeper than {limits.max_depth} levels", limit=limits.max_depth)
+        _invalid(
+            "too_deep", f"nesting deeper than {limits.max_depth} levels", limit=limits.max_depth
+        )
     except ValueError as exc:  # e.g. an integer beyond Python's digit limit
         _invalid("invalid_number", f"invalid JSON number: {exc}")
     if not isinstance(value, dict):
         kind = "array" if isinstance(value, list) else type(value).__name__
-        _invalid("not_an_object", f"document must be a JSON object, not {_JSON_KIND.get(kind, kind)}")
+        _invalid(
+            "not_an_object", f"document must be a JSON object, not {_JSON_KIND.get(kind, kind)}"
+        )
     _check_tree(value, limits.max_depth)
     if "\\u" in text or "\\U" in text:
         # Lone surrogates (\ud800) decode but cannot be written back as UTF-8.
@@ -159,8 +165,14 @@ def decode_document(data: bytes, limits: DocumentLimits = DocumentLimits()) -> d
     return value
 
 
-_JSON_KIND = {"str": "a string", "int": "a number", "float": "a number", "bool": "a boolean",
-              "NoneType": "null", "array": "an array"}
+_JSON_KIND = {
+    "str": "a string",
+    "int": "a number",
+    "float": "a number",
+    "bool": "a boolean",
+    "NoneType": "null",
+    "array": "an array",
+}
 
 
 def _check_encodable(value: dict[str, Any]) -> None:
@@ -170,9 +182,7 @@ def _check_encodable(value: dict[str, Any]) -> None:
         _invalid("lone_surrogate", "string contains a lone UTF-16 surrogate escape")
 
 
-def encode_document(
-    content: Mapping[str, Any], limits: DocumentLimits = DocumentLimits()
-) -> bytes:
+def encode_document(content: Mapping[str, Any], limits: DocumentLimits = DocumentLimits()) -> bytes:
     """The bytes to store for ``content``: pretty-printed UTF-8 JSON with a trailing newline.
 
     Raises `InvalidDocumentError` for content that would not decode back to itself, and

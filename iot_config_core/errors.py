@@ -80,6 +80,7 @@ class AlreadyExistsError(ConfigError):
 
     @property
     def current_etag(self) -> str:
+        """The ETag of the config that is already stored."""
         return str(self.details["current_etag"])
 
 
@@ -94,6 +95,7 @@ class PreconditionFailedError(ConfigError):
 
     @property
     def current_etag(self) -> str | None:
+        """The ETag now stored, or ``None`` when nothing is."""
         value = self.details.get("current_etag")
         return None if value is None else str(value)
 

@@ -26,7 +26,9 @@ _CANONICAL = re.compile(r"[0-9a-f]{2}(?:-[0-9a-f]{2}){5}", re.ASCII)
 
 def _fail(text: str, problem: str) -> InvalidMacError:
     shown = text if len(text) <= _MAX_INPUT else text[:_MAX_INPUT] + "…"
-    return InvalidMacError(f"invalid MAC address {shown!r}: {problem}", value=shown, problem=problem)
+    return InvalidMacError(
+        f"invalid MAC address {shown!r}: {problem}", value=shown, problem=problem
+    )
 
 
 @attrs.frozen(order=True, repr=False)

@@ -33,7 +33,7 @@ class MemoryBackend:
 
     def __init__(self, fs: MemoryFileSystem, root: str) -> None:
         self._fs = fs
-        self.root = fs._strip_protocol(root).rstrip("/") or "/"
+        self.root = fs._strip_protocol(root)  # noqa: SLF001 - fsspec's public path normaliser.rstrip("/") or "/"
         self._lock = threading.Lock()
         self._generation: dict[str, int] = {}
         self._counter = itertools.count(1)
@@ -49,7 +49,9 @@ class MemoryBackend:
         file = self._fs.store.get(self._path(name))
         if file is None:
             return None
-        modified: datetime | None = getattr(file, "modified", None) or getattr(file, "created", None)
+        modified: datetime | None = getattr(file, "modified", None) or getattr(
+            file, "created", None
+        )
         size = file.size
         # A file put into the filesystem behind our back has generation 0 but its own identity.
         token = (self._generation.get(name, 0), id(file), size)

@@ -44,6 +44,7 @@ class ConfigSummary:
         size: int,
         modified: datetime | None,
     ) -> ConfigSummary:
+        """The summary of ``content``; wrong-typed well-known keys become ``None``."""
         ota = content.get("enableOTA")
         return cls(
             mac_address=mac,
@@ -67,6 +68,7 @@ class RawDocument:
 
     @property
     def size(self) -> int:
+        """Length of the stored bytes."""
         return len(self.data)
 
 
@@ -82,6 +84,7 @@ class StoredConfig:
 
     @property
     def summary(self) -> ConfigSummary:
+        """What a listing shows of this config."""
         return ConfigSummary.from_content(
             self.mac_address, self.content, etag=self.etag, size=self.size, modified=self.modified
         )

@@ -2,8 +2,8 @@
 
 fsspec's local filesystem writes in place and never fsyncs (see ``shared/STORAGE-NOTES.md``), so
 this backend uses the OS directly: a uniquely named temp file in the same directory, written and
-fsynced, then ``os.replace``d over the target and the directory fsynced. A reader or a crash sees the
-old bytes or the new, never a mix.
+fsynced, then ``os.replace``d over the target and the directory fsynced. A reader or a crash sees
+the old bytes or the new, never a mix.
 
 Compare-and-swap holds across threads and processes (two server replicas on one CephFS mount): the
 check and the swap run under an exclusive ``flock`` on a per-name lock file in ``.locks/``. flock
@@ -150,12 +150,13 @@ class PosixBackend:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(
                         errno.ETIMEDOUT, f"lock on {name} not acquired in {self._lock_timeout} s"
                     ) from None
+            else:
+                return
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
 

@@ -59,7 +59,7 @@ DEFAULT_RAW_CACHE_BYTES = 16 * 1024 * 1024
 BackendFactory = Callable[[fsspec.AbstractFileSystem, str], Backend]
 
 
-def _posix(fs: fsspec.AbstractFileSystem, root: str) -> Backend:
+def _posix(_fs: fsspec.AbstractFileSystem, root: str) -> Backend:
     return PosixBackend(root)
 
 
@@ -69,7 +69,7 @@ def _memory(fs: fsspec.AbstractFileSystem, root: str) -> Backend:
 
 
 def _s3(fs: fsspec.AbstractFileSystem, root: str) -> Backend:
-    from .s3_backend import S3Backend  # optional extra: imported only when used
+    from .s3_backend import S3Backend  # noqa: PLC0415 - optional extra, imported only when used
 
     return S3Backend(fs, root)
 
@@ -115,7 +115,7 @@ def open_store(
     limits: DocumentLimits = DocumentLimits(),
     **storage_options: Any,
 ) -> ConfigStore:
-    """Open the store at ``url``: a path, ``file://``, ``memory://``, ``s3://bucket/prefix``, …
+    """Open the store at ``url``: a path, ``file://``, ``memory://``, ``s3://bucket/prefix``.
 
     ``create=True`` creates the root first; otherwise a missing root makes operations fail with
     `StoreUnavailableError`. Each ``memory://`` store is private to its `ConfigStore`.
@@ -218,7 +218,7 @@ class ConfigStore:
     ) -> ConfigStore:
         """A store over a backend built by hand (one not reachable through an fsspec URL)."""
         store = cls.__new__(cls)
-        store._setup(backend, limits, raw_cache_bytes)
+        cls._setup(store, backend, limits, raw_cache_bytes)
         return store
 
     def _setup(self, backend: Backend, limits: DocumentLimits, raw_cache_bytes: int) -> None:
@@ -321,6 +321,7 @@ class ConfigStore:
         return None if blob is None else compute_etag(blob.data)
 
     def exists(self, mac: MacLike) -> bool:
+        """Whether anything (valid or not) is stored for ``mac``."""
         mac = _mac(mac)
         with self._guard("exists"):
             return self._backend.stat(mac.file_name) is not None
@@ -439,7 +440,7 @@ class ConfigStore:
                 if current is None and not self._backend.root_exists():
                     raise self._missing(mac)
             current_etag = None if current is None else compute_etag(current.data)
-            self._check(mac, current_etag, match, none_match, create_only)
+            self._check(mac, current_etag, match, none_match, create_only=create_only)
             if current is not None and current.data == data:
                 entry = current.entry
                 break
@@ -454,7 +455,8 @@ class ConfigStore:
         else:
             raise self._contended(mac, "put")
         self._raw.discard(name)
-        return StoredConfig(mac, decode_document(data, self.limits), new_etag, len(data), entry.modified)
+        content = decode_document(data, self.limits)
+        return StoredConfig(mac, content, new_etag, len(data), entry.modified)
 
     def delete(self, mac: MacLike, *, if_match: Condition | None = None) -> None:
         """Delete the config of ``mac``; `NotFoundError` when absent."""
@@ -466,7 +468,7 @@ class ConfigStore:
                 current = self._backend.read(name, self.limits.max_bytes)
             if current is None:
                 raise self._missing(mac)
-            self._check(mac, compute_etag(current.data), match, None, False)
+            self._check(mac, compute_etag(current.data), match, None, create_only=False)
             try:
                 with self._guard("delete"):
                     self._backend.remove(name, current.entry.token)
@@ -483,6 +485,7 @@ class ConfigStore:
         current: str | None,
         match: ETagCondition | None,
         none_match: ETagCondition | None,
+        *,
         create_only: bool,
     ) -> None:
         """RFC 9110 order: If-Match first, then If-None-Match; then create-only."""

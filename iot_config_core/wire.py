@@ -37,7 +37,11 @@ converter.register_structure_hook(datetime, lambda value, _: datetime.fromisofor
 # File metadata (etag, size, modified) travels in headers and the CLI, not in the API's JSON.
 SUMMARY_FILE_FIELDS = ("etag", "size", "modified")
 summary_to_wire = make_dict_unstructure_fn(
-    ConfigSummary, converter, **{name: override(omit=True) for name in SUMMARY_FILE_FIELDS}
+    ConfigSummary,
+    converter,
+    etag=override(omit=True),
+    size=override(omit=True),
+    modified=override(omit=True),
 )
 converter.register_unstructure_hook(ConfigSummary, summary_to_wire)
 
@@ -62,7 +66,8 @@ class ConfigListWire:
 
 
 converter.register_unstructure_hook(
-    ConfigWire, make_dict_unstructure_fn(ConfigWire, converter, content=override(unstruct_hook=dict))
+    ConfigWire,
+    make_dict_unstructure_fn(ConfigWire, converter, content=override(unstruct_hook=dict)),
 )
 
 
