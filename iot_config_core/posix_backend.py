@@ -155,10 +155,10 @@ class PosixBackend:
                     raise TimeoutError(
                         errno.ETIMEDOUT, f"lock on {name} not acquired in {self._lock_timeout} s"
                     ) from None
-            else:
-                return
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
+            else:
+                return
 
     def _current_token(self, name: str) -> Hashable | Absent:
         entry = self.stat(name)
