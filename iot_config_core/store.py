@@ -243,10 +243,13 @@ class ConfigStore:
 
     @contextlib.contextmanager
     def _guard(self, action: str) -> Iterator[None]:
-        """Turn backend failures into `StoreUnavailableError`; our own errors pass through."""
+        """Turn backend failures into `StoreUnavailableError`; our own errors pass through.
+
+        `VersionConflict` passes through too: it is a lost race that the write loops retry.
+        """
         try:
             yield
-        except ConfigError:
+        except (ConfigError, VersionConflict):
             raise
         except Exception as exc:
             raise StoreUnavailableError(
