@@ -1,0 +1,868 @@
+"""The contract every `ConfigStore` backend must honour, as a reusable pytest suite.
+
+One suite proves memory, local disk, CephFS and S3 alike (the habit of Kinto's
+``storage/testing.py``): a backend's test module subclasses `StoreContract`, says how to make a
+fresh store and how to touch its files behind the store's back, and inherits every test.
+
+This module needs the ``test`` extra (``pip install 'iot-config[test]'``: pytest and hypothesis);
+the library itself never imports it.
+
+Running the contract against your own fsspec backend::
+
+    import pytest
+    from iot_config_core import ConfigStore, open_store, register_backend
+    from iot_config_core.testing import StoreContract
+
+    register_backend("myfs", my_backend_factory)  # if open_store does not know it yet
+
+    class TestMyStore(StoreContract):
+        @pytest.fixture(autouse=True)
+        def _server(self, tmp_path):
+            self.base = start_or_point_at_my_server(tmp_path)  # anything the hooks need
+
+        def make_store(self) -> ConfigStore:
+            return open_store(f"myfs://bucket/{uuid.uuid4().hex}", create=True)
+
+        def make_missing_store(self) -> ConfigStore:  # optional: skipped when not overridden
+            return open_store(f"myfs://bucket/{uuid.uuid4().hex}-never-created")
+
+        def make_second_client(self, store) -> ConfigStore:  # optional: another process/mount
+            return open_store(store_url_of(store))
+
+        def write_raw(self, store, name, data): ...  # put bytes at <root>/<name>, bypassing store
+        def remove_raw(self, store, name): ...  # delete <root>/<name>, bypassing the store
+        def list_raw(self, store) -> list[str]: ...  # every file name in the root, hidden too
+
+``make_store`` may be called several times in one test (the stateful test calls it once per
+example), and each call must give an empty root of its own that already exists. Tune
+``stateful_settings``, ``race_threads`` or ``counter_increments`` on the subclass for slow backends.
+"""
+
+# Test names say what each test proves; docstrings on them would repeat the name.
+# ruff: noqa: D102
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from .document import compute_etag, encode_document
+from .errors import (
+    AlreadyExistsError,
+    ConfigError,
+    CorruptDocumentError,
+    DocumentTooLargeError,
+    InvalidDocumentError,
+    InvalidETagError,
+    InvalidMacError,
+    NotFoundError,
+    PreconditionFailedError,
+    StoreUnavailableError,
+)
+from .mac import MacAddress
+from .store import ConfigStore
+
+__all__ = [
+    "JSON_SCALARS",
+    "StoreContract",
+    "json_objects",
+    "json_values",
+    "mac_addresses",
+    "mac_spellings",
+    "spelled_macs",
+]
+
+# -- strategies shared by the contract and the unit tests ------------------------------------------
+
+mac_addresses = st.integers(min_value=0, max_value=(1 << 48) - 1).map(MacAddress)
+_WHITESPACE = st.text(alphabet=" \t\r\n\x0b\x0c\u00a0\u3000", max_size=3)
+
+
+@st.composite
+def mac_spellings(draw: st.DrawFn, mac: MacAddress) -> str:
+    """Any accepted spelling of ``mac``: colons, hyphens, dots or bare, any case, padded."""
+    digits = f"{mac.value:012x}"
+    upper = draw(st.integers(min_value=0, max_value=(1 << 12) - 1))
+    digits = "".join(c.upper() if upper >> i & 1 else c for i, c in enumerate(digits))
+    separator = draw(st.sampled_from([":", "-", ".", ""]))
+    width = 4 if separator == "." else 2
+    text = separator.join(digits[i : i + width] for i in range(0, 12, width))
+    return draw(_WHITESPACE) + text + draw(_WHITESPACE)
+
+
+def spelled_macs() -> st.SearchStrategy[tuple[MacAddress, str]]:
+    """A random MAC together with one random spelling of it."""
+    return mac_addresses.flatmap(lambda mac: mac_spellings(mac).map(lambda text: (mac, text)))
+
+
+JSON_SCALARS: st.SearchStrategy[Any] = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(1 << 80), max_value=1 << 80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values: st.SearchStrategy[Any] = st.recursive(
+    JSON_SCALARS,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=16,
+)
+json_objects: st.SearchStrategy[dict[str, Any]] = st.dictionaries(
+    st.text(), json_values, max_size=6
+)
+
+# Small contents for the stateful test: few distinct values, so equal documents happen often.
+_small_contents = st.dictionaries(
+    st.sampled_from(["deviceName", "enableOTA", "deviceEntityId", "n"]),
+    st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(["a", "kitchen", "é"]),
+    max_size=3,
+)
+
+MAC_A = MacAddress.parse("aa-bb-cc-dd-ee-01")
+MAC_B = MacAddress.parse("02-00-00-00-00-02")
+MAC_C = MacAddress.parse("00-11-22-33-44-55")
+
+
+def _etag_of(content: Mapping[str, Any]) -> str:
+    return compute_etag(encode_document(content))
+
+
+def _run_threads(count: int, target: Callable[[int], object]) -> list[object]:
+    """Run ``target(i)`` in ``count`` threads released together; results or raised exceptions."""
+    barrier = threading.Barrier(count)
+    results: list[object] = [None] * count
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = target(i)
+        except Exception as exc:  # collected: the test asserts on each outcome
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a writer thread hung"
+    return results
+
+
+def cas_increment(store: ConfigStore, mac: MacAddress | str, times: int) -> int:
+    """Increment ``content["count"]`` ``times`` times by read / put(if_match) / retry.
+
+    Returns how many precondition failures (lost races) it retried after.
+    """
+    retries = 0
+    for _ in range(times):
+        while True:
+            current = store.get(mac)
+            content = {**current.content, "count": current.content["count"] + 1}
+            try:
+                store.put(mac, content, if_match=current.etag)
+                break
+            except PreconditionFailedError:
+                retries += 1
+    return retries
+
+
+class StoreContract:
+    """Behaviour every store must show, whatever its backend. Subclass it in a ``Test*`` class.
+
+    Subclasses implement `make_store`, `write_raw`, `remove_raw` and `list_raw`; the optional
+    hooks `make_second_client` and `make_missing_store` skip their tests when not overridden.
+    """
+
+    stateful_settings: ClassVar[settings] = settings(
+        max_examples=25,
+        stateful_step_count=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    race_threads: ClassVar[int] = 8
+    counter_threads: ClassVar[int] = 4
+    counter_increments: ClassVar[int] = 10
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def make_store(self) -> ConfigStore:
+        """A store over a fresh, empty root that exists."""
+        raise NotImplementedError
+
+    def make_second_client(self, store: ConfigStore) -> ConfigStore:  # noqa: ARG002
+        """Another store on the same root, as another process or mount would open it."""
+        pytest.skip("backend offers no second client")
+
+    def make_missing_store(self) -> ConfigStore:
+        """A store whose root does not exist (and is not created by opening it)."""
+        pytest.skip("backend cannot express a missing root")
+
+    def write_raw(self, store: ConfigStore, name: str, data: bytes) -> None:
+        """Put ``data`` at ``<root>/<name>`` without going through ``store`` (a hand edit)."""
+        raise NotImplementedError
+
+    def remove_raw(self, store: ConfigStore, name: str) -> None:
+        """Delete ``<root>/<name>`` without going through ``store``."""
+        raise NotImplementedError
+
+    def list_raw(self, store: ConfigStore) -> list[str]:
+        """Every file name directly in the root, hidden ones included (directories excluded)."""
+        raise NotImplementedError
+
+    # -- fixtures ---------------------------------------------------------------------------------
+
+    @pytest.fixture
+    def store(self) -> ConfigStore:
+        return self.make_store()
+
+    # -- create, read, update ---------------------------------------------------------------------
+
+    def test_new_store_is_empty(self, store: ConfigStore) -> None:
+        assert store.list() == []
+        assert store.listing().skipped == ()
+        assert store.count() == 0
+
+    def test_put_get_round_trip(self, store: ConfigStore) -> None:
+        content = {"deviceName": "kitchen", "enableOTA": False, "nested": {"a": [1, 2.5, None]}}
+        stored = store.put("AA:BB:CC:DD:EE:01", content)
+        assert stored.mac_address == MAC_A
+        assert stored.content == content
+        assert stored.etag == _etag_of(content)
+        assert stored.size == len(encode_document(content))
+        got = store.get(MAC_A)
+        assert got.content == content
+        assert got.etag == stored.etag
+        assert got.size == stored.size
+
+    def test_any_mac_spelling_names_one_document(self, store: ConfigStore) -> None:
+        store.put(" AA:BB:CC:DD:EE:01\n", {"v": 1})
+        for spelling in [
+            "aa-bb-cc-dd-ee-01",
+            "AABBCCDDEE01",
+            "aabb.ccdd.ee01",
+            "Aa:bB:cc:DD:ee:01",
+        ]:
+            assert store.get(spelling).content == {"v": 1}
+        store.put("aabbccddee01", {"v": 2})
+        assert [s.mac_address for s in store.list()] == [MAC_A]
+        assert MAC_A.file_name in self.list_raw(store)
+        assert store.get(MAC_A).content == {"v": 2}
+
+    def test_get_raw_serves_stored_bytes(self, store: ConfigStore) -> None:
+        content = {"deviceName": "hall", "list": [1, 2]}
+        stored = store.put(MAC_A, content)
+        raw = store.get_raw(str(MAC_A).upper())
+        assert raw.data == encode_document(content)
+        assert raw.data.endswith(b"}\n")
+        assert b'\n  "deviceName": "hall"' in raw.data  # pretty-printed for hand editing
+        assert raw.etag == stored.etag == compute_etag(raw.data)
+        assert raw.size == len(raw.data)
+        assert raw.mac_address == MAC_A
+        assert store.get_raw(MAC_A) == raw  # second call: served from the validated cache
+
+    def test_put_same_content_keeps_etag(self, store: ConfigStore) -> None:
+        first = store.put(MAC_A, {"a": 1})
+        again = store.put(MAC_A, {"a": 1}, if_match=first.etag)
+        assert again.etag == first.etag
+        assert store.get(MAC_A).etag == first.etag
+
+    def test_put_overwrites(self, store: ConfigStore) -> None:
+        first = store.put(MAC_A, {"a": 1})
+        second = store.put(MAC_A, {"a": 2})
+        assert second.etag != first.etag
+        assert store.get(MAC_A).content == {"a": 2}
+        assert store.get_raw(MAC_A).etag == second.etag
+        assert store.etag(MAC_A) == second.etag
+        assert store.exists(MAC_A)
+
+    def test_missing_config(self, store: ConfigStore) -> None:
+        with pytest.raises(NotFoundError) as info:
+            store.get(MAC_A)
+        assert info.value.code == "NOT_FOUND"
+        assert info.value.details["mac_address"] == str(MAC_A)
+        with pytest.raises(NotFoundError):
+            store.get_raw(MAC_A)
+        with pytest.raises(NotFoundError):
+            store.delete(MAC_A)
+        assert store.etag(MAC_A) is None
+        assert not store.exists(MAC_A)
+
+    def test_invalid_mac_is_rejected_before_storage(self, store: ConfigStore) -> None:
+        for bad in ["", "aa:bb:cc:dd:ee", "../../etc/passwd", "aa:bb:cc:dd:ee:f\u0663", "x" * 100]:
+            with pytest.raises(InvalidMacError):
+                store.put(bad, {"a": 1})
+            with pytest.raises(InvalidMacError):
+                store.get(bad)
+            with pytest.raises(InvalidMacError):
+                store.get_raw(bad)
+            with pytest.raises(InvalidMacError):
+                store.delete(bad)
+        assert self.list_raw(store) == [] or all(n.startswith(".") for n in self.list_raw(store))
+
+    def test_invalid_content_leaves_stored_document_untouched(self, store: ConfigStore) -> None:
+        stored = store.put(MAC_A, {"a": 1})
+        bad_contents: list[Any] = [
+            {"x": float("nan")},
+            {"x": float("inf")},
+            {1: "int key"},
+            {"x": {1, 2}},
+            {"x": b"bytes"},
+            {"x": "\ud800"},
+            ["not", "an", "object"],
+            nest_depth(40),
+        ]
+        for bad in bad_contents:
+            with pytest.raises(InvalidDocumentError):
+                store.put(MAC_A, bad)
+        with pytest.raises(DocumentTooLargeError):
+            store.put(MAC_A, {"blob": "x" * (store.limits.max_bytes + 1)})
+        assert store.get(MAC_A).etag == stored.etag
+        with pytest.raises(InvalidDocumentError):
+            store.put(MAC_B, {"x": float("nan")})
+        assert not store.exists(MAC_B)
+
+    # -- preconditions ----------------------------------------------------------------------------
+
+    def test_if_match_current_etag(self, store: ConfigStore) -> None:
+        first = store.put(MAC_A, {"a": 1})
+        second = store.put(MAC_A, {"a": 2}, if_match=first.etag)
+        third = store.put(MAC_A, {"a": 3}, if_match=f'"{second.etag}"')
+        fourth = store.put(MAC_A, {"a": 4}, if_match=f'"nope", W/"x", "{third.etag}"')
+        store.put(MAC_A, {"a": 5}, if_match="*")
+        assert fourth.etag != third.etag
+        assert store.get(MAC_A).content == {"a": 5}
+
+    def test_if_match_stale_etag_fails_with_current(self, store: ConfigStore) -> None:
+        first = store.put(MAC_A, {"a": 1})
+        second = store.put(MAC_A, {"a": 2})
+        with pytest.raises(PreconditionFailedError) as info:
+            store.put(MAC_A, {"a": 3}, if_match=first.etag)
+        assert info.value.code == "PRECONDITION_FAILED"
+        assert info.value.current_etag == second.etag
+        assert info.value.details["mac_address"] == str(MAC_A)
+        assert store.get(MAC_A).content == {"a": 2}
+
+    def test_if_match_weak_tag_never_matches(self, store: ConfigStore) -> None:
+        stored = store.put(MAC_A, {"a": 1})
+        with pytest.raises(PreconditionFailedError) as info:
+            store.put(MAC_A, {"a": 2}, if_match=f'W/"{stored.etag}"')
+        assert info.value.current_etag == stored.etag
+        with pytest.raises(PreconditionFailedError):
+            store.delete(MAC_A, if_match=f'W/"{stored.etag}"')
+        assert store.get(MAC_A).content == {"a": 1}
+
+    def test_if_match_on_missing_config_fails(self, store: ConfigStore) -> None:
+        for condition in ["*", '"abc"', _etag_of({"a": 1})]:
+            with pytest.raises(PreconditionFailedError) as info:
+                store.put(MAC_A, {"a": 1}, if_match=condition)
+            assert info.value.current_etag is None
+        assert not store.exists(MAC_A)
+
+    def test_malformed_etag_is_rejected(self, store: ConfigStore) -> None:
+        stored = store.put(MAC_A, {"a": 1})
+        for bad in ['"unterminated', "", '"a" "b"', 'W/"x', '"a",,', 'a"b']:
+            with pytest.raises(InvalidETagError):
+                store.put(MAC_A, {"a": 2}, if_match=bad)
+            with pytest.raises(InvalidETagError):
+                store.put(MAC_A, {"a": 2}, if_none_match=bad)
+            with pytest.raises(InvalidETagError):
+                store.delete(MAC_A, if_match=bad)
+        assert store.get(MAC_A).etag == stored.etag
+
+    def test_if_none_match_star(self, store: ConfigStore) -> None:
+        created = store.put(MAC_A, {"a": 1}, if_none_match="*")
+        with pytest.raises(PreconditionFailedError) as info:
+            store.put(MAC_A, {"a": 2}, if_none_match="*")
+        assert info.value.current_etag == created.etag
+        assert store.get(MAC_A).content == {"a": 1}
+
+    def test_if_none_match_specific_tags(self, store: ConfigStore) -> None:
+        stored = store.put(MAC_A, {"a": 1})
+        for condition in [
+            stored.etag,
+            f'"{stored.etag}"',
+            f'W/"{stored.etag}"',
+            f'"x", "{stored.etag}"',
+        ]:
+            with pytest.raises(PreconditionFailedError) as info:
+                store.put(MAC_A, {"a": 2}, if_none_match=condition)
+            assert info.value.current_etag == stored.etag
+        updated = store.put(MAC_A, {"a": 3}, if_none_match='"something-else"')
+        assert store.get(MAC_A).etag == updated.etag
+        store.put(MAC_B, {"b": 1}, if_none_match=stored.etag)  # absent never matches a tag
+        assert store.exists(MAC_B)
+
+    def test_create_only(self, store: ConfigStore) -> None:
+        created = store.put(MAC_A, {"a": 1}, create_only=True)
+        with pytest.raises(AlreadyExistsError) as info:
+            store.put(MAC_A, {"a": 2}, create_only=True)
+        assert info.value.code == "ALREADY_EXISTS"
+        assert info.value.current_etag == created.etag
+        with pytest.raises(AlreadyExistsError):  # even when the content is identical
+            store.put(MAC_A, {"a": 1}, create_only=True)
+        assert store.get(MAC_A).content == {"a": 1}
+
+    # -- delete -----------------------------------------------------------------------------------
+
+    def test_delete(self, store: ConfigStore) -> None:
+        store.put(MAC_A, {"a": 1})
+        store.put(MAC_B, {"b": 1})
+        store.get_raw(MAC_A)
+        store.delete("AA:BB:CC:DD:EE:01")
+        with pytest.raises(NotFoundError):
+            store.get(MAC_A)
+        with pytest.raises(NotFoundError):
+            store.get_raw(MAC_A)
+        assert [s.mac_address for s in store.list()] == [MAC_B]
+        assert MAC_A.file_name not in self.list_raw(store)
+        with pytest.raises(NotFoundError):
+            store.delete(MAC_A)
+
+    def test_delete_if_match(self, store: ConfigStore) -> None:
+        first = store.put(MAC_A, {"a": 1})
+        second = store.put(MAC_A, {"a": 2})
+        with pytest.raises(PreconditionFailedError) as info:
+            store.delete(MAC_A, if_match=first.etag)
+        assert info.value.current_etag == second.etag
+        assert store.get(MAC_A).content == {"a": 2}
+        store.delete(MAC_A, if_match=f'"{first.etag}", "{second.etag}"')
+        assert not store.exists(MAC_A)
+        store.put(MAC_A, {"a": 3})
+        store.delete(MAC_A, if_match="*")
+        assert not store.exists(MAC_A)
+
+    # -- listing ----------------------------------------------------------------------------------
+
+    def test_list_is_sorted_by_mac_with_summary_fields(self, store: ConfigStore) -> None:
+        macs = [MacAddress(v) for v in (0xFF, 0x1, 0xAABB00000000, 0x10, 0xFFFFFFFFFFFF, 0x0)]
+        for i, mac in enumerate(macs):
+            store.put(
+                mac.with_separator(":", upper=True), {"deviceName": f"d{i}", "enableOTA": True}
+            )
+        store.put(MAC_A, {"deviceName": 7, "enableOTA": "yes", "deviceEntityId": "light.hall"})
+        summaries = store.list()
+        assert [s.mac_address for s in summaries] == sorted([*macs, MAC_A])
+        by_mac = {s.mac_address: s for s in summaries}
+        odd = by_mac[MAC_A]
+        assert (odd.device_name, odd.enable_ota, odd.device_entity_id) == (None, None, "light.hall")
+        assert by_mac[macs[2]].device_name == "d2"
+        assert by_mac[macs[2]].enable_ota is True
+        assert by_mac[macs[2]].etag == store.get(macs[2]).etag
+        assert store.count() == len(macs) + 1
+
+    def test_listing_generation_changes_only_with_contents(self, store: ConfigStore) -> None:
+        store.put(MAC_A, {"a": 1})
+        first = store.listing()
+        assert store.listing().generation == first.generation
+        store.put(MAC_A, {"a": 1})  # same bytes: not a change
+        assert store.listing().generation == first.generation
+        store.put(MAC_B, {"b": 1})
+        second = store.listing()
+        assert second.generation != first.generation
+        assert [s.mac_address for s in second.summaries] == [MAC_B, MAC_A]
+
+    def test_changes_by_another_client_are_seen(self, store: ConfigStore) -> None:
+        store.put(MAC_A, {"deviceName": "one"})
+        store.put(MAC_B, {"deviceName": "b"})
+        other = self.make_second_client(store)
+        assert [s.device_name for s in store.list()] == ["b", "one"]
+        assert store.get_raw(MAC_A).data == encode_document({"deviceName": "one"})
+        other.put(MAC_A, {"deviceName": "two, longer"})
+        other.put(MAC_C, {"deviceName": "c"})
+        other.delete(MAC_B)
+        assert [(s.mac_address, s.device_name) for s in store.list()] == [
+            (MAC_C, "c"),
+            (MAC_A, "two, longer"),
+        ]
+        assert store.get_raw(MAC_A).data == encode_document({"deviceName": "two, longer"})
+        other.put(MAC_A, {"deviceName": "3"})  # same size as before: the version must differ
+        assert store.get_raw(MAC_A).data == encode_document({"deviceName": "3"})
+        with pytest.raises(NotFoundError):
+            store.get_raw(MAC_B)
+        with pytest.raises(PreconditionFailedError):  # store's last-seen etag is stale now
+            store.put(MAC_C, {"x": 1}, if_match=_etag_of({"deviceName": "other"}))
+
+    def test_hand_edits_are_seen(self, store: ConfigStore) -> None:
+        store.put(MAC_A, {"deviceName": "old"})
+        assert store.list()[0].device_name == "old"
+        assert store.get_raw(MAC_A).etag == _etag_of({"deviceName": "old"})
+        edited = b'{"deviceName":"edited by hand"}'
+        self.write_raw(store, MAC_A.file_name, edited)
+        assert store.list()[0].device_name == "edited by hand"
+        raw = store.get_raw(MAC_A)
+        assert raw.data == edited
+        assert raw.etag == compute_etag(edited)  # the ETag is a hash of the bytes: edits show
+        assert store.get(MAC_A).etag == compute_etag(edited)
+        self.write_raw(store, MAC_B.file_name, b'{"deviceName": "new"}\n')
+        assert [s.device_name for s in store.list()] == ["new", "edited by hand"]
+        self.remove_raw(store, MAC_A.file_name)
+        assert [s.mac_address for s in store.list()] == [MAC_B]
+        with pytest.raises(NotFoundError):
+            store.get_raw(MAC_A)
+
+    def test_foreign_and_invalid_files_are_skipped(self, store: ConfigStore) -> None:
+        store.put(MAC_A, {"deviceName": "ok"})
+        foreign = {
+            "README.txt": b"not a config",
+            "AA-BB-CC-DD-EE-02.json": b"{}",  # not the canonical (lowercase) spelling
+            "aa:bb:cc:dd:ee:02.json": b"{}",
+            "aabbccddee02.json": b"{}",
+            "aa-bb-cc-dd-ee-02.json.bak": b"{}",
+            "aa-bb-cc-dd-ee-02": b"{}",
+            ".hidden.json": b"{}",
+        }
+        for name, data in foreign.items():
+            self.write_raw(store, name, data)
+        corrupt = {
+            MAC_B.file_name: b'{"deviceName": "broken",',
+            MAC_C.file_name: b"[1, 2, 3]",
+            "00-00-00-00-00-01.json": b'{"a": 1, "a": 2}',
+            "00-00-00-00-00-02.json": b'{"a": NaN}',
+            "00-00-00-00-00-03.json": b"\xff\xfe{}",
+            "00-00-00-00-00-04.json": b"",
+        }
+        for name, data in corrupt.items():
+            self.write_raw(store, name, data)
+        listing = store.listing()
+        assert [s.mac_address for s in listing.summaries] == [MAC_A]
+        assert set(corrupt) <= set(listing.skipped)
+        assert ".hidden.json" not in listing.skipped
+        assert store.count() == 1
+        assert store.list() == list(listing.summaries)  # stable on a second pass
+
+    def test_corrupt_document_is_reported_not_served(self, store: ConfigStore) -> None:
+        bad = b'{"deviceName": "half written'
+        self.write_raw(store, MAC_A.file_name, bad)
+        with pytest.raises(CorruptDocumentError) as info:
+            store.get(MAC_A)
+        assert info.value.code == "CORRUPT_DOCUMENT"
+        assert info.value.details["reason"] == "syntax"
+        assert info.value.details["etag"] == compute_etag(bad)
+        assert info.value.details["mac_address"] == str(MAC_A)
+        with pytest.raises(CorruptDocumentError):
+            store.get_raw(MAC_A)
+        with pytest.raises(CorruptDocumentError):  # not cached as good on the second call
+            store.get_raw(MAC_A)
+        assert store.exists(MAC_A)
+        assert store.etag(MAC_A) == compute_etag(bad)
+        with pytest.raises(AlreadyExistsError):
+            store.put(MAC_A, {"a": 1}, create_only=True)
+
+    def test_oversized_stored_document_is_corrupt(self, store: ConfigStore) -> None:
+        big = b'{"blob": "' + b"x" * store.limits.max_bytes + b'"}'
+        self.write_raw(store, MAC_A.file_name, big)
+        with pytest.raises(CorruptDocumentError) as info:
+            store.get_raw(MAC_A)
+        assert info.value.details["reason"] == "too_large"
+        assert store.list() == []
+        assert MAC_A.file_name in store.listing().skipped
+
+    def test_put_repairs_corrupt_document(self, store: ConfigStore) -> None:
+        bad = b"{not json"
+        self.write_raw(store, MAC_A.file_name, bad)
+        with pytest.raises(PreconditionFailedError):
+            store.put(MAC_A, {"a": 1}, if_match=_etag_of({"a": 0}))
+        repaired = store.put(MAC_A, {"fixed": True}, if_match=compute_etag(bad))
+        assert store.get(MAC_A).content == {"fixed": True}
+        assert store.get_raw(MAC_A).etag == repaired.etag
+        assert [s.mac_address for s in store.list()] == [MAC_A]
+        self.write_raw(store, MAC_B.file_name, bad)
+        store.put(MAC_B, {"fixed": 2})  # unconditional overwrite repairs too
+        assert store.get(MAC_B).content == {"fixed": 2}
+
+    def test_delete_corrupt_document(self, store: ConfigStore) -> None:
+        bad = b"]"
+        self.write_raw(store, MAC_A.file_name, bad)
+        with pytest.raises(PreconditionFailedError):
+            store.delete(MAC_A, if_match=_etag_of({}))
+        store.delete(MAC_A, if_match=compute_etag(bad))
+        assert not store.exists(MAC_A)
+
+    def test_hand_repaired_document_is_served(self, store: ConfigStore) -> None:
+        self.write_raw(store, MAC_A.file_name, b"{broken")
+        with pytest.raises(CorruptDocumentError):
+            store.get_raw(MAC_A)
+        assert store.list() == []
+        self.write_raw(store, MAC_A.file_name, b'{"deviceName": "repaired by hand"}')
+        assert store.get_raw(MAC_A).data == b'{"deviceName": "repaired by hand"}'
+        assert [s.device_name for s in store.list()] == ["repaired by hand"]
+        assert store.listing().skipped == ()
+
+    # -- operations -------------------------------------------------------------------------------
+
+    def test_health_check_leaves_nothing_behind(self, store: ConfigStore) -> None:
+        store.put(MAC_A, {"a": 1})
+        before = sorted(self.list_raw(store))
+        store.check()
+        store.check()
+        assert sorted(self.list_raw(store)) == before
+        assert [s.mac_address for s in store.list()] == [MAC_A]
+
+    def test_no_temporary_files_visible(self, store: ConfigStore) -> None:
+        macs = [MacAddress(i) for i in range(1, 6)]
+        for round_ in range(4):
+            for mac in macs:
+                store.put(mac, {"round": round_, "pad": "x" * round_ * 100})
+        store.delete(macs[0])
+        expected = {mac.file_name for mac in macs[1:]}
+        visible = {name for name in self.list_raw(store) if not name.startswith(".")}
+        assert visible == expected
+        assert store.listing().skipped == ()
+        assert [s.mac_address for s in store.list()] == macs[1:]
+
+    def test_missing_root_is_an_outage(self) -> None:
+        store = self.make_missing_store()
+        calls: list[Callable[[], object]] = [
+            store.list,
+            store.listing,
+            store.check,
+            lambda: store.get(MAC_A),
+            lambda: store.get_raw(MAC_A),
+            lambda: store.put(MAC_A, {"a": 1}),
+            lambda: store.put(MAC_A, {"a": 1}, create_only=True),
+            lambda: store.delete(MAC_A),
+        ]
+        for call in calls:
+            with pytest.raises(StoreUnavailableError) as info:
+                call()
+            assert info.value.code == "STORE_UNAVAILABLE"
+            assert not isinstance(info.value, OSError)
+        store.create_root()  # only now does the root exist, and nothing was written before
+        assert store.list() == []
+        store.put(MAC_A, {"a": 1})
+        assert store.get(MAC_A).content == {"a": 1}
+
+    def test_errors_are_config_errors_with_codes(self, store: ConfigStore) -> None:
+        with pytest.raises(ConfigError) as info:
+            store.get("nonsense")
+        assert info.value.code == "INVALID_MAC"
+        assert "nonsense" in repr(info.value)
+
+    # -- model-checked sequences ------------------------------------------------------------------
+
+    def test_stateful_against_dict_model(self) -> None:
+        """Random operation sequences over a small MAC pool agree with a plain dict."""
+        contract = self
+
+        class Machine(StoreModelMachine):
+            def __init__(self) -> None:
+                super().__init__(contract)
+
+        run_state_machine_as_test(Machine, settings=self.stateful_settings)  # type: ignore[no-untyped-call]
+
+    # -- concurrency ------------------------------------------------------------------------------
+
+    def clients(self, store: ConfigStore) -> list[ConfigStore]:
+        """``store`` and, when the backend offers one, a second client on the same root."""
+        try:
+            return [store, self.make_second_client(store)]
+        except pytest.skip.Exception:
+            return [store]
+
+    def test_compare_and_swap_race_has_one_winner(self, store: ConfigStore) -> None:
+        clients = self.clients(store)
+        base = store.put(MAC_A, {"winner": None})
+        n = self.race_threads
+
+        def attempt(i: int) -> str:
+            return clients[i % len(clients)].put(MAC_A, {"winner": i}, if_match=base.etag).etag
+
+        results = _run_threads(n, attempt)
+        winners = [i for i, r in enumerate(results) if isinstance(r, str)]
+        assert len(winners) == 1, results
+        final = store.get(MAC_A)
+        assert final.content == {"winner": winners[0]}
+        for result in results:
+            if not isinstance(result, str):
+                assert isinstance(result, PreconditionFailedError), result
+                assert result.current_etag == final.etag
+
+    def test_create_only_race_has_one_winner(self, store: ConfigStore) -> None:
+        clients = self.clients(store)
+
+        def attempt(i: int) -> str:
+            return clients[i % len(clients)].put(MAC_B, {"creator": i}, create_only=True).etag
+
+        results = _run_threads(self.race_threads, attempt)
+        winners = [i for i, r in enumerate(results) if isinstance(r, str)]
+        assert len(winners) == 1, results
+        assert all(isinstance(r, AlreadyExistsError | str) for r in results), results
+        assert store.get(MAC_B).content == {"creator": winners[0]}
+
+    def test_concurrent_increments_lose_no_update(self, store: ConfigStore) -> None:
+        clients = self.clients(store)
+        store.put(MAC_C, {"count": 0})
+        k, m = self.counter_threads, self.counter_increments
+        results = _run_threads(k, lambda i: cas_increment(clients[i % len(clients)], MAC_C, m))
+        assert all(isinstance(r, int) for r in results), results
+        assert store.get(MAC_C).content == {"count": k * m}
+        assert json.loads(store.get_raw(MAC_C).data) == {"count": k * m}
+
+
+def nest_depth(depth: int) -> dict[str, Any]:
+    """An object nested ``depth`` levels deep."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"d": value}
+    return value
+
+
+class StoreModelMachine(RuleBasedStateMachine):
+    """Store operations checked against a dict of MAC -> (content, etag).
+
+    Operations go through the store and, when the backend has one, a second client on the same
+    root, so cache coherence between clients is checked on every step.
+    """
+
+    def __init__(self, contract: StoreContract) -> None:
+        super().__init__()
+        self.contract = contract
+        self.store = contract.make_store()
+        self.clients = contract.clients(self.store)
+        self.model: dict[MacAddress, tuple[dict[str, Any], str]] = {}
+
+    macs = st.sampled_from([MAC_A, MAC_B, MAC_C])
+    client = st.integers(min_value=0, max_value=1)
+
+    def _client(self, index: int) -> ConfigStore:
+        return self.clients[index % len(self.clients)]
+
+    def _spell(self, data: st.DataObject, mac: MacAddress) -> str:
+        return data.draw(mac_spellings(mac), label="spelling")
+
+    def _current_etag(self, mac: MacAddress) -> str | None:
+        entry = self.model.get(mac)
+        return None if entry is None else entry[1]
+
+    def _stored(self, mac: MacAddress, content: dict[str, Any]) -> None:
+        self.model[mac] = (content, _etag_of(content))
+
+    @rule(data=st.data(), mac=macs, content=_small_contents, client=client)
+    def put(
+        self, data: st.DataObject, mac: MacAddress, content: dict[str, Any], client: int
+    ) -> None:
+        stored = self._client(client).put(self._spell(data, mac), content)
+        self._stored(mac, content)
+        assert stored.etag == self.model[mac][1]
+
+    @rule(
+        mac=macs,
+        content=_small_contents,
+        use_current=st.booleans(),
+        other=_small_contents,
+        client=client,
+    )
+    def put_if_match(
+        self,
+        mac: MacAddress,
+        content: dict[str, Any],
+        use_current: bool,
+        other: dict[str, Any],
+        client: int,
+    ) -> None:
+        current = self._current_etag(mac)
+        tag = current if use_current and current is not None else _etag_of(other)
+        if tag == current:
+            self._client(client).put(mac, content, if_match=tag)
+            self._stored(mac, content)
+        else:
+            with pytest.raises(PreconditionFailedError) as info:
+                self._client(client).put(mac, content, if_match=tag)
+            assert info.value.current_etag == current
+
+    @rule(mac=macs, content=_small_contents, client=client)
+    def create_only(self, mac: MacAddress, content: dict[str, Any], client: int) -> None:
+        if mac in self.model:
+            with pytest.raises(AlreadyExistsError) as info:
+                self._client(client).put(mac, content, create_only=True)
+            assert info.value.current_etag == self._current_etag(mac)
+        else:
+            self._client(client).put(mac, content, create_only=True)
+            self._stored(mac, content)
+
+    @rule(mac=macs, content=_small_contents, client=client)
+    def put_if_none_match_star(self, mac: MacAddress, content: dict[str, Any], client: int) -> None:
+        if mac in self.model:
+            with pytest.raises(PreconditionFailedError):
+                self._client(client).put(mac, content, if_none_match="*")
+        else:
+            self._client(client).put(mac, content, if_none_match="*")
+            self._stored(mac, content)
+
+    @rule(mac=macs, content=_small_contents)
+    def hand_edit(self, mac: MacAddress, content: dict[str, Any]) -> None:
+        data = json.dumps(content, separators=(",", ":")).encode()
+        self.contract.write_raw(self.store, mac.file_name, data)
+        self.model[mac] = (content, compute_etag(data))
+
+    @rule(data=st.data(), mac=macs, client=client)
+    def get(self, data: st.DataObject, mac: MacAddress, client: int) -> None:
+        store = self._client(client)
+        if mac in self.model:
+            got = store.get(self._spell(data, mac))
+            assert (got.content, got.etag) == self.model[mac]
+        else:
+            with pytest.raises(NotFoundError):
+                store.get(self._spell(data, mac))
+
+    @rule(mac=macs, client=client)
+    def get_raw(self, mac: MacAddress, client: int) -> None:
+        store = self._client(client)
+        if mac in self.model:
+            raw = store.get_raw(mac)
+            assert json.loads(raw.data) == self.model[mac][0]
+            assert raw.etag == self.model[mac][1] == compute_etag(raw.data)
+        else:
+            with pytest.raises(NotFoundError):
+                store.get_raw(mac)
+
+    @rule(mac=macs, client=client)
+    def delete(self, mac: MacAddress, client: int) -> None:
+        if mac in self.model:
+            self._client(client).delete(mac)
+            del self.model[mac]
+        else:
+            with pytest.raises(NotFoundError):
+                self._client(client).delete(mac)
+
+    @rule(mac=macs, use_current=st.booleans(), other=_small_contents, client=client)
+    def delete_if_match(
+        self, mac: MacAddress, use_current: bool, other: dict[str, Any], client: int
+    ) -> None:
+        current = self._current_etag(mac)
+        tag = current if use_current and current is not None else _etag_of(other)
+        store = self._client(client)
+        if current is None:
+            with pytest.raises(NotFoundError):
+                store.delete(mac, if_match=tag)
+        elif tag == current:
+            store.delete(mac, if_match=tag)
+            del self.model[mac]
+        else:
+            with pytest.raises(PreconditionFailedError) as info:
+                store.delete(mac, if_match=tag)
+            assert info.value.current_etag == current
+
+    @rule(client=client)
+    def list_configs(self, client: int) -> None:
+        summaries = self._client(client).list()
+        assert [s.mac_address for s in summaries] == sorted(self.model)
+        for summary in summaries:
+            content, etag = self.model[summary.mac_address]
+            assert summary.etag == etag
+            name = content.get("deviceName")
+            assert summary.device_name == (name if isinstance(name, str) else None)
+
+    @invariant()
+    def existence_agrees(self) -> None:
+        for mac in (MAC_A, MAC_B, MAC_C):
+            assert self.store.exists(mac) == (mac in self.model)
