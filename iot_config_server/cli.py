@@ -551,8 +551,6 @@ def cmd_validate(ctx: _Context, args: argparse.Namespace) -> int:
 
 def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
     """Run the HTTP server in the foreground until SIGTERM (the only subcommand needing Bottle)."""
-    from iot_config_server.serve import serve  # noqa: PLC0415 -- keeps the CLI free of Bottle
-
     overrides: dict[str, Any] = {"store_url": ctx.store_url}
     for option in ("host", "port", "threads", "workers", "log_level", "log_format"):
         value = getattr(args, option)
@@ -564,6 +562,12 @@ def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
         settings = attrs.evolve(ctx.settings, **overrides)
     except SettingsError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        from iot_config_server.serve import serve  # noqa: PLC0415 -- keeps the CLI free of Bottle
+    except ImportError as exc:
+        raise UsageError(
+            f"serve needs the server extra (pip install 'iot-config[server]'): {exc}"
+        ) from exc
     return serve(settings)
 
 
