@@ -1,0 +1,410 @@
+"""`create_app`: the Bottle application over one `ConfigStore`.
+
+Handlers only parse, call the store and shape the answer; every rule lives in the core. What all
+routes share (request id, error bodies, security and CORS headers, auth, metrics) is one Bottle
+plugin, so it also applies when the app is mounted into a parent Bottle app.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import bottle
+from iot_config_core import (
+    ConfigError,
+    ConfigStore,
+    ETagCondition,
+    InvalidETagError,
+    MacAddress,
+)
+from iot_config_core.wire import config_to_wire, summaries_to_wire
+
+from . import docs, openapi
+from .api_models import HealthyReport, UnhealthyReport, api_converter
+from .auth import BearerAuth
+from .cors import CorsPolicy
+from .endpoints import ENDPOINTS, Endpoint, allowed_methods, rules
+from .http_errors import ApiError, error_body_bytes, http_error_for
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import UNMATCHED_ROUTE, AppMetrics
+from .request_body import ENVELOPE_ALLOWANCE, parse_put_request, read_body, require_json
+from .request_ids import HEADER as REQUEST_ID_HEADER
+from .request_ids import current_request_id, request_id_from_environ
+from .settings import Settings
+
+__all__ = ["ENDPOINT_CONFIG_KEY", "create_app"]
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+#: Key in each Bottle route's config that holds its `Endpoint` (read by the plugin and tests).
+ENDPOINT_CONFIG_KEY = "iot_config.endpoint"
+# Canonical MACs never end in ".json", so "/api/configs/<mac>.json" and "/api/configs/<mac>" are
+# disjoint: a PUT to the raw path is a 405 naming GET, not an "invalid MAC" 400.
+MAC_FILTER_PATTERN = r"[^/]+(?<!\.json)"
+
+Handler = Callable[..., bytes]
+
+
+def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
+    """A new Bottle app serving ``store``; nothing global, so apps on two stores coexist."""
+    app = bottle.Bottle()
+    app.uninstall(True)  # no JSON/template plugins: every handler returns bytes it encoded
+    app.router.add_filter("mac", lambda _conf: (MAC_FILTER_PATTERN, None, None))
+    metrics = AppMetrics(store.count)
+    cors = CorsPolicy(settings.cors_origins)
+    auth = BearerAuth(settings.admin_tokens)
+    routes = _Routes(app, store, metrics)
+    app.install(_RequestPlugin(metrics, cors, auth))
+    for endpoint in ENDPOINTS:
+        app.route(
+            endpoint.rule,
+            method=endpoint.method,
+            callback=getattr(routes, endpoint.name),
+            name=endpoint.name,
+            **{ENDPOINT_CONFIG_KEY: endpoint},
+        )
+    for rule in rules():
+        allow = allowed_methods(rule)
+        app.route(
+            rule,
+            method="OPTIONS",
+            callback=_preflight(cors, allow),
+            **{ENDPOINT_CONFIG_KEY: _options_endpoint(rule)},
+        )
+    unmatched = metrics.route(UNMATCHED_ROUTE)
+
+    def route_error(error: bottle.HTTPError) -> bytes:
+        return _route_error(error, cors, unmatched)
+
+    for status in (400, 404, 405, 500):
+        app.error_handler[status] = route_error
+    return app
+
+
+def _options_endpoint(rule: str) -> Endpoint:
+    return Endpoint(
+        f"options:{rule}",
+        "OPTIONS",
+        rule,
+        "Allowed methods; CORS preflight",
+        "cors",
+        (),
+    )
+
+
+# -- cross-cutting ----------------------------------------------------------------------------
+
+
+def _common_headers(
+    resp: bottle.BaseResponse, rid: str, cors: CorsPolicy, origin: str | None
+) -> None:
+    resp.set_header(REQUEST_ID_HEADER, rid)
+    resp.set_header("X-Content-Type-Options", "nosniff")
+    if origin is not None and cors.enabled:
+        for name, value in cors.headers(origin):
+            resp.set_header(name, value)
+
+
+def _error_answer(resp: bottle.BaseResponse, error: ConfigError | ApiError, rid: str) -> bytes:
+    """Turn a typed error into its status and JSON body (headers of a half-done answer dropped)."""
+    mapped = http_error_for(error)
+    resp.status = mapped.status
+    for name in ("ETag", "Cache-Control", "Content-Length"):
+        if name in resp:
+            del resp[name]
+    resp.content_type = JSON
+    if mapped.status == 401:
+        resp.set_header("WWW-Authenticate", 'Bearer realm="iot-config"')
+    if mapped.status == 503:
+        resp.set_header("Retry-After", "1")
+    return error_body_bytes(error.message, mapped.wire_code, error.details, rid)
+
+
+def _internal_error(resp: bottle.BaseResponse, rid: str) -> bytes:
+    return _error_answer(resp, ApiError("INTERNAL_ERROR", "internal server error"), rid)
+
+
+class _RequestPlugin:
+    """Request id, typed-error answers, auth, common headers and metrics around every route."""
+
+    name = "iot_config"
+    api = 2
+
+    def __init__(self, metrics: AppMetrics, cors: CorsPolicy, auth: BearerAuth) -> None:
+        self._metrics = metrics
+        self._cors = cors
+        self._auth = auth
+
+    def apply(self, callback: Handler, route: bottle.Route) -> Handler:
+        endpoint: Endpoint = route.config[ENDPOINT_CONFIG_KEY]
+        # Labelled by the app's own template, not route.rule (which gains a mount prefix).
+        observe = self._metrics.route(endpoint.template).observe
+        check_auth = self._auth.check if endpoint.admin and self._auth.enabled else None
+        cors = self._cors
+        request = bottle.request
+        response = bottle.response
+        perf_counter = time.perf_counter
+
+        def wrapper(**kwargs: Any) -> bytes:
+            started = perf_counter()
+            environ = request.environ
+            rid = request_id_from_environ(environ)
+            token = current_request_id.set(rid)
+            try:
+                try:
+                    if check_auth is not None:
+                        check_auth(environ.get("HTTP_AUTHORIZATION"))
+                    body = callback(**kwargs)
+                except (ConfigError, ApiError) as exc:
+                    body = _error_answer(response, exc, rid)
+                    if response.status_code >= 500:
+                        log.error("%s %s failed: %s", environ["REQUEST_METHOD"], endpoint.rule, exc)
+                except bottle.HTTPResponse:
+                    raise
+                except Exception:  # the error boundary: log it, answer a bare JSON 500
+                    log.exception(
+                        "unexpected error in %s %s", environ["REQUEST_METHOD"], endpoint.rule
+                    )
+                    body = _internal_error(response, rid)
+                _common_headers(response, rid, cors, environ.get("HTTP_ORIGIN"))
+                return body
+            finally:
+                observe(environ["REQUEST_METHOD"], response.status_code, perf_counter() - started)
+                current_request_id.reset(token)
+
+        return wrapper
+
+
+def _route_error(error: bottle.HTTPError, cors: CorsPolicy, unmatched: Any) -> bytes:
+    """JSON answers for what Bottle decides before a route runs: unknown path, wrong method."""
+    request = bottle.request
+    response = bottle.response
+    environ = request.environ
+    rid = request_id_from_environ(environ)
+    status = error.status_code
+    if status == 405:
+        allow = {m.strip() for m in (error.get_header("Allow") or "").split(",") if m.strip()}
+        if "GET" in allow:
+            allow.add("HEAD")
+        response.set_header("Allow", ", ".join(sorted(allow)))
+        api_error = ApiError(
+            "METHOD_NOT_ALLOWED",
+            f"method {environ.get('REQUEST_METHOD')} not allowed here",
+            allowed=sorted(allow),
+        )
+    elif status == 404:
+        api_error = ApiError(
+            "ROUTE_NOT_FOUND", "no such route", path=environ.get("PATH_INFO", "")[:200]
+        )
+    elif status == 400:
+        api_error = ApiError("INVALID_BODY", str(error.body)[:200])
+    else:
+        token = current_request_id.set(rid)
+        try:
+            log.error("unhandled error", exc_info=error.exception)
+        finally:
+            current_request_id.reset(token)
+        api_error = ApiError("INTERNAL_ERROR", "internal server error")
+    body = _error_answer(response, api_error, rid)
+    _common_headers(response, rid, cors, environ.get("HTTP_ORIGIN"))
+    unmatched.count(environ.get("REQUEST_METHOD", "-"), response.status_code)
+    return body
+
+
+def _preflight(cors: CorsPolicy, allow: str) -> Handler:
+    def options() -> bytes:
+        response = bottle.response
+        environ = bottle.request.environ
+        response.status = 204
+        response.set_header("Allow", allow)
+        if "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ:
+            for name, value in cors.preflight_headers(environ.get("HTTP_ORIGIN"), allow):
+                response.set_header(name, value)
+        return b""
+
+    return options
+
+
+def _condition(environ: dict[str, Any], key: str, header: str) -> ETagCondition | None:
+    value = environ.get(key)
+    if value is None:
+        return None
+    try:
+        return ETagCondition.parse(value)
+    except InvalidETagError as exc:
+        raise ApiError("INVALID_HEADER", f"{header}: {exc.message}", header=header) from None
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+class _Routes:
+    """The handlers of one app, bound to its store and metrics."""
+
+    def __init__(self, app: bottle.Bottle, store: ConfigStore, metrics: AppMetrics) -> None:
+        self._app = app
+        self._store = store
+        self._metrics = metrics
+        self._ops = {
+            name: metrics.operation(name) for name in ("get_raw", "get", "list", "put", "delete")
+        }
+        self._list_cache: tuple[int, bytes] = (-1, b"")
+        self._body_cap = store.limits.max_bytes + ENVELOPE_ALLOWANCE
+        self._openapi = openapi.OpenApiCache()
+        self._docs = docs.DocsAssets()
+        self.raw_config = self._raw_handler()
+        self.device_config = self.raw_config
+
+    def _raw_handler(self) -> Handler:
+        """The device hot path: one cached stat-validated read, no JSON work, few allocations."""
+        get_raw = self._store.get_raw
+        op = self._ops["get_raw"]
+        ok = op.ok
+        failed = op.failed
+        request = bottle.request
+        response = bottle.response
+        parse = ETagCondition.parse
+
+        def raw_config(mac: str) -> bytes:
+            try:
+                doc = get_raw(mac)
+            except ConfigError as exc:
+                failed(exc.code)
+                raise
+            ok()
+            etag = f'"{doc.etag}"'
+            set_header = response.set_header
+            set_header("ETag", etag)
+            set_header("Cache-Control", "no-cache")
+            set_header("Content-Type", JSON)
+            if_none_match = request.environ.get("HTTP_IF_NONE_MATCH")
+            if if_none_match is not None and (
+                if_none_match == etag or _parse_inm(parse, if_none_match).matches_weak(doc.etag)
+            ):
+                response.status = 304
+                return b""
+            return doc.data
+
+        return raw_config
+
+    def _operate(self, name: str, action: Callable[[], Any]) -> Any:
+        op = self._ops[name]
+        try:
+            result = action()
+        except ConfigError as exc:
+            op.failed(exc.code)
+            raise
+        op.ok()
+        return result
+
+    def list_configs(self) -> bytes:
+        listing = self._operate("list", self._store.listing)
+        generation, body = self._list_cache
+        if generation != listing.generation:
+            body = _json(summaries_to_wire(list(listing.summaries)))
+            self._list_cache = (listing.generation, body)
+        bottle.response.content_type = JSON
+        return body
+
+    def get_config(self, mac: str) -> bytes:
+        config = self._operate("get", lambda: self._store.get(mac))
+        response = bottle.response
+        response.set_header("ETag", f'"{config.etag}"')
+        response.content_type = JSON
+        return _json(config_to_wire(config))
+
+    def put_config(self, mac: str) -> bytes:
+        environ = bottle.request.environ
+        address = MacAddress.parse(mac)
+        if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
+        if_none_match = _condition(environ, "HTTP_IF_NONE_MATCH", "If-None-Match")
+        require_json(environ)
+        put = parse_put_request(read_body(environ, self._body_cap), self._store.limits)
+        stored = self._operate(
+            "put",
+            lambda: self._store.put(
+                address,
+                put.content,
+                if_match=if_match,
+                if_none_match=if_none_match,
+                create_only=not put.allow_overwrite,
+            ),
+        )
+        log.info("stored config %s (etag %s)", stored.mac_address, stored.etag)
+        response = bottle.response
+        response.set_header("ETag", f'"{stored.etag}"')
+        response.content_type = JSON
+        return _json(config_to_wire(stored))
+
+    def delete_config(self, mac: str) -> bytes:
+        environ = bottle.request.environ
+        address = MacAddress.parse(mac)
+        if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
+        self._operate("delete", lambda: self._store.delete(address, if_match=if_match))
+        log.info("deleted config %s", address)
+        bottle.response.status = 204
+        return b""
+
+    def _health(self) -> bytes:
+        response = bottle.response
+        response.content_type = JSON
+        response.set_header("Cache-Control", "no-store")
+        try:
+            self._store.check()
+        except ConfigError as exc:
+            log.warning("health check failed: %s", exc.message)
+            response.status = 503
+            return _json(api_converter.unstructure(UnhealthyReport(reason=exc.message)))
+        return _json(api_converter.unstructure(HealthyReport()))
+
+    def health(self) -> bytes:
+        return self._health()
+
+    def health_ready(self) -> bytes:
+        return self._health()
+
+    def health_live(self) -> bytes:
+        response = bottle.response
+        response.content_type = JSON
+        response.set_header("Cache-Control", "no-store")
+        return _json(api_converter.unstructure(HealthyReport()))
+
+    def metrics(self) -> bytes:
+        bottle.response.content_type = METRICS_CONTENT_TYPE
+        return self._metrics.exposition()
+
+    def openapi(self) -> bytes:
+        bottle.response.content_type = JSON
+        return self._openapi.document(_base_path(self._app, bottle.request.environ))
+
+    def docs(self) -> bytes:
+        return self._docs.page(bottle.response)
+
+    def docs_asset(self, name: str) -> bytes:
+        return self._docs.asset(name, bottle.response)
+
+
+def _parse_inm(parse: Callable[[str], ETagCondition], value: str) -> ETagCondition:
+    try:
+        return parse(value)
+    except InvalidETagError as exc:
+        raise ApiError(
+            "INVALID_HEADER", f"If-None-Match: {exc.message}", header="If-None-Match"
+        ) from None
+
+
+def _base_path(app: bottle.Bottle, environ: dict[str, Any]) -> str:
+    """Where this app's routes start: the WSGI SCRIPT_NAME plus any Bottle mount prefix."""
+    prefix = str(app.config.get("_mount.prefix") or "/")
+    script = str(environ.get("SCRIPT_NAME") or "")
+    base = (script.rstrip("/") + "/" + prefix.strip("/")).rstrip("/")
+    return base or "/"

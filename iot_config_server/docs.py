@@ -1,0 +1,114 @@
+"""``/api/docs``: Swagger UI served by the app itself, from the ``swagger-ui-bundle-v2`` package.
+
+Works offline (no CDN) and under a strict Content-Security-Policy: every script and stylesheet is
+a file from this origin, including the small initializer below, and all URLs are relative so the
+page also works behind a reverse-proxy prefix.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import bottle
+
+from .http_errors import ApiError
+
+__all__ = ["CONTENT_SECURITY_POLICY", "DocsAssets"]
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; object-src 'none'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'"
+)
+
+# The page is /api/docs, so "docs/assets/x" is /api/docs/assets/x and "openapi.json" is
+# /api/openapi.json, wherever the app is mounted.
+PAGE = b"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>iot-config API</title>
+<link rel="stylesheet" href="docs/assets/swagger-ui.css">
+<link rel="stylesheet" href="docs/assets/index.css">
+<link rel="icon" type="image/png" href="docs/assets/favicon-32x32.png">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="docs/assets/swagger-ui-bundle.js"></script>
+<script src="docs/assets/swagger-ui-standalone-preset.js"></script>
+<script src="docs/assets/init.js"></script>
+</body>
+</html>
+"""
+
+INIT_SCRIPT = b"""window.addEventListener("load", function () {
+  window.ui = SwaggerUIBundle({
+    url: "openapi.json",
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+    layout: "StandaloneLayout"
+  });
+});
+"""
+
+#: Files of the bundle the page uses, and their media types; nothing else is served.
+BUNDLE_FILES = {
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "index.css": "text/css; charset=utf-8",
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui-standalone-preset.js": "text/javascript; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+    "favicon-16x16.png": "image/png",
+}
+
+
+def _bundle_dir() -> Path | None:
+    try:
+        module = importlib.import_module("swagger_ui_bundle")
+    except ImportError:
+        return None
+    path = Path(str(module.swagger_ui_path))
+    return path if path.is_dir() else None
+
+
+class DocsAssets:
+    """The docs page and its files, read from the installed bundle once and kept in memory."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, bytes] = {}
+
+    def _unavailable(self) -> ApiError:
+        return ApiError(
+            "DOCS_UNAVAILABLE",
+            "interactive docs need the swagger-ui-bundle-v2 package (pip install 'iot-config[server]'); "
+            "the OpenAPI document is at /api/openapi.json",
+        )
+
+    def page(self, response: bottle.BaseResponse) -> bytes:
+        if _bundle_dir() is None:
+            raise self._unavailable()
+        response.content_type = "text/html; charset=utf-8"
+        response.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.set_header("Cache-Control", "no-cache")
+        return PAGE
+
+    def asset(self, name: str, response: bottle.BaseResponse) -> bytes:
+        if name == "init.js":
+            data, media_type = INIT_SCRIPT, "text/javascript; charset=utf-8"
+        elif name in BUNDLE_FILES:
+            media_type = BUNDLE_FILES[name]
+            data = self._cache.get(name, b"")
+            if not data:
+                directory = _bundle_dir()
+                if directory is None:
+                    raise self._unavailable()
+                data = self._cache[name] = (directory / name).read_bytes()
+        else:
+            raise ApiError(
+                "ROUTE_NOT_FOUND", f"no documentation asset {name[:80]!r}", path=name[:80]
+            )
+        response.content_type = media_type
+        response.set_header("Cache-Control", "public, max-age=86400")
+        return data

@@ -1,0 +1,260 @@
+"""The route table as data: what `create_app` registers and what `openapi` documents.
+
+Both read this one tuple, so the served routes and the documented ones are the same list. Nothing
+here imports bottle: the table is also the contract the tests compare the app against.
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+from iot_config_core.wire import ConfigListWire, ConfigWire
+
+from .api_models import HealthyReport, PutConfigRequest, UnhealthyReport
+
+__all__ = [
+    "ENDPOINTS",
+    "Endpoint",
+    "Header",
+    "Reply",
+    "allowed_methods",
+    "openapi_path",
+    "rules",
+]
+
+
+@attrs.frozen
+class Header:
+    """A documented request or response header."""
+
+    name: str
+    description: str
+    required: bool = False
+
+
+@attrs.frozen
+class Reply:
+    """One documented success answer of an endpoint."""
+
+    status: int
+    description: str
+    #: An attrs class whose wire form is the JSON body, or None for the raw/none cases below.
+    model: type | None = None
+    #: Media type of a body that is not an attrs model (raw documents, metrics, HTML, assets).
+    media_type: str | None = None
+    headers: tuple[Header, ...] = ()
+
+
+ETAG = Header("ETag", "Strong entity tag of the stored bytes (quoted MD5 hex).")
+CACHE_CONTROL = Header("Cache-Control", "`no-cache`: devices revalidate with If-None-Match.")
+IF_MATCH = Header("If-Match", "Write only if the stored version matches (`*`: if any exists).")
+IF_NONE_MATCH_WRITE = Header("If-None-Match", "`*`: write only if no config is stored yet.")
+IF_NONE_MATCH_READ = Header(
+    "If-None-Match", "ETag list from an earlier answer; a match (weak comparison) answers 304."
+)
+
+
+@attrs.frozen
+class Endpoint:
+    """One route: method, Bottle rule, the handler's name and everything the docs say about it."""
+
+    name: str
+    method: str
+    rule: str
+    summary: str
+    tag: str
+    replies: tuple[Reply, ...]
+    #: Error codes (keys of `http_errors.ERROR_TABLE`) this route can answer with.
+    errors: tuple[str, ...] = ()
+    #: Whether configured admin tokens are required (device, health, metrics and docs are open).
+    admin: bool = False
+    request_model: type | None = None
+    request_headers: tuple[Header, ...] = ()
+    description: str = ""
+
+    @property
+    def template(self) -> str:
+        """The rule without filters (``/api/configs/<mac>``): the metrics route label."""
+        return _FILTER.sub(r"<\1>", self.rule)
+
+
+_FILTER = re.compile(r"<(\w+):[^>]*>")
+_MAC_ERRORS = ("INVALID_MAC", "NOT_FOUND", "STORE_UNAVAILABLE")
+_RAW_REPLIES = (
+    Reply(
+        200,
+        "The stored document, byte for byte.",
+        media_type="application/json",
+        headers=(ETAG, CACHE_CONTROL),
+    ),
+    Reply(304, "Not modified: the If-None-Match tag is current.", headers=(ETAG, CACHE_CONTROL)),
+)
+_RAW_ERRORS = (*_MAC_ERRORS, "CORRUPT_DOCUMENT", "INVALID_ETAG")
+
+#: Every route of the app except the generated OPTIONS (CORS preflight) routes.
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "list_configs",
+        "GET",
+        "/api/configs",
+        "List every valid config's summary, sorted by MAC address",
+        "configs",
+        (Reply(200, "The fleet.", ConfigListWire),),
+        errors=("STORE_UNAVAILABLE",),
+        admin=True,
+    ),
+    Endpoint(
+        "raw_config",
+        "GET",
+        "/api/configs/<mac>.json",
+        "The stored document of one device, exactly as stored",
+        "devices",
+        _RAW_REPLIES,
+        errors=_RAW_ERRORS,
+        request_headers=(IF_NONE_MATCH_READ,),
+    ),
+    Endpoint(
+        "get_config",
+        "GET",
+        "/api/configs/<mac:mac>",
+        "One config with its summary fields",
+        "configs",
+        (Reply(200, "The config.", ConfigWire, headers=(ETAG,)),),
+        errors=(*_MAC_ERRORS, "CORRUPT_DOCUMENT"),
+        admin=True,
+    ),
+    Endpoint(
+        "put_config",
+        "PUT",
+        "/api/configs/<mac:mac>",
+        "Create or replace a config",
+        "configs",
+        (Reply(200, "What was stored.", ConfigWire, headers=(ETAG,)),),
+        errors=(
+            *_MAC_ERRORS[:1],
+            "INVALID_BODY",
+            "INVALID_DOCUMENT",
+            "INVALID_ETAG",
+            "PRECONDITION_FAILED",
+            "ALREADY_EXISTS",
+            "PAYLOAD_TOO_LARGE",
+            "UNSUPPORTED_MEDIA_TYPE",
+            "STORE_UNAVAILABLE",
+        ),
+        admin=True,
+        request_model=PutConfigRequest,
+        request_headers=(IF_MATCH, IF_NONE_MATCH_WRITE),
+        description="`allow_overwrite: false` refuses to replace an existing config (409).",
+    ),
+    Endpoint(
+        "delete_config",
+        "DELETE",
+        "/api/configs/<mac:mac>",
+        "Delete a config",
+        "configs",
+        (Reply(204, "Deleted."),),
+        errors=(*_MAC_ERRORS, "INVALID_ETAG", "PRECONDITION_FAILED"),
+        admin=True,
+        request_headers=(IF_MATCH,),
+    ),
+    Endpoint(
+        "device_config",
+        "GET",
+        "/esp32/config/<mac>.json",
+        "The stored document of one device (the path device firmware polls)",
+        "devices",
+        _RAW_REPLIES,
+        errors=_RAW_ERRORS,
+        request_headers=(IF_NONE_MATCH_READ,),
+    ),
+    Endpoint(
+        "health",
+        "GET",
+        "/api/health",
+        "Store health: readable and writable",
+        "operations",
+        (
+            Reply(200, "The store works.", HealthyReport),
+            Reply(503, "The store fails.", UnhealthyReport),
+        ),
+    ),
+    Endpoint(
+        "health_live",
+        "GET",
+        "/api/health/live",
+        "Liveness: the process answers (never touches the store)",
+        "operations",
+        (Reply(200, "Alive.", HealthyReport),),
+    ),
+    Endpoint(
+        "health_ready",
+        "GET",
+        "/api/health/ready",
+        "Readiness: the store works",
+        "operations",
+        (
+            Reply(200, "Ready.", HealthyReport),
+            Reply(503, "Not ready.", UnhealthyReport),
+        ),
+    ),
+    Endpoint(
+        "metrics",
+        "GET",
+        "/metrics",
+        "Prometheus metrics",
+        "operations",
+        (Reply(200, "Prometheus text exposition format.", media_type="text/plain"),),
+    ),
+    Endpoint(
+        "openapi",
+        "GET",
+        "/api/openapi.json",
+        "This OpenAPI document",
+        "documentation",
+        (Reply(200, "OpenAPI 3.1 document.", media_type="application/json"),),
+    ),
+    Endpoint(
+        "docs",
+        "GET",
+        "/api/docs",
+        "Interactive API documentation",
+        "documentation",
+        (Reply(200, "HTML page.", media_type="text/html"),),
+        errors=("DOCS_UNAVAILABLE",),
+    ),
+    Endpoint(
+        "docs_asset",
+        "GET",
+        "/api/docs/assets/<name>",
+        "Static files of the documentation page",
+        "documentation",
+        (Reply(200, "The file.", media_type="application/octet-stream"),),
+        errors=("ROUTE_NOT_FOUND", "DOCS_UNAVAILABLE"),
+    ),
+)
+
+_PARAM = re.compile(r"<(\w+)(?::[^>]*)?>")
+
+
+def openapi_path(rule: str) -> str:
+    """The OpenAPI path template of a Bottle rule (``<mac:mac>`` -> ``{mac}``)."""
+    return _PARAM.sub(r"{\1}", rule)
+
+
+def path_parameters(rule: str) -> list[str]:
+    return _PARAM.findall(rule)
+
+
+def rules() -> list[str]:
+    """Distinct rules in table order (each also gets an OPTIONS route)."""
+    return list(dict.fromkeys(endpoint.rule for endpoint in ENDPOINTS))
+
+
+def allowed_methods(rule: str) -> str:
+    """The ``Allow`` value of a rule: its methods, HEAD wherever GET is, and OPTIONS."""
+    methods = {endpoint.method for endpoint in ENDPOINTS if endpoint.rule == rule}
+    if "GET" in methods:
+        methods.add("HEAD")
+    methods.add("OPTIONS")
+    return ", ".join(sorted(methods))

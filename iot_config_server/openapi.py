@@ -1,0 +1,333 @@
+"""The OpenAPI 3.1 document, derived from the route table and the attrs wire classes.
+
+Schemas come from the same classes (and the same omit/rename constants) that produce the
+answers, and operations from `endpoints.ENDPOINTS`, which is also what the app registers: adding a
+field or a route changes the document with no second place to edit.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import types
+import typing
+from collections.abc import Mapping
+from datetime import datetime
+from importlib import metadata
+from typing import Any, Literal, Union
+
+import attrs
+from iot_config_core import ConfigSummary, MacAddress
+from iot_config_core.wire import SUMMARY_FILE_FIELDS
+
+from .api_models import ERROR_BODY_RENAMES, ErrorBody
+from .endpoints import (
+    ENDPOINTS,
+    Endpoint,
+    Header,
+    allowed_methods,
+    openapi_path,
+    path_parameters,
+    rules,
+)
+from .http_errors import ERROR_TABLE, wire_codes
+
+__all__ = ["OpenApiCache", "build_document", "schema_components"]
+
+OPENAPI_VERSION = "3.1.0"
+MAC_PATTERN = r"^[0-9a-f]{2}(-[0-9a-f]{2}){5}$"
+
+
+@attrs.frozen
+class WireShape:
+    """How a class's wire form differs from its attrs fields (mirrors the cattrs hooks)."""
+
+    omit: tuple[str, ...] = ()
+    renames: Mapping[str, str] = attrs.field(factory=dict)
+    field_schemas: Mapping[str, dict[str, Any]] = attrs.field(factory=dict)
+
+
+def _shapes() -> dict[type, WireShape]:
+    return {
+        ConfigSummary: WireShape(omit=SUMMARY_FILE_FIELDS),
+        ErrorBody: WireShape(
+            renames=ERROR_BODY_RENAMES,
+            field_schemas={
+                "code": {"type": "string", "enum": wire_codes()},
+                "details": {"type": "object", "description": "Facts about the error."},
+                "correlation_id": {
+                    "type": "string",
+                    "description": "The request id (X-Request-ID) to quote in bug reports.",
+                },
+            },
+        ),
+    }
+
+
+class _SchemaBuilder:
+    """JSON Schema (2020-12, as OpenAPI 3.1 uses) for the types our wire classes use."""
+
+    def __init__(self) -> None:
+        self.components: dict[str, dict[str, Any]] = {}
+        self._shapes = _shapes()
+
+    def ref(self, cls: type, *, output: bool) -> dict[str, Any]:
+        name = cls.__name__
+        if name not in self.components:
+            self.components[name] = {}  # placeholder stops recursion
+            self.components[name] = self._object(cls, output=output)
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def _object(self, cls: type, *, output: bool) -> dict[str, Any]:
+        shape = self._shapes.get(cls, WireShape())
+        hints = typing.get_type_hints(cls)
+        properties: dict[str, Any] = {}
+        required: list[str] = []
+        for field in attrs.fields(cls):
+            if field.name in shape.omit:
+                continue
+            wire = shape.renames.get(field.name, field.name)
+            schema = shape.field_schemas.get(field.name) or self.schema(
+                hints[field.name], output=output
+            )
+            if field.default is not attrs.NOTHING and not isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+                schema = {**schema, "default": field.default}
+            properties[wire] = schema
+            # Answers always carry every field; requests may leave out fields with defaults.
+            if output or field.default is attrs.NOTHING:
+                required.append(wire)
+        result: dict[str, Any] = {"type": "object", "properties": properties, "required": required}
+        if cls.__doc__:
+            result["description"] = cls.__doc__.strip().splitlines()[0]
+        if output:
+            result["additionalProperties"] = False
+        return result
+
+    def schema(self, tp: Any, *, output: bool) -> dict[str, Any]:
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        simple: dict[Any, str] = {str: "string", bool: "boolean", int: "integer", float: "number"}
+        if tp is Any:
+            return {}
+        if tp is type(None):
+            return {"type": "null"}
+        if tp in simple:
+            return {"type": simple[tp]}
+        if tp is MacAddress:
+            return {
+                "type": "string",
+                "pattern": MAC_PATTERN,
+                "description": "MAC address, canonical spelling",
+                "examples": ["aa-bb-cc-dd-ee-ff"],
+            }
+        if tp is datetime:
+            return {"type": "string", "format": "date-time"}
+        if origin in (Union, types.UnionType):
+            members = [self.schema(arg, output=output) for arg in args]
+            if all(set(m) == {"type"} and isinstance(m["type"], str) for m in members):
+                return {"type": [m["type"] for m in members]}
+            return {"anyOf": members}
+        if origin is Literal:
+            return {"enum": list(args)} if len(args) > 1 else {"const": args[0]}
+        if origin in (list, tuple):
+            item = args[0] if args else Any
+            return {"type": "array", "items": self.schema(item, output=output)}
+        if origin is dict or tp is dict:
+            value = args[1] if len(args) == 2 else Any
+            value_schema = self.schema(value, output=output)
+            return {
+                "type": "object",
+                **({"additionalProperties": value_schema} if value_schema else {}),
+            }
+        if attrs.has(tp):
+            return self.ref(tp, output=output)
+        raise TypeError(f"no JSON schema for {tp!r}")
+
+
+def _header_objects(headers: tuple[Header, ...]) -> dict[str, Any]:
+    return {h.name: {"description": h.description, "schema": {"type": "string"}} for h in headers}
+
+
+_REQUEST_ID = Header("X-Request-ID", "The request id (the client's if sane, else generated).")
+
+
+def _error_responses(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
+    codes = list(endpoint.errors)
+    if endpoint.admin:
+        codes.append("UNAUTHORIZED")
+    codes.append("INTERNAL_ERROR")
+    by_status: dict[int, set[str]] = {}
+    for code in codes:
+        entry = ERROR_TABLE[code]
+        by_status.setdefault(entry.status, set()).add(entry.wire_code)
+    ref = builder.ref(ErrorBody, output=True)
+    responses: dict[str, Any] = {}
+    for status, wire in sorted(by_status.items()):
+        headers = _header_objects((_REQUEST_ID,))
+        if status == 401:
+            headers["WWW-Authenticate"] = {"schema": {"type": "string"}}
+        responses[str(status)] = {
+            "description": "Error: " + ", ".join(sorted(wire)),
+            "headers": headers,
+            "content": {"application/json": {"schema": ref}},
+        }
+    return responses
+
+
+def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = []
+    for name in path_parameters(endpoint.rule):
+        parameters.append(
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": (
+                    "MAC address in any common spelling (aa-bb-cc-dd-ee-ff, AA:BB:..., aabb.ccdd.eeff, "
+                    "aabbccddeeff)"
+                    if name == "mac"
+                    else "File name"
+                ),
+            }
+        )
+    for header in endpoint.request_headers:
+        parameters.append(
+            {
+                "name": header.name,
+                "in": "header",
+                "required": header.required,
+                "schema": {"type": "string"},
+                "description": header.description,
+            }
+        )
+    responses: dict[str, Any] = {}
+    for reply in endpoint.replies:
+        answer: dict[str, Any] = {
+            "description": reply.description,
+            "headers": _header_objects((*reply.headers, _REQUEST_ID)),
+        }
+        if reply.model is not None:
+            answer["content"] = {
+                "application/json": {"schema": builder.ref(reply.model, output=True)}
+            }
+        elif reply.media_type is not None:
+            schema: dict[str, Any] = (
+                {"type": "object"} if reply.media_type == "application/json" else {"type": "string"}
+            )
+            answer["content"] = {reply.media_type: {"schema": schema}}
+        responses[str(reply.status)] = answer
+    responses.update(_error_responses(endpoint, builder))
+    operation: dict[str, Any] = {
+        "operationId": endpoint.name,
+        "summary": endpoint.summary,
+        "tags": [endpoint.tag],
+        "responses": responses,
+    }
+    if endpoint.description:
+        operation["description"] = endpoint.description
+    if parameters:
+        operation["parameters"] = parameters
+    if endpoint.request_model is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": builder.ref(endpoint.request_model, output=False)}
+            },
+        }
+    if endpoint.admin:
+        # Required only when the server is configured with admin tokens.
+        operation["security"] = [{"adminToken": []}, {}]
+    return operation
+
+
+def _options_operation(rule: str) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": "options_" + "_".join(p for p in openapi_path(rule).strip("/").split("/")),
+        "summary": "Allowed methods; answers CORS preflight requests for configured origins",
+        "tags": ["cors"],
+        "responses": {
+            "204": {
+                "description": f"Allowed methods: {allowed_methods(rule)}",
+                "headers": _header_objects(
+                    (
+                        Header("Allow", "The methods of this path."),
+                        Header("Access-Control-Allow-Origin", "Present for allowed origins."),
+                        Header("Access-Control-Allow-Methods", "Present for allowed origins."),
+                        Header("Access-Control-Allow-Headers", "Present for allowed origins."),
+                    )
+                ),
+            }
+        },
+    }
+    names = path_parameters(rule)
+    if names:
+        operation["parameters"] = [
+            {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
+        ]
+    return operation
+
+
+def _version() -> str:
+    try:
+        return metadata.version("iot-config")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def build_document(base_path: str = "/") -> dict[str, Any]:
+    """The whole OpenAPI document for an app whose routes start at ``base_path``."""
+    builder = _SchemaBuilder()
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in ENDPOINTS:
+        path = paths.setdefault(openapi_path(endpoint.rule), {})
+        path[endpoint.method.lower()] = _operation(endpoint, builder)
+    for rule in rules():
+        paths[openapi_path(rule)]["options"] = _options_operation(rule)
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "iot-config",
+            "version": _version(),
+            "description": (
+                "Configs of ESP32 devices, keyed by MAC address. Devices poll the raw document "
+                "endpoints; admins and the web UI use /api/configs. Every error answer is an "
+                "ErrorBody with a stable machine code."
+            ),
+        },
+        "servers": [{"url": base_path}],
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(builder.components.items())),
+            "securitySchemes": {
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Admin token; required only when the server has tokens set.",
+                }
+            },
+        },
+    }
+
+
+def schema_components() -> dict[str, dict[str, Any]]:
+    """The component schemas alone (tests validate real answers against them)."""
+    return build_document()["components"]["schemas"]  # type: ignore[no-any-return]
+
+
+class OpenApiCache:
+    """The serialized document per base path, built on first request (a handful of prefixes)."""
+
+    def __init__(self) -> None:
+        self._documents: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def document(self, base_path: str) -> bytes:
+        found = self._documents.get(base_path)
+        if found is None:
+            found = json.dumps(build_document(base_path), ensure_ascii=False).encode()
+            with self._lock:
+                if len(self._documents) >= 16:
+                    self._documents.clear()
+                self._documents[base_path] = found
+        return found
