@@ -1,0 +1,1 @@
+"""Reliability suite: faults, bad input and load against real stores and servers."""
