@@ -17,11 +17,11 @@ __all__ = ["Settings", "create_app"]
 
 def __getattr__(name: str) -> Any:
     if name == "create_app":
-        from .app import create_app
+        from .app import create_app  # noqa: PLC0415 (lazy: bottle is an optional extra)
 
         return create_app
     if name == "Settings":
-        from .settings import Settings
+        from .settings import Settings  # noqa: PLC0415
 
         return Settings
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

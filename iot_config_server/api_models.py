@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import attrs
 from cattrs.gen import make_dict_unstructure_fn, override
+
 from iot_config_core.wire import converter as core_converter
 
 __all__ = [
@@ -38,13 +39,16 @@ class ErrorBody:
 #: Wire name of each `ErrorBody` field whose Python name differs (the web UI expects camelCase).
 ERROR_BODY_RENAMES = {"correlation_id": "correlationId"}
 
+_renames: dict[str, Any] = {
+    name: override(rename=wire) for name, wire in ERROR_BODY_RENAMES.items()
+}
 api_converter.register_unstructure_hook(
     ErrorBody,
     make_dict_unstructure_fn(
         ErrorBody,
         api_converter,
         details=override(unstruct_hook=dict),
-        **{name: override(rename=wire) for name, wire in ERROR_BODY_RENAMES.items()},
+        **_renames,
     ),
 )
 

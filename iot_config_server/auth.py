@@ -21,6 +21,7 @@ class BearerAuth:
 
     @property
     def enabled(self) -> bool:
+        """Whether any token is configured (else every route is open)."""
         return bool(self._tokens)
 
     def __repr__(self) -> str:

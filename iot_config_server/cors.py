@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import attrs
 
 __all__ = ["CorsPolicy"]
@@ -13,14 +15,19 @@ EXPOSED_HEADERS = "ETag, X-Request-ID, WWW-Authenticate"
 PREFLIGHT_MAX_AGE = "600"
 
 
+def _origin_set(origins: Iterable[str]) -> frozenset[str]:
+    return frozenset(origins)
+
+
 @attrs.frozen
 class CorsPolicy:
     """Which origins may call the API from a browser; ``"*"`` allows any (without credentials)."""
 
-    origins: frozenset[str] = attrs.field(converter=frozenset)
+    origins: frozenset[str] = attrs.field(converter=_origin_set)
 
     @property
     def enabled(self) -> bool:
+        """Whether any origin is configured (else no CORS headers are sent)."""
         return bool(self.origins)
 
     def allowed_origin(self, origin: str | None) -> str | None:

@@ -82,11 +82,12 @@ class DocsAssets:
     def _unavailable(self) -> ApiError:
         return ApiError(
             "DOCS_UNAVAILABLE",
-            "interactive docs need the swagger-ui-bundle-v2 package (pip install 'iot-config[server]'); "
-            "the OpenAPI document is at /api/openapi.json",
+            "interactive docs need the swagger-ui-bundle-v2 package "
+            "(pip install 'iot-config[server]'); the OpenAPI document is at /api/openapi.json",
         )
 
     def page(self, response: bottle.BaseResponse) -> bytes:
+        """The HTML page (a 503 ``DOCS_UNAVAILABLE`` when the bundle is not installed)."""
         if _bundle_dir() is None:
             raise self._unavailable()
         response.content_type = "text/html; charset=utf-8"
@@ -95,6 +96,7 @@ class DocsAssets:
         return PAGE
 
     def asset(self, name: str, response: bottle.BaseResponse) -> bytes:
+        """One whitelisted file of the bundle, or our initializer script."""
         if name == "init.js":
             data, media_type = INIT_SCRIPT, "text/javascript; charset=utf-8"
         elif name in BUNDLE_FILES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import attrs
+
 from iot_config_core.wire import ConfigListWire, ConfigWire
 
 from .api_models import HealthyReport, PutConfigRequest, UnhealthyReport

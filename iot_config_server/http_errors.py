@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+
 from iot_config_core import ConfigError
 
 from .api_models import ErrorBody, api_converter

@@ -41,6 +41,7 @@ class RouteMetrics:
         self._counters: dict[tuple[str, int], Callable[[], None]] = {}
 
     def count(self, method: str, status: int) -> None:
+        """Count an answer without timing it (requests that matched no route)."""
         inc = self._counters.get((method, status))
         if inc is None:
             inc = self._requests.labels(method, self._route, str(status)).inc
@@ -48,6 +49,7 @@ class RouteMetrics:
         inc()
 
     def observe(self, method: str, status: int, seconds: float) -> None:
+        """Count an answer and record how long it took."""
         self.count(method, status)
         self._duration.observe(seconds)
 
@@ -128,6 +130,7 @@ class AppMetrics:
         return found
 
     def operation(self, name: str) -> OperationMetrics:
+        """Pre-bound outcome counters of one store operation."""
         return OperationMetrics(self, name)
 
     def exposition(self) -> bytes:

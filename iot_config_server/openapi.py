@@ -17,6 +17,7 @@ from importlib import metadata
 from typing import Any, Literal, Union
 
 import attrs
+
 from iot_config_core import ConfigSummary, MacAddress
 from iot_config_core.wire import SUMMARY_FILE_FIELDS
 
@@ -36,6 +37,10 @@ __all__ = ["OpenApiCache", "build_document", "schema_components"]
 
 OPENAPI_VERSION = "3.1.0"
 MAC_PATTERN = r"^[0-9a-f]{2}(-[0-9a-f]{2}){5}$"
+MAC_PARAMETER = (
+    "MAC address in any common spelling: aa-bb-cc-dd-ee-ff, AA:BB:CC:DD:EE:FF, aabb.ccdd.eeff, "
+    "aabbccddeeff"
+)
 
 
 @attrs.frozen
@@ -175,32 +180,26 @@ def _error_responses(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, A
 
 
 def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
-    parameters: list[dict[str, Any]] = []
-    for name in path_parameters(endpoint.rule):
-        parameters.append(
-            {
-                "name": name,
-                "in": "path",
-                "required": True,
-                "schema": {"type": "string"},
-                "description": (
-                    "MAC address in any common spelling (aa-bb-cc-dd-ee-ff, AA:BB:..., aabb.ccdd.eeff, "
-                    "aabbccddeeff)"
-                    if name == "mac"
-                    else "File name"
-                ),
-            }
-        )
-    for header in endpoint.request_headers:
-        parameters.append(
-            {
-                "name": header.name,
-                "in": "header",
-                "required": header.required,
-                "schema": {"type": "string"},
-                "description": header.description,
-            }
-        )
+    parameters: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": MAC_PARAMETER if name == "mac" else "File name",
+        }
+        for name in path_parameters(endpoint.rule)
+    ]
+    parameters.extend(
+        {
+            "name": header.name,
+            "in": "header",
+            "required": header.required,
+            "schema": {"type": "string"},
+            "description": header.description,
+        }
+        for header in endpoint.request_headers
+    )
     responses: dict[str, Any] = {}
     for reply in endpoint.replies:
         answer: dict[str, Any] = {
@@ -323,6 +322,7 @@ class OpenApiCache:
         self._lock = threading.Lock()
 
     def document(self, base_path: str) -> bytes:
+        """The serialized document for ``base_path``."""
         found = self._documents.get(base_path)
         if found is None:
             found = json.dumps(build_document(base_path), ensure_ascii=False).encode()

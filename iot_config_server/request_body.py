@@ -14,7 +14,7 @@ from iot_config_core import DocumentLimits, InvalidDocumentError, decode_documen
 from .api_models import PutConfigRequest
 from .http_errors import ApiError
 
-__all__ = ["ENVELOPE_ALLOWANCE", "read_body", "require_json", "parse_put_request"]
+__all__ = ["ENVELOPE_ALLOWANCE", "parse_put_request", "read_body", "require_json"]
 
 #: Bytes allowed on top of the document limit for the request envelope (``{"content": ...}``)
 #: and for formatting a client may add that the stored, re-encoded form does not keep.
@@ -75,16 +75,13 @@ def read_body(environ: dict[str, Any], cap: int) -> bytes:
     length_text = (environ.get("CONTENT_LENGTH") or "").strip()
     chunked = "chunked" in (environ.get("HTTP_TRANSFER_ENCODING") or "").lower()
     if length_text and not chunked:
-        try:
-            length = int(length_text)
-            if length < 0:
-                raise ValueError
-        except ValueError:
+        length = int(length_text) if length_text.isdigit() else -1
+        if length < 0:
             raise ApiError(
                 "INVALID_HEADER",
                 f"invalid Content-Length {length_text[:40]!r}",
                 header="Content-Length",
-            ) from None
+            )
         if length > cap:
             raise _too_large(length, cap)
         if stream is None or length == 0:

@@ -10,13 +10,13 @@ import contextvars
 import os
 import re
 
-__all__ = ["HEADER", "ENVIRON_KEY", "current_request_id", "request_id_from_environ", "sanitize"]
+__all__ = ["ENVIRON_KEY", "HEADER", "current_request_id", "request_id_from_environ", "sanitize"]
 
 HEADER = "X-Request-ID"
 ENVIRON_KEY = "iot_config.request_id"
 MAX_LENGTH = 128
 # Token characters a log line and a header can carry unescaped (base64, UUIDs, W3C trace ids).
-_SANE = re.compile(r"[A-Za-z0-9._:+/=@-]{1,%d}" % MAX_LENGTH, re.ASCII)
+_SANE = re.compile(rf"[A-Za-z0-9._:+/=@-]{{1,{MAX_LENGTH}}}", re.ASCII)
 
 #: The id of the request being handled by this thread/task, ``"-"`` outside requests.
 current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(

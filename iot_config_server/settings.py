@@ -79,6 +79,14 @@ def _check_tokens(_: Any, __: attrs.Attribute[tuple[str, ...]], value: tuple[str
             raise SettingsError("admin_tokens", "tokens must not contain commas")
 
 
+def _upper(value: str) -> str:
+    return value.upper()
+
+
+def _lower(value: str) -> str:
+    return value.lower()
+
+
 @attrs.frozen
 class Settings:
     """Everything the server runner and `create_app` need to know; no secrets in ``repr``."""
@@ -97,8 +105,8 @@ class Settings:
     admin_tokens: tuple[str, ...] = attrs.field(
         default=(), converter=tuple, validator=_check_tokens, repr=False
     )
-    log_level: str = attrs.field(default="INFO", converter=str.upper, validator=_check_log_level)
-    log_format: str = attrs.field(default="text", converter=str.lower, validator=_check_log_format)
+    log_level: str = attrs.field(default="INFO", converter=_upper, validator=_check_log_level)
+    log_format: str = attrs.field(default="text", converter=_lower, validator=_check_log_format)
 
     @property
     def auth_enabled(self) -> bool:
@@ -107,6 +115,7 @@ class Settings:
 
     @property
     def log_level_number(self) -> int:
+        """``log_level`` as the `logging` module's number."""
         return logging.getLevelNamesMapping()[self.log_level]
 
     @classmethod
