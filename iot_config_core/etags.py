@@ -16,9 +16,10 @@ __all__ = ["ETagCondition", "EntityTag"]
 
 _MAX_HEADER = 8192
 # One list member: an optional weak prefix and a quoted tag, or (leniently) a bare token, as sent
-# by clients that strip quotes; characters per RFC 9110's etagc.
+# by clients that strip quotes; characters per RFC 9110's etagc. A bare token excludes "*", which
+# is only valid alone, so "*, ..." is malformed rather than a tag named "*".
 _MEMBER = re.compile(
-    r'\s*(?:(W/)?"([\x21\x23-\x7e\x80-\xff]*)"|([\x21\x23-\x2b\x2d-\x7e]+))\s*(?:,|$)'
+    r'\s*(?:(W/)?"([\x21\x23-\x7e\x80-\xff]*)"|([\x21\x23-\x29\x2b\x2d-\x7e]+))\s*(?:,|$)'
 )
 
 

@@ -1,0 +1,214 @@
+"""Strict JSON documents: what round-trips, what is refused and why, and the ETag of the bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, cast
+
+import pytest
+from hypothesis import given
+
+from iot_config_core import (
+    DocumentLimits,
+    DocumentTooLargeError,
+    InvalidDocumentError,
+    compute_etag,
+    decode_document,
+    encode_document,
+)
+from iot_config_core.document import DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH
+from iot_config_core.testing import json_objects, nest_depth
+
+
+def _typed(value: Any) -> Any:
+    """``value`` with bools told apart from ints, so True == 1 cannot hide a type change."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, value)
+
+
+@given(json_objects)
+def test_any_json_object_round_trips(content: dict[str, Any]) -> None:
+    data = encode_document(content)
+    decoded = decode_document(data)
+    assert _typed(decoded) == _typed(content)
+    assert list(decoded) == list(content)  # key order is kept
+    assert encode_document(decoded) == data  # encoding is a fixed point
+    assert data.endswith(b"\n")
+    assert compute_etag(data) == hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def test_stored_bytes_are_pretty_printed_utf8() -> None:
+    data = encode_document({"deviceName": "Küche", "n": [1, 2], "o": {}})
+    assert data == (
+        b'{\n  "deviceName": "K\xc3\xbcche",\n  "n": [\n    1,\n    2\n  ],\n  "o": {}\n}\n'
+    )
+    assert encode_document({}) == b"{}\n"
+
+
+def test_encode_accepts_any_mapping() -> None:
+    proxy: Mapping[str, Any] = MappingProxyType({"a": 1})
+    assert encode_document(proxy) == encode_document({"a": 1})
+
+
+def test_etag_is_a_hash_of_the_stored_bytes() -> None:
+    content = {"enableOTA": True}
+    data = encode_document(content)
+    hand_edited = data.replace(b"  ", b"    ")  # same content, different bytes
+    assert decode_document(hand_edited) == content
+    assert compute_etag(hand_edited) != compute_etag(data)
+    assert compute_etag(data) == compute_etag(encode_document(dict(content)))
+    assert len(compute_etag(data)) == 32
+
+
+def _reject(data: bytes, limits: DocumentLimits | None = None) -> InvalidDocumentError:
+    with pytest.raises(InvalidDocumentError) as info:
+        decode_document(data, limits or DocumentLimits())
+    assert info.value.code in {"INVALID_DOCUMENT", "DOCUMENT_TOO_LARGE"}
+    return info.value
+
+
+def test_invalid_utf8_says_where() -> None:
+    error = _reject(b'{\n  "a": "\xc3\xa9\xff"}')
+    assert error.details == {"reason": "invalid_utf8", "byte": 12, "line": 2, "column": 10}
+    assert "line 2, column 10" in error.message
+
+
+def test_syntax_error_says_line_and_column() -> None:
+    error = _reject(b'{\n  "a": 1,\n}')
+    assert error.details == {"reason": "syntax", "line": 3, "column": 1}
+    assert "line 3, column 1" in error.message
+    assert _reject(b"").details["reason"] == "syntax"
+    assert _reject(b'{"a": 1} trailing').details == {"reason": "syntax", "line": 1, "column": 10}
+    assert _reject(b"{'a': 1}").details["reason"] == "syntax"
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"[1, 2]", "an array"),
+        (b'"text"', "a string"),
+        (b"42", "a number"),
+        (b"4.5", "a number"),
+        (b"null", "null"),
+        (b"true", "a boolean"),
+    ],
+)
+def test_top_level_must_be_an_object(data: bytes, kind: str) -> None:
+    error = _reject(data)
+    assert error.details["reason"] == "not_an_object"
+    assert error.message.endswith(f"not {kind}")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"a": NaN}',
+        b'{"a": Infinity}',
+        b'{"a": -Infinity}',
+        b'{"a": 1e400}',
+        b'{"a": [-1e400]}',
+        b'{"a": {"b": [1, 2, 1E999]}}',
+    ],
+)
+def test_non_finite_numbers_are_refused(data: bytes) -> None:
+    assert _reject(data).details["reason"] == "non_finite_number"
+
+
+def test_duplicate_keys_are_refused_at_any_depth() -> None:
+    error = _reject(b'{"a": 1, "b": 2, "a": 3}')
+    assert error.details == {"reason": "duplicate_key", "key": "a"}
+    assert "'a'" in error.message
+    assert _reject(b'{"x": [{"k": 1, "k": 1}]}').details["key"] == "k"
+
+
+def test_nesting_depth_is_bounded() -> None:
+    at_limit = json.dumps(nest_depth(DEFAULT_MAX_DEPTH)).encode()
+    assert decode_document(at_limit) == nest_depth(DEFAULT_MAX_DEPTH)
+    too_deep = json.dumps(nest_depth(DEFAULT_MAX_DEPTH + 1)).encode()
+    assert _reject(too_deep).details == {"reason": "too_deep", "limit": DEFAULT_MAX_DEPTH}
+    arrays = b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}"
+    assert _reject(arrays).details["reason"] == "too_deep"
+    custom = DocumentLimits(max_depth=2)
+    assert decode_document(b'{"a": {}}', custom) == {"a": {}}
+    assert _reject(b'{"a": {"b": {}}}', custom).details == {"reason": "too_deep", "limit": 2}
+
+
+def test_nesting_beyond_the_interpreter_stack_is_refused_cleanly() -> None:
+    error = _reject(b'{"a": ' + b"[" * 100_000)
+    assert error.details["reason"] == "too_deep"
+
+
+def test_size_limit() -> None:
+    limits = DocumentLimits(max_bytes=16)
+    assert decode_document(b'{"a": "1234567"}', limits) == {"a": "1234567"}  # exactly 16 bytes
+    with pytest.raises(DocumentTooLargeError) as info:
+        decode_document(b'{"a": "12345678"}', limits)
+    assert info.value.code == "DOCUMENT_TOO_LARGE"
+    assert info.value.details == {"reason": "too_large", "size": 17, "limit": 16}
+    assert isinstance(info.value, InvalidDocumentError)
+    with pytest.raises(DocumentTooLargeError) as info:
+        encode_document({"a": "x" * 20}, limits)
+    assert info.value.details["limit"] == 16
+    assert DocumentLimits().max_bytes == DEFAULT_MAX_BYTES
+
+
+@pytest.mark.parametrize("field", ["max_bytes", "max_depth"])
+def test_limits_must_be_positive(field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        DocumentLimits(**{field: 0})
+
+
+def test_byte_order_mark_is_refused() -> None:
+    error = _reject(b'\xef\xbb\xbf{"a": 1}')
+    assert error.details == {"reason": "byte_order_mark", "line": 1, "column": 1}
+
+
+def test_lone_surrogate_escape_is_refused() -> None:
+    assert _reject(b'{"a": "\\ud800"}').details["reason"] == "lone_surrogate"
+    assert _reject(b'{"\\udfff": 1}').details["reason"] == "lone_surrogate"
+    assert decode_document(b'{"a": "\\ud83d\\ude00"}') == {"a": "\U0001f600"}
+    assert decode_document(b'{"a": "\\u00e9"}') == {"a": "\u00e9"}
+
+
+def test_integer_beyond_the_digit_limit_is_refused() -> None:
+    assert _reject(b'{"a": ' + b"1" * 5000 + b"}").details["reason"] == "invalid_number"
+
+
+def _refuse(content: Any) -> InvalidDocumentError:
+    with pytest.raises(InvalidDocumentError) as info:
+        encode_document(content)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("content", "reason", "message"),
+    [
+        ({1: "a"}, "invalid_key", "object key 1 is not a string"),
+        ({"a": {None: 1}}, "invalid_key", "object key None is not a string"),
+        ({"a": (1, 2)}, "invalid_type", "value of type tuple at key 'a'"),
+        ({"a": [b"x"]}, "invalid_type", "value of type bytes in an array"),
+        ({"a": {1, 2}}, "invalid_type", "value of type set at key 'a'"),
+        ({"a": float("nan")}, "non_finite_number", "non-finite number at key 'a'"),
+        ({"a": [float("-inf")]}, "non_finite_number", "non-finite number in an array"),
+        ({"a": "\ud800"}, "lone_surrogate", "lone UTF-16 surrogate"),
+        ({"a": 10**5000}, "invalid_number", "cannot encode number"),
+        ([1, 2], "not_an_object", "content must be a JSON object, not list"),
+        ("{}", "not_an_object", "not str"),
+        (nest_depth(DEFAULT_MAX_DEPTH + 1), "too_deep", "nesting deeper than 32 levels"),
+    ],
+)
+def test_encode_refuses_what_would_not_round_trip(content: Any, reason: str, message: str) -> None:
+    error = _refuse(content)
+    assert error.details["reason"] == reason
+    assert message in error.message
+
+
+def test_encode_then_decode_keeps_value_types() -> None:
+    content = cast("dict[str, Any]", {"t": True, "f": False, "i": 1, "x": 1.0, "n": None})
+    assert _typed(decode_document(encode_document(content))) == _typed(content)
