@@ -1,0 +1,58 @@
+"""A real backend with added latency: models a congested CephFS/NFS mount or a distant bucket.
+
+Not a mock: every call goes to the wrapped backend (a `PosixBackend` on a real directory) after the
+delay, so data, versions and errors are real; only the timing changes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+
+from iot_config_core.backend import Absent, Backend, Blob, Entry
+
+
+class SlowBackend:
+    """Delegates every `Backend` call to ``inner`` after sleeping ``delay`` seconds."""
+
+    def __init__(self, inner: Backend, delay: float) -> None:
+        self._inner = inner
+        self.delay = delay
+
+    @property
+    def description(self) -> str:
+        return f"slow({self.delay}s):{self._inner.description}"
+
+    def _wait(self) -> None:
+        time.sleep(self.delay)
+
+    def scan(self) -> list[Entry]:
+        self._wait()
+        return self._inner.scan()
+
+    def stat(self, name: str) -> Entry | None:
+        self._wait()
+        return self._inner.stat(name)
+
+    def read(self, name: str, limit: int) -> Blob | None:
+        self._wait()
+        return self._inner.read(name, limit)
+
+    def replace(self, name: str, data: bytes, expected: Hashable | Absent) -> Entry:
+        self._wait()
+        return self._inner.replace(name, data, expected)
+
+    def remove(self, name: str, expected: Hashable) -> None:
+        self._wait()
+        self._inner.remove(name, expected)
+
+    def root_exists(self) -> bool:
+        self._wait()
+        return self._inner.root_exists()
+
+    def create_root(self) -> None:
+        self._inner.create_root()
+
+    def probe(self) -> None:
+        self._wait()
+        self._inner.probe()
