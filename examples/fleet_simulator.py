@@ -1,0 +1,168 @@
+"""Simulate a fleet of ESP32 devices polling the server for their configs.
+
+    python examples/fleet_simulator.py --url http://127.0.0.1:8080 --devices 50 --polls 10
+
+Each simulated device is a thread with its own keep-alive connection. It fetches
+``GET /esp32/config/<mac>.json`` the way the firmware does: the first time without a condition,
+then with ``If-None-Match: <last ETag>``, so an unchanged config costs the server a 304 and no
+body. At the end it reports how many answers were 200, 304, 404, other statuses and connection
+errors. Every run is bounded (``--polls`` per device and ``--duration`` overall) and only talks to
+the loopback unless ``--allow-remote`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from iot_config_core import MacAddress
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MAX_DEVICES = 2000
+MAX_POLLS = 10_000
+
+
+class Tally:
+    """Answers by kind, shared by all device threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, kind: str) -> None:
+        with self._lock:
+            self.counts[kind] += 1
+
+
+def fetch(
+    conn: http.client.HTTPConnection, path: str, headers: dict[str, str]
+) -> tuple[http.client.HTTPResponse, bytes]:
+    """One GET; a kept-alive connection the server has since closed is reopened once."""
+    for attempt in (1, 2):
+        try:
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            return response, response.read()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            conn.close()
+            if attempt == 2:
+                raise
+    raise AssertionError
+
+
+def device(
+    host: str,
+    port: int,
+    mac: MacAddress,
+    *,
+    polls: int,
+    interval: float,
+    deadline: float,
+    tally: Tally,
+) -> None:
+    """One device's life: poll, remember the ETag, sleep, repeat; never raise."""
+    path = f"/esp32/config/{mac}.json"
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    etag: str | None = None
+    try:
+        for poll in range(polls):
+            if time.monotonic() >= deadline:
+                return
+            headers = {"If-None-Match": etag} if etag else {}
+            try:
+                response, body = fetch(conn, path, headers)
+            except (OSError, http.client.HTTPException):
+                tally.add("error")
+                conn.close()  # the next request reconnects
+            else:
+                status = response.status
+                if status == 200:
+                    json.loads(body)  # a device parses what it gets; a bad body would be a bug
+                    etag = response.getheader("ETag")
+                tally.add(str(status) if status in (200, 304, 404) else "other")
+            if poll + 1 < polls:
+                # Jitter keeps simulated devices from polling in lockstep, as real ones do not.
+                pause = interval * random.uniform(0.5, 1.5)  # noqa: S311 -- not crypto
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+    finally:
+        conn.close()
+
+
+def device_macs(first: str, count: int, explicit: Sequence[str]) -> list[MacAddress]:
+    if explicit:
+        return [MacAddress.parse(m) for m in explicit]
+    start = MacAddress.parse(first).value
+    return [MacAddress((start + i) % (1 << 48)) for i in range(count)]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
+    parser.add_argument("--devices", type=int, default=10, help=f"devices (at most {MAX_DEVICES})")
+    parser.add_argument(
+        "--first-mac", default="02-00-00-00-00-00", help="MAC of device 0; the rest count up"
+    )
+    parser.add_argument("--mac", action="append", default=[], help="explicit device MACs")
+    parser.add_argument("--polls", type=int, default=5, help=f"polls per device (<= {MAX_POLLS})")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    parser.add_argument("--duration", type=float, default=60.0, help="stop after this many seconds")
+    parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback host")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    url = urlsplit(args.url)
+    if url.scheme != "http" or not url.hostname:
+        print("--url must be http://host[:port]", file=sys.stderr)
+        return 2
+    if url.hostname not in LOOPBACK and not args.allow_remote:
+        print(f"refusing to load {url.hostname}: pass --allow-remote to mean it", file=sys.stderr)
+        return 2
+    if not 0 < args.devices <= MAX_DEVICES or not 0 < args.polls <= MAX_POLLS:
+        print(f"--devices must be 1..{MAX_DEVICES}, --polls 1..{MAX_POLLS}", file=sys.stderr)
+        return 2
+    macs = device_macs(args.first_mac, args.devices, args.mac)
+    tally = Tally()
+    started = time.monotonic()
+    deadline = started + max(0.0, args.duration)
+    threads = [
+        threading.Thread(
+            target=device,
+            args=(url.hostname, url.port or 80, mac),
+            kwargs={
+                "polls": args.polls,
+                "interval": args.interval,
+                "deadline": deadline,
+                "tally": tally,
+            },
+            daemon=True,
+        )
+        for mac in macs
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()) + 15)
+    seconds = time.monotonic() - started
+    counts = {kind: tally.counts.get(kind, 0) for kind in ("200", "304", "404", "other", "error")}
+    if args.json:
+        report = {"devices": len(macs), "requests": sum(counts.values()), **counts}
+        print(json.dumps({**report, "seconds": round(seconds, 3)}))
+    else:
+        shown = " ".join(f"{kind}={n}" for kind, n in counts.items())
+        print(f"{len(macs)} devices, {sum(counts.values())} requests in {seconds:.2f} s: {shown}")
+    return 1 if counts["error"] or counts["other"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
