@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
@@ -47,4 +49,6 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against the physical floor measured in the same run."""
     session.install("-e", ".[server,test]")
-    session.run("python", "-m", "benchmarks", *session.posargs)
+    # Every tests/benchmarks/bench_*.py script, each given the posargs (e.g. --quick).
+    for script in sorted(Path("tests/benchmarks").glob("bench_*.py")):
+        session.run("python", str(script), *session.posargs)
