@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 import pytest
@@ -40,11 +41,19 @@ def store(tmp_path: Path) -> Path:
     return root
 
 
+class Cli(Protocol):
+    def __call__(
+        self, *argv: str | Path, stdin: bytes | None = None, env: dict[str, str] | None = None
+    ) -> Result: ...
+
+
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
     """Run ``main(argv)`` in-process with an empty environment; optional bytes on stdin."""
 
-    def run(*argv: str | Path, stdin: bytes | None = None, env: dict[str, str] | None = None):
+    def run(
+        *argv: str | Path, stdin: bytes | None = None, env: dict[str, str] | None = None
+    ) -> Result:
         if stdin is not None:
             monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
         capsys.readouterr()
@@ -74,7 +83,7 @@ def seed(root: Path, mac: str, content: dict[str, object]) -> bytes:
 # -- put / get / delete ---------------------------------------------------------------------------
 
 
-def test_put_then_get_returns_stored_bytes_and_etag(cli, store: Path, tmp_path: Path) -> None:
+def test_put_then_get_returns_stored_bytes_and_etag(cli: Cli, store: Path, tmp_path: Path) -> None:
     source = tmp_path / "doc.json"
     write_doc(source, DOC1)
     put = cli("--store", store, "put", "AA:BB:CC:DD:EE:01", source)
@@ -89,13 +98,17 @@ def test_put_then_get_returns_stored_bytes_and_etag(cli, store: Path, tmp_path: 
     assert got.err.strip() == compute_etag(stored)
 
 
-def test_put_reads_stdin_and_global_options_work_after_the_subcommand(cli, store: Path) -> None:
+def test_put_reads_stdin_and_global_options_work_after_the_subcommand(
+    cli: Cli, store: Path
+) -> None:
     result = cli("put", MAC2, "-", "--store", store, stdin=json.dumps(DOC2).encode())
     assert result.status == EXIT_OK, result.err
     assert json.loads((store / f"{MAC2}.json").read_bytes()) == DOC2
 
 
-def test_put_if_match_stale_fails_and_leaves_the_document(cli, store: Path, tmp_path: Path) -> None:
+def test_put_if_match_stale_fails_and_leaves_the_document(
+    cli: Cli, store: Path, tmp_path: Path
+) -> None:
     original = seed(store, MAC1, DOC1)
     source = tmp_path / "new.json"
     write_doc(source, DOC2)
@@ -110,7 +123,7 @@ def test_put_if_match_stale_fails_and_leaves_the_document(cli, store: Path, tmp_
     assert json.loads((store / f"{MAC1}.json").read_bytes()) == DOC2
 
 
-def test_put_create_only_refuses_an_existing_config(cli, store: Path, tmp_path: Path) -> None:
+def test_put_create_only_refuses_an_existing_config(cli: Cli, store: Path, tmp_path: Path) -> None:
     original = seed(store, MAC1, DOC1)
     source = tmp_path / "new.json"
     write_doc(source, DOC2)
@@ -133,7 +146,7 @@ def test_put_create_only_refuses_an_existing_config(cli, store: Path, tmp_path: 
     ],
 )
 def test_put_rejects_invalid_documents_and_writes_nothing(
-    cli, store: Path, payload: bytes, code: str
+    cli: Cli, store: Path, payload: bytes, code: str
 ) -> None:
     result = cli("--store", store, "put", MAC1, stdin=payload)
     assert result.status == EXIT_FAILED
@@ -142,7 +155,7 @@ def test_put_rejects_invalid_documents_and_writes_nothing(
     assert stored_names(store) == []
 
 
-def test_put_oversized_document_is_refused(cli, store: Path, tmp_path: Path) -> None:
+def test_put_oversized_document_is_refused(cli: Cli, store: Path, tmp_path: Path) -> None:
     source = tmp_path / "big.json"
     write_doc(source, {"blob": "x" * 500})
     result = cli("--store", store, "--max-document-bytes", "100", "put", MAC1, source)
@@ -152,7 +165,7 @@ def test_put_oversized_document_is_refused(cli, store: Path, tmp_path: Path) -> 
     assert stored_names(store) == []
 
 
-def test_put_limit_applies_to_the_stored_pretty_printed_form(cli, store: Path) -> None:
+def test_put_limit_applies_to_the_stored_pretty_printed_form(cli: Cli, store: Path) -> None:
     content = {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}
     compact = json.dumps(content, separators=(",", ":")).encode()
     limit = len(compact) + 1
@@ -163,7 +176,7 @@ def test_put_limit_applies_to_the_stored_pretty_printed_form(cli, store: Path) -
     assert stored_names(store) == []
 
 
-def test_get_of_missing_and_corrupt_configs_fails_with_1(cli, store: Path) -> None:
+def test_get_of_missing_and_corrupt_configs_fails_with_1(cli: Cli, store: Path) -> None:
     missing = cli("--store", store, "get", MAC1)
     assert missing.status == EXIT_FAILED
     assert "NOT_FOUND" in missing.err
@@ -174,7 +187,7 @@ def test_get_of_missing_and_corrupt_configs_fails_with_1(cli, store: Path) -> No
     assert corrupt.out == ""
 
 
-def test_delete_honours_if_match(cli, store: Path) -> None:
+def test_delete_honours_if_match(cli: Cli, store: Path) -> None:
     original = seed(store, MAC1, DOC1)
     stale = cli("--store", store, "delete", MAC1, "--if-match", "0" * 32)
     assert stale.status == EXIT_FAILED
@@ -207,7 +220,7 @@ def test_delete_honours_if_match(cli, store: Path) -> None:
         ["validate", "/no/such/path"],
     ],
 )
-def test_usage_errors_exit_2(cli, store: Path, argv: list[str]) -> None:
+def test_usage_errors_exit_2(cli: Cli, store: Path, argv: list[str]) -> None:
     seed(store, MAC1, DOC1)
     result = cli("--store", store, *argv)
     assert result.status == EXIT_USAGE
@@ -216,7 +229,7 @@ def test_usage_errors_exit_2(cli, store: Path, argv: list[str]) -> None:
     assert (store / f"{MAC1}.json").exists()
 
 
-def test_bad_environment_setting_is_a_usage_error(cli, store: Path) -> None:
+def test_bad_environment_setting_is_a_usage_error(cli: Cli, store: Path) -> None:
     result = cli("--store", store, "list", env={"IOT_CONFIG_MAX_DOCUMENT_BYTES": "lots"})
     assert result.status == EXIT_USAGE
     assert "IOT_CONFIG_MAX_DOCUMENT_BYTES" in result.err
@@ -233,7 +246,7 @@ def test_bad_environment_setting_is_a_usage_error(cli, store: Path) -> None:
         ["export", "{out}"],
     ],
 )
-def test_missing_store_root_exits_3(cli, tmp_path: Path, argv: list[str]) -> None:
+def test_missing_store_root_exits_3(cli: Cli, tmp_path: Path, argv: list[str]) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
     write_doc(docs / f"{MAC1}.json", DOC1)
@@ -245,14 +258,14 @@ def test_missing_store_root_exits_3(cli, tmp_path: Path, argv: list[str]) -> Non
     assert not (tmp_path / "absent").exists()
 
 
-def test_create_store_flag_creates_the_root(cli, tmp_path: Path) -> None:
+def test_create_store_flag_creates_the_root(cli: Cli, tmp_path: Path) -> None:
     root = tmp_path / "new-store"
     result = cli("--store", root, "put", MAC1, "--create-store", stdin=json.dumps(DOC1).encode())
     assert result.status == EXIT_OK, result.err
     assert (root / f"{MAC1}.json").exists()
 
 
-def test_debug_shows_the_traceback(cli, tmp_path: Path) -> None:
+def test_debug_shows_the_traceback(cli: Cli, tmp_path: Path) -> None:
     quiet = cli("--store", tmp_path / "absent", "list")
     assert "Traceback" not in quiet.err
     assert quiet.err.count("\n") == 1
@@ -264,7 +277,7 @@ def test_debug_shows_the_traceback(cli, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "command", [None, "serve", "list", "get", "put", "delete", "import", "export", "validate"]
 )
-def test_help_on_every_subcommand_documents_exit_statuses(cli, command: str | None) -> None:
+def test_help_on_every_subcommand_documents_exit_statuses(cli: Cli, command: str | None) -> None:
     result = cli(*([command] if command else []), "--help")
     assert result.status == EXIT_OK
     assert "usage: iot-config" in result.out
@@ -272,7 +285,7 @@ def test_help_on_every_subcommand_documents_exit_statuses(cli, command: str | No
     assert "3  store unavailable" in result.out
 
 
-def test_unsupported_store_url_is_a_usage_error_and_unreachable_is_3(cli) -> None:
+def test_unsupported_store_url_is_a_usage_error_and_unreachable_is_3(cli: Cli) -> None:
     # http:// opens without connecting; the store refuses it (no conditional writes there).
     unsupported = cli("--store", "http://127.0.0.1:1/configs", "list")
     assert unsupported.status == EXIT_USAGE
@@ -286,7 +299,7 @@ def test_unsupported_store_url_is_a_usage_error_and_unreachable_is_3(cli) -> Non
 # -- list -----------------------------------------------------------------------------------------
 
 
-def test_list_table_and_json(cli, store: Path) -> None:
+def test_list_table_and_json(cli: Cli, store: Path) -> None:
     seed(store, MAC1, DOC1)
     seed(store, MAC2, {**DOC2, "deviceName": "tab\there"})
     (store / "aa-bb-cc-dd-ee-03.json").write_text("{oops")
@@ -319,7 +332,7 @@ def test_list_table_and_json(cli, store: Path) -> None:
     assert sorted(document["skipped"]) == ["aa-bb-cc-dd-ee-03.json", "notes.txt"]
 
 
-def test_list_of_an_empty_store(cli, store: Path) -> None:
+def test_list_of_an_empty_store(cli: Cli, store: Path) -> None:
     result = cli("--store", store, "list", "--json")
     assert json.loads(result.out) == {"configs": [], "count": 0, "skipped": []}
 
@@ -345,7 +358,7 @@ def make_import_dir(root: Path) -> Path:
     return root
 
 
-def test_import_mixed_directory(cli, store: Path, tmp_path: Path) -> None:
+def test_import_mixed_directory(cli: Cli, store: Path, tmp_path: Path) -> None:
     docs = make_import_dir(tmp_path / "docs")
     result = cli("--store", store, "--max-document-bytes", "300", "import", docs)
     assert result.status == EXIT_FAILED  # some files were rejected
@@ -378,7 +391,7 @@ def test_import_mixed_directory(cli, store: Path, tmp_path: Path) -> None:
     assert not any(p.name.endswith(".tmp") for p in store.iterdir())
 
 
-def test_import_dry_run_writes_nothing(cli, store: Path, tmp_path: Path) -> None:
+def test_import_dry_run_writes_nothing(cli: Cli, store: Path, tmp_path: Path) -> None:
     docs = make_import_dir(tmp_path / "docs")
     result = cli("--store", store, "--max-document-bytes", "300", "import", docs, "--dry-run")
     assert result.status == EXIT_FAILED
@@ -394,7 +407,7 @@ def test_import_dry_run_writes_nothing(cli, store: Path, tmp_path: Path) -> None
     assert (store / f"{MAC1}.json").read_bytes() == before
 
 
-def test_import_overwrite_unchanged_and_skipped(cli, store: Path, tmp_path: Path) -> None:
+def test_import_overwrite_unchanged_and_skipped(cli: Cli, store: Path, tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
     write_doc(docs / f"{MAC1}.json", DOC1)
@@ -417,7 +430,7 @@ def test_import_overwrite_unchanged_and_skipped(cli, store: Path, tmp_path: Path
     assert json.loads((store / f"{MAC2}.json").read_bytes()) == DOC2
 
 
-def test_import_into_missing_store_with_create_store(cli, tmp_path: Path) -> None:
+def test_import_into_missing_store_with_create_store(cli: Cli, tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
     write_doc(docs / f"{MAC1}.json", DOC1)
@@ -494,7 +507,7 @@ def test_import_accepts_any_mac_spelling_and_stores_the_canonical_name(
 # -- export ---------------------------------------------------------------------------------------
 
 
-def test_export_round_trips_through_import(cli, store: Path, tmp_path: Path) -> None:
+def test_export_round_trips_through_import(cli: Cli, store: Path, tmp_path: Path) -> None:
     seed(store, MAC1, DOC1)
     # A hand-formatted file: export must keep its exact bytes (its ETag), not re-encode it.
     (store / f"{MAC2}.json").write_bytes(b'{"deviceName":"hall"}')
@@ -523,7 +536,7 @@ def test_export_round_trips_through_import(cli, store: Path, tmp_path: Path) -> 
 
 
 def test_export_reports_corrupt_configs_and_exports_the_rest(
-    cli, store: Path, tmp_path: Path
+    cli: Cli, store: Path, tmp_path: Path
 ) -> None:
     seed(store, MAC1, DOC1)
     (store / f"{MAC2}.json").write_text("{")
@@ -534,7 +547,9 @@ def test_export_reports_corrupt_configs_and_exports_the_rest(
     assert sorted(p.name for p in out.iterdir()) == [f"{MAC1}.json"]
 
 
-def test_export_target_that_is_a_file_is_a_usage_error(cli, store: Path, tmp_path: Path) -> None:
+def test_export_target_that_is_a_file_is_a_usage_error(
+    cli: Cli, store: Path, tmp_path: Path
+) -> None:
     seed(store, MAC1, DOC1)
     target = tmp_path / "file"
     target.write_text("x")
@@ -545,7 +560,7 @@ def test_export_target_that_is_a_file_is_a_usage_error(cli, store: Path, tmp_pat
 # -- validate -------------------------------------------------------------------------------------
 
 
-def test_validate_files_and_directories(cli, tmp_path: Path) -> None:
+def test_validate_files_and_directories(cli: Cli, tmp_path: Path) -> None:
     good = tmp_path / "good"
     good.mkdir()
     write_doc(good / f"{MAC1}.json", DOC1)
@@ -572,7 +587,7 @@ def test_validate_files_and_directories(cli, tmp_path: Path) -> None:
     assert result.out.splitlines()[-1] == "6 valid, 4 invalid"
 
 
-def test_validate_needs_no_store(cli, tmp_path: Path) -> None:
+def test_validate_needs_no_store(cli: Cli, tmp_path: Path) -> None:
     single = tmp_path / "doc.json"
     write_doc(single, DOC1)
     result = cli("--store", tmp_path / "absent", "validate", single)
@@ -587,7 +602,7 @@ def run_module(
     module: str = "iot_config_server.cli",
     env: dict[str, str] | None = None,
     stdin: bytes = b"",
-):
+) -> subprocess.CompletedProcess[bytes]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("IOT_CONFIG_")}
     environment.pop("ESP32_CONFIGS_DIR", None)
     environment.update(env or {})
