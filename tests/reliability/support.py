@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import importlib.util
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,3 +84,146 @@ def python_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> Answer:
+    """One request over a fresh connection: (status, lower-cased headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def put_body(content: dict[str, object]) -> bytes:
+    return json.dumps({"content": content}).encode()
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class ServerProcess:
+    """The real server in a child process on 127.0.0.1: started, probed, stopped or killed.
+
+    Runs ``python -m iot_config_server.cli serve`` (the production entry point); with ``slow`` set
+    it runs `run_server.py` instead, which serves the same app over a latency-adding backend.
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        log_path: Path,
+        *,
+        slow: float | None = None,
+        env: dict[str, str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.store = store
+        self.port = free_port()
+        self.log_path = log_path
+        if slow is None and importlib.util.find_spec("iot_config_server.serve") is None:
+            slow = 0.0  # the production runner has not landed yet: same app, waitress
+        if slow is None:
+            args = [
+                PYTHON,
+                "-m",
+                "iot_config_server.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--store",
+                str(store),
+                "--log-level",
+                "WARNING",
+            ]
+            if threads is not None:
+                args += ["--threads", str(threads)]
+        else:
+            args = [
+                PYTHON,
+                str(Path(__file__).with_name("run_server.py")),
+                str(store),
+                str(self.port),
+                str(slow),
+            ]
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env={**python_env(), **(env or {})}
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.log()[-2000:]}")
+            try:
+                if call(self.port, "GET", "/api/health/live", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server not live after {timeout} s: {self.log()[-2000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> Answer:
+        return call(self.port, method, path, body, headers, timeout)
+
+    def rss_kib(self) -> int:
+        """Resident memory of the server process (and its workers), from /proc."""
+        pids = [self.proc.pid]
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        return total
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return self.proc.returncode
