@@ -1,0 +1,252 @@
+"""The store contract over S3, against real S3-speaking server processes (moto, SeaweedFS).
+
+Each server runs once per module on 127.0.0.1; every store gets its own prefix in one bucket.
+The raw hooks use boto3 directly, so "behind the store's back" is another S3 client, as it would be
+for a human with the AWS CLI.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any, ClassVar, cast
+
+import boto3
+import pytest
+from hypothesis import settings
+from s3_server import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    S3Server,
+    moto_server,
+    seaweedfs_server,
+    storage_options,
+)
+
+from iot_config_core import ConfigStore, open_store
+from iot_config_core.backend import ABSENT, VersionConflict
+from iot_config_core.document import compute_etag, encode_document
+from iot_config_core.errors import CorruptDocumentError
+from iot_config_core.mac import MacAddress
+from iot_config_core.s3_backend import S3Backend, S3Capabilities
+from iot_config_core.testing import MAC_A, MAC_B, StoreContract
+
+BUCKET = "iot-config-tests"
+
+
+def backend_of(store: ConfigStore) -> S3Backend:
+    return cast("S3Backend", store._backend)
+
+
+def url_of(store: ConfigStore) -> str:
+    backend = backend_of(store)
+    return f"s3://{backend.bucket}/{backend.prefix}"
+
+
+def boto_client(server: S3Server) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=server.endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+    )
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[S3Server]:
+    with moto_server() as server:
+        boto_client(server).create_bucket(Bucket=BUCKET)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def seaweedfs() -> Iterator[S3Server]:
+    with seaweedfs_server() as server:
+        boto_client(server).create_bucket(Bucket=BUCKET)
+        yield server
+
+
+class S3Contract(StoreContract):
+    """The contract plus S3-specific checks, on whichever server ``server_fixture`` names."""
+
+    server_fixture: ClassVar[str]
+    # every step is a few HTTP requests: fewer examples than on disk, same steps
+    stateful_settings = settings(StoreContract.stateful_settings, max_examples=12)
+
+    @pytest.fixture(autouse=True)
+    def _server(self, request: pytest.FixtureRequest) -> None:
+        self.server: S3Server = request.getfixturevalue(self.server_fixture)
+        self.client = boto_client(self.server)
+
+    def open(self, url: str, **extra: Any) -> ConfigStore:
+        return open_store(url, **{**storage_options(self.server), **extra})
+
+    def make_store(self) -> ConfigStore:
+        return self.open(f"s3://{BUCKET}/{uuid.uuid4().hex}", create=True)
+
+    def make_missing_store(self) -> ConfigStore:
+        return self.open(f"s3://missing-{uuid.uuid4().hex[:16]}/fleet")
+
+    def make_second_client(self, store: ConfigStore) -> ConfigStore:
+        return self.open(url_of(store), skip_instance_cache=True)
+
+    def write_raw(self, store: ConfigStore, name: str, data: bytes) -> None:
+        backend = backend_of(store)
+        self.client.put_object(Bucket=backend.bucket, Key=backend.prefix + name, Body=data)
+
+    def remove_raw(self, store: ConfigStore, name: str) -> None:
+        backend = backend_of(store)
+        self.client.delete_object(Bucket=backend.bucket, Key=backend.prefix + name)
+
+    def list_raw(self, store: ConfigStore) -> list[str]:
+        backend = backend_of(store)
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=backend.bucket, Prefix=backend.prefix, Delimiter="/"
+        )
+        names = [o["Key"][len(backend.prefix) :] for p in pages for o in p.get("Contents", [])]
+        return [n for n in names if n]  # SeaweedFS shows an emptied "folder" as key "<prefix>/"
+
+    # -- S3 specifics -----------------------------------------------------------------------------
+
+    def test_server_enforces_both_conditions(self, store: ConfigStore) -> None:
+        backend = backend_of(store)
+        assert backend.capabilities() == S3Capabilities(
+            conditional_put=True, conditional_delete=True
+        )
+        assert self.list_raw(store) == []  # the probe object is gone
+
+    def test_racing_creators_have_one_winner(self, store: ConfigStore) -> None:
+        backends = [backend_of(store), backend_of(self.make_second_client(store))]
+        outcomes: list[object] = [None] * 16
+        barrier = threading.Barrier(16)
+
+        def create(i: int) -> None:
+            barrier.wait()
+            try:
+                outcomes[i] = backends[i % 2].replace("x.json", b"%d" % i, ABSENT)
+            except VersionConflict as exc:
+                outcomes[i] = exc
+
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        winners = [i for i, o in enumerate(outcomes) if not isinstance(o, VersionConflict)]
+        assert len(winners) == 1, outcomes
+        assert (
+            self.client.get_object(Bucket=BUCKET, Key=backend_of(store).prefix + "x.json")[
+                "Body"
+            ].read()
+            == b"%d" % winners[0]
+        )
+
+    def test_stale_or_vanished_version_is_a_conflict(self, store: ConfigStore) -> None:
+        backend = backend_of(store)
+        first = backend.replace("x.json", b"1", ABSENT)
+        second = backend.replace("x.json", b"2", first.token)
+        with pytest.raises(VersionConflict):
+            backend.replace("x.json", b"3", first.token)
+        with pytest.raises(VersionConflict):
+            backend.remove("x.json", first.token)
+        with pytest.raises(VersionConflict):
+            backend.replace("x.json", b"3", ABSENT)
+        backend.remove("x.json", second.token)
+        with pytest.raises(VersionConflict):  # moto says 404 here, the others 412
+            backend.replace("x.json", b"4", second.token)
+        with pytest.raises(VersionConflict):
+            backend.remove("x.json", second.token)
+        assert self.list_raw(store) == []
+
+    def test_version_token_is_the_etag_from_list_head_and_get(self, store: ConfigStore) -> None:
+        stored = store.put(MAC_A, {"deviceName": "a"})
+        backend = backend_of(store)
+        (listed,) = backend.scan()
+        head = backend.stat(MAC_A.file_name)
+        blob = backend.read(MAC_A.file_name, 1000)
+        assert head is not None
+        assert blob is not None
+        assert listed.token == head.token == blob.entry.token == stored.etag
+        assert listed.etag == stored.etag  # S3 single-part ETags are our MD5 ETags
+        assert listed.size == head.size == blob.entry.size == stored.size
+        assert listed.modified is not None
+        assert stored.modified is not None
+        assert abs((listed.modified - stored.modified).total_seconds()) < 5
+
+    def test_read_limit_reports_whole_size(self, store: ConfigStore) -> None:
+        self.write_raw(store, "big.json", b"x" * 5000)
+        blob = backend_of(store).read("big.json", 99)
+        assert blob is not None
+        assert blob.data == b"x" * 100
+        assert blob.entry.size == 5000
+
+    def test_empty_object_is_corrupt_not_an_outage(self, store: ConfigStore) -> None:
+        self.write_raw(store, MAC_A.file_name, b"")
+        with pytest.raises(CorruptDocumentError):
+            store.get(MAC_A)
+        assert store.list() == []
+        assert store.listing().skipped == (MAC_A.file_name,)
+
+    def test_s3fs_listing_cache_never_hides_other_writers(self) -> None:
+        # s3fs defaults: a cached filesystem instance with a directory-listing cache
+        url = f"s3://{BUCKET}/{uuid.uuid4().hex}"
+        opts: dict[str, Any] = {
+            "key": ACCESS_KEY,
+            "secret": SECRET_KEY,
+            "client_kwargs": {"endpoint_url": self.server.endpoint},
+        }
+        first = open_store(url, **opts)
+        second = open_store(url, **opts)
+        second.put(MAC_A, {"n": 1})
+        assert [s.mac_address for s in first.list()] == [MAC_A]
+        fs = backend_of(first)._fs
+        assert len(fs.ls(url)) == 1  # s3fs has now cached this listing
+        self.write_raw(first, MAC_B.file_name, b'{"n": 2}')
+        assert [s.mac_address for s in first.list()] == [MAC_B, MAC_A]
+        self.remove_raw(first, MAC_A.file_name)
+        second.put(MAC_B, {"n": 3})
+        assert [(s.mac_address, s.etag) for s in first.list()] == [
+            (MAC_B, compute_etag(encode_document({"n": 3})))
+        ]
+        assert not first.exists(MAC_A)
+        assert len(fs.ls(url)) == 1  # while s3fs's own ls still answers from its cache
+
+    def test_nested_keys_and_hidden_objects_are_not_configs(self, store: ConfigStore) -> None:
+        store.put(MAC_A, {"n": 1})
+        self.write_raw(store, "sub/" + MAC_B.file_name, b'{"n": 2}')
+        self.write_raw(store, ".hidden.json", b"{}")
+        assert [s.mac_address for s in store.list()] == [MAC_A]
+        assert store.listing().skipped == ()
+
+    def test_description_names_bucket_and_endpoint_not_secrets(self, store: ConfigStore) -> None:
+        assert store.description.startswith(f"s3://{BUCKET}/")
+        assert self.server.endpoint in store.description
+        assert SECRET_KEY not in store.description
+
+
+class TestMotoStore(S3Contract):
+    server_fixture = "moto"
+
+    def test_listing_pages_through(self, store: ConfigStore) -> None:
+        backend = backend_of(store)
+        paged = ConfigStore.from_backend(
+            S3Backend(backend._fs, f"{backend.bucket}/{backend.prefix}", page_size=7)
+        )
+        macs = [MacAddress(i) for i in range(30)]
+        for i, mac in enumerate(macs):
+            self.write_raw(store, mac.file_name, encode_document({"n": i}))
+        self.write_raw(store, ".hidden", b"x")
+        self.write_raw(store, "sub/" + MAC_A.file_name, b"{}")
+        summaries = paged.list()
+        assert [s.mac_address for s in summaries] == macs
+        assert [s.etag for s in summaries] == [
+            compute_etag(encode_document({"n": i})) for i in range(30)
+        ]
+        assert paged.list() == store.list()
+
+
+@pytest.mark.slow
+class TestSeaweedfsStore(S3Contract):
+    server_fixture = "seaweedfs"
