@@ -16,7 +16,7 @@ PYTHON = "3.11"
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The test suite with branch coverage; the core must stay at or above 90 %."""
-    session.install("-e", ".[server,test]")
+    session.install("-e", ".[server,test,s3-test]")
     session.run("coverage", "erase")
     session.run(
         "pytest",
