@@ -44,9 +44,6 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 #: Key in each Bottle route's config that holds its `Endpoint` (read by the plugin and tests).
 ENDPOINT_CONFIG_KEY = "iot_config.endpoint"
-# Canonical MACs never end in ".json", so "/api/configs/<mac>.json" and "/api/configs/<mac>" are
-# disjoint: a PUT to the raw path is a 405 naming GET, not an "invalid MAC" 400.
-MAC_FILTER_PATTERN = r"[^/]+(?<!\.json)"
 
 Handler = Callable[..., bytes]
 
@@ -55,7 +52,6 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     """A new Bottle app serving ``store``; nothing global, so apps on two stores coexist."""
     app = bottle.Bottle()
     app.uninstall(True)  # noqa: FBT003  # no JSON/template plugins: every handler returns bytes it encoded
-    app.router.add_filter("mac", lambda _conf: (MAC_FILTER_PATTERN, None, None))
     metrics = AppMetrics(store.count)
     cors = CorsPolicy(settings.cors_origins)
     auth = BearerAuth(settings.admin_tokens)
@@ -142,10 +138,13 @@ class _RequestPlugin:
         self._auth = auth
 
     def apply(self, callback: Handler, route: bottle.Route) -> Handler:
-        endpoint: Endpoint = route.config[ENDPOINT_CONFIG_KEY]
-        # Labelled by the app's own template, not route.rule (which gains a mount prefix).
-        observe = self._metrics.route(endpoint.template).observe
-        check_auth = self._auth.check if endpoint.admin and self._auth.enabled else None
+        endpoint: Endpoint | None = route.config.get(ENDPOINT_CONFIG_KEY)
+        # Labelled by the app's own template, not route.rule (which gains a mount prefix). Routes
+        # someone adds to the returned app get the same treatment, labelled by their rule.
+        template = route.rule if endpoint is None else endpoint.template
+        observe = self._metrics.route(template).observe
+        admin = endpoint is not None and endpoint.admin
+        check_auth = self._auth.check if admin and self._auth.enabled else None
         cors = self._cors
         request = bottle.request
         response = bottle.response
@@ -165,14 +164,12 @@ class _RequestPlugin:
                     body = _error_answer(response, exc, rid)
                     if response.status_code >= 500:  # an outage, not a bug: no traceback
                         log.error(  # noqa: TRY400
-                            "%s %s failed: %s", environ["REQUEST_METHOD"], endpoint.rule, exc
+                            "%s %s failed: %s", environ["REQUEST_METHOD"], template, exc
                         )
                 except bottle.HTTPResponse:
                     raise
                 except Exception:  # the error boundary: log it, answer a bare JSON 500
-                    log.exception(
-                        "unexpected error in %s %s", environ["REQUEST_METHOD"], endpoint.rule
-                    )
+                    log.exception("unexpected error in %s %s", environ["REQUEST_METHOD"], template)
                     body = _internal_error(response, rid)
                 _common_headers(response, rid, cors, environ.get("HTTP_ORIGIN"))
                 return body
@@ -220,7 +217,7 @@ def _route_error(error: bottle.HTTPError, cors: CorsPolicy, unmatched: Any) -> b
 
 
 def _preflight(cors: CorsPolicy, allow: str) -> Handler:
-    def options() -> bytes:
+    def options(**_path: str) -> bytes:
         response = bottle.response
         environ = bottle.request.environ
         response.status = 204

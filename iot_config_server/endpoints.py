@@ -81,6 +81,11 @@ class Endpoint:
 
 
 _FILTER = re.compile(r"<(\w+):[^>]*>")
+# Canonical MACs never end in ".json", so "/api/configs/<mac>.json" and this rule are disjoint: a
+# PUT to the raw path is a 405 naming GET, not an "invalid MAC" 400. An inline "re" filter (not a
+# custom one) so the rule also works when Bottle merges the app's routes into a parent app.
+MAC_RULE = r"/api/configs/<mac:re:[^/]+(?<!\.json)>"
+
 _MAC_ERRORS = ("INVALID_MAC", "NOT_FOUND", "STORE_UNAVAILABLE")
 _RAW_REPLIES = (
     Reply(
@@ -118,7 +123,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "get_config",
         "GET",
-        "/api/configs/<mac:mac>",
+        MAC_RULE,
         "One config with its summary fields",
         "configs",
         (Reply(200, "The config.", ConfigWire, headers=(ETAG,)),),
@@ -128,7 +133,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "put_config",
         "PUT",
-        "/api/configs/<mac:mac>",
+        MAC_RULE,
         "Create or replace a config",
         "configs",
         (Reply(200, "What was stored.", ConfigWire, headers=(ETAG,)),),
@@ -151,7 +156,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "delete_config",
         "DELETE",
-        "/api/configs/<mac:mac>",
+        MAC_RULE,
         "Delete a config",
         "configs",
         (Reply(204, "Deleted."),),

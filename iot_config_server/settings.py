@@ -7,7 +7,7 @@ are still read (the new names win) so existing deployments keep working unchange
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -79,6 +79,10 @@ def _check_tokens(_: Any, __: attrs.Attribute[tuple[str, ...]], value: tuple[str
             raise SettingsError("admin_tokens", "tokens must not contain commas")
 
 
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 def _upper(value: str) -> str:
     return value.upper()
 
@@ -100,10 +104,10 @@ class Settings:
         default=1048576, validator=_positive("max_document_bytes")
     )
     cors_origins: tuple[str, ...] = attrs.field(
-        default=(), converter=tuple, validator=_check_origins
+        default=(), converter=_str_tuple, validator=_check_origins
     )
     admin_tokens: tuple[str, ...] = attrs.field(
-        default=(), converter=tuple, validator=_check_tokens, repr=False
+        default=(), converter=_str_tuple, validator=_check_tokens, repr=False
     )
     log_level: str = attrs.field(default="INFO", converter=_upper, validator=_check_log_level)
     log_format: str = attrs.field(default="text", converter=_lower, validator=_check_log_format)
