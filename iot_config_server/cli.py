@@ -314,8 +314,6 @@ def cmd_list(ctx: _Context, args: argparse.Namespace) -> int:
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ]
         _out("  ".join(cells).rstrip())
-    if listing.skipped:
-        _err(f"{PROG}: {len(listing.skipped)} file(s) skipped: {', '.join(listing.skipped)}")
     return EXIT_OK
 
 
@@ -729,7 +727,7 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
-            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.write(f"{PROG}: {record.levelname.lower()}: {record.getMessage()}\n")
 
 
 @contextlib.contextmanager
@@ -737,7 +735,6 @@ def _library_logging(debug: bool) -> Iterator[None]:
     """Show the core's warnings (skipped files) as ``iot-config: warning: ...`` lines."""
     logger = logging.getLogger("iot_config_core")
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.WARNING)
