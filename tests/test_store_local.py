@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
+import fsspec
 import pytest
 
-from iot_config_core import ConfigStore, open_store
-from iot_config_core.testing import StoreContract
+from iot_config_core import (
+    ConfigError,
+    ConfigStore,
+    MacAddress,
+    NotFoundError,
+    StoreUnavailableError,
+    UnsupportedStoreError,
+    encode_document,
+    open_store,
+    register_backend,
+)
+from iot_config_core import store as store_module
+from iot_config_core.posix_backend import LOCK_DIR, PosixBackend
+from iot_config_core.testing import MAC_A, MAC_B, MAC_C, StoreContract
 
 
 def root_of(store: ConfigStore) -> Path:
@@ -39,3 +55,95 @@ class TestLocalStore(StoreContract):
 
     def list_raw(self, store: ConfigStore) -> list[str]:
         return [p.name for p in root_of(store).iterdir() if not p.is_dir()]
+
+
+def test_entries_that_are_not_regular_files_are_not_configs(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path))
+    store.put(MAC_A, {"a": 1})
+    (tmp_path / MAC_B.file_name).mkdir()
+    (tmp_path / MAC_C.file_name).symlink_to(MAC_C.file_name)  # a symlink loop
+    (tmp_path / "00-00-00-00-00-09.json").symlink_to("nowhere.json")  # dangling
+    assert [s.mac_address for s in store.list()] == [MAC_A]
+    with pytest.raises(NotFoundError):
+        store.get(MAC_B)
+    with pytest.raises(NotFoundError):
+        store.get_raw(MAC_B)
+    assert not store.exists(MAC_B)
+
+
+def test_symlinked_config_is_served(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path))
+    (tmp_path / "shared.conf").write_bytes(b'{"deviceName": "shared"}')
+    (tmp_path / MAC_A.file_name).symlink_to("shared.conf")
+    assert store.get(MAC_A).content == {"deviceName": "shared"}
+    assert [s.device_name for s in store.list()] == ["shared"]
+
+
+def test_wedged_lock_holder_is_an_outage_not_a_hang(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path))
+    store.put(MAC_A, {"a": 1})
+    impatient = ConfigStore.from_backend(PosixBackend(str(tmp_path), lock_timeout=0.2))
+    lock = os.open(tmp_path / LOCK_DIR / f"{MAC_A.file_name}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a peer that never lets go
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError) as info:
+            impatient.put(MAC_A, {"a": 2})
+        assert time.monotonic() - started < 5
+        assert isinstance(info.value.__cause__, TimeoutError)
+        with pytest.raises(StoreUnavailableError):
+            impatient.delete(MAC_A)
+        assert impatient.get(MAC_A).content == {"a": 1}  # reads never wait for the lock
+    finally:
+        os.close(lock)
+    impatient.put(MAC_A, {"a": 3})
+    assert store.get(MAC_A).content == {"a": 3}
+
+
+def test_lock_directory_is_recreated(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path))
+    store.put(MAC_A, {"a": 1})
+    shutil.rmtree(tmp_path / LOCK_DIR)
+    store.put(MAC_A, {"a": 2})
+    assert store.get(MAC_A).content == {"a": 2}
+
+
+def test_create_root_and_url_forms(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b"
+    store = open_store(f"file://{target}", create=True)
+    assert target.is_dir()
+    store.put(MAC_A, {"a": 1})
+    assert open_store(str(target)).get(MAC_A).content == {"a": 1}
+    assert open_store(f"local://{target}").get(MAC_A).content == {"a": 1}
+    assert (target / MAC_A.file_name).read_bytes() == b'{\n  "a": 1\n}\n'
+
+
+def test_small_raw_cache_still_serves_the_right_bytes(tmp_path: Path) -> None:
+    store = ConfigStore(fsspec.filesystem("file"), str(tmp_path), raw_cache_bytes=400)
+    macs = [MacAddress(i) for i in range(10)]
+    for mac in macs:
+        store.put(mac, {"mac": str(mac), "pad": "x" * 40})
+    store.put(MAC_A, {"big": "y" * 500})  # larger than a quarter of the cache: never cached
+    for _ in range(2):
+        for mac in macs:
+            assert store.get_raw(mac).data == encode_document({"mac": str(mac), "pad": "x" * 40})
+        assert store.get_raw(MAC_A).data == encode_document({"big": "y" * 500})
+
+
+def test_unsupported_filesystem_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    data_fs = fsspec.filesystem("data")
+    with pytest.raises(UnsupportedStoreError) as info:
+        ConfigStore(data_fs, "/")
+    assert info.value.code == "UNSUPPORTED_STORE"
+    assert "'data'" in info.value.message
+    # A third party teaches the store a protocol by registering a backend factory for it.
+    monkeypatch.setattr(store_module, "BACKENDS", dict(store_module.BACKENDS))
+    register_backend("data", lambda _fs, _root: PosixBackend(str(tmp_path)))
+    store = ConfigStore(data_fs, "/")
+    store.put(MAC_A, {"a": 1})
+    assert (tmp_path / MAC_A.file_name).exists()
+
+
+def test_unknown_url_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        open_store("nosuchprotocol://bucket/configs")
