@@ -83,7 +83,7 @@ class PosixBackend:
                     continue
                 try:
                     st = item.stat()
-                except FileNotFoundError:  # deleted between readdir and stat
+                except OSError:  # deleted since readdir, or a broken symlink: not a config
                     continue
                 if stat_module.S_ISREG(st.st_mode):
                     entries.append(_entry(name, st))
