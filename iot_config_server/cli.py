@@ -78,8 +78,6 @@ exit status:
 The store is --store, else $IOT_CONFIG_STORE, else $ESP32_CONFIGS_DIR, else ./iot-configs
 (exactly what `iot-config serve` uses)."""
 
-log = logging.getLogger(__name__)
-
 
 class UsageError(Exception):
     """The command line asked for something impossible (unreadable input, bad value)."""
@@ -108,7 +106,7 @@ def _positive_int(text: str) -> int:
 
 @attrs.frozen
 class _Context:
-    """What every subcommand needs: where the store is, its limits, and the output streams."""
+    """What every subcommand needs: where the store is, its limits, and the server's settings."""
 
     store_url: str
     limits: DocumentLimits
@@ -404,12 +402,8 @@ def _import_one(
     return "imported", ""
 
 
-def cmd_import(ctx: _Context, args: argparse.Namespace) -> int:
-    """Import every ``<mac>.json`` of a directory; one bad file never stops the rest."""
-    names = _directory_files(args.directory)
-    store = ctx.open(create=args.create_store and not args.dry_run)
-    report = _ImportReport(dry_run=args.dry_run)
-
+def _importable_names(names: list[str], report: _ImportReport) -> dict[str, MacAddress]:
+    """File name -> MAC for every importable name; the others are rejected in ``report``."""
     macs: dict[str, MacAddress] = {}
     by_mac: dict[MacAddress, list[str]] = {}
     for name in names:
@@ -425,7 +419,21 @@ def cmd_import(ctx: _Context, args: argparse.Namespace) -> int:
                 others = ", ".join(n for n in spellings if n != name)
                 report.rejected.append((name, f"same MAC {mac} as {others}", "DUPLICATE_MAC"))
                 del macs[name]
+    return macs
 
+
+def cmd_import(ctx: _Context, args: argparse.Namespace) -> int:
+    """Import every ``<mac>.json`` of a directory; one bad file never stops the rest."""
+    names = _directory_files(args.directory)
+    store = ctx.open(create=args.create_store and not args.dry_run)
+    # Fail before the first file, not after it: a dry run needs a readable store, a real import
+    # a writable one.
+    if args.dry_run:
+        store.listing()
+    else:
+        store.check()
+    report = _ImportReport(dry_run=args.dry_run)
+    macs = _importable_names(names, report)
     progress = _Progress(len(macs), "importing")
     try:
         for done, (name, mac) in enumerate(sorted(macs.items()), start=1):
@@ -782,8 +790,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt as exc:
         failure, status, message = exc, 130, "interrupted"
     except BrokenPipeError:  # `iot-config list | head`: the reader left, nothing to report
-        with contextlib.suppress(OSError):
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- silences the exit-time flush
+        with contextlib.suppress(OSError, ValueError):
+            # Point stdout at /dev/null so the interpreter's exit-time flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except OSError as exc:  # local files (export targets): a clear line, not a traceback
         failure, status = exc, EXIT_UNAVAILABLE

@@ -243,6 +243,7 @@ def test_bad_environment_setting_is_a_usage_error(cli: Cli, store: Path) -> None
         ["put", MAC1],
         ["delete", MAC1],
         ["import", "{docs}"],
+        ["import", "{docs}", "--dry-run"],
         ["export", "{out}"],
     ],
 )
