@@ -87,7 +87,7 @@ def device(
                 if status == 200:
                     json.loads(body)  # a device parses what it gets; a bad body would be a bug
                     etag = response.getheader("ETag")
-                tally.add(str(status) if status in (200, 304, 404) else "other")
+                tally.add(str(status) if status in (200, 304, 404) else f"other:{status}")
             if poll + 1 < polls:
                 # Jitter keeps simulated devices from polling in lockstep, as real ones do not.
                 pause = interval * random.uniform(0.5, 1.5)  # noqa: S311 -- not crypto
@@ -154,13 +154,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for thread in threads:
         thread.join(timeout=max(0.0, deadline - time.monotonic()) + 15)
     seconds = time.monotonic() - started
-    counts = {kind: tally.counts.get(kind, 0) for kind in ("200", "304", "404", "other", "error")}
+    others = {k.split(":")[1]: n for k, n in sorted(tally.counts.items()) if k.startswith("other:")}
+    counts = {kind: tally.counts.get(kind, 0) for kind in ("200", "304", "404", "error")}
+    counts["other"] = sum(others.values())
     if args.json:
         report = {"devices": len(macs), "requests": sum(counts.values()), **counts}
-        print(json.dumps({**report, "seconds": round(seconds, 3)}))
+        print(json.dumps({**report, "other_statuses": others, "seconds": round(seconds, 3)}))
     else:
         shown = " ".join(f"{kind}={n}" for kind, n in counts.items())
-        print(f"{len(macs)} devices, {sum(counts.values())} requests in {seconds:.2f} s: {shown}")
+        detail = f" ({', '.join(f'{k}: {n}' for k, n in others.items())})" if others else ""
+        total = sum(counts.values())
+        print(f"{len(macs)} devices, {total} requests in {seconds:.2f} s: {shown}{detail}")
     return 1 if counts["error"] or counts["other"] else 0
 
 
