@@ -1,0 +1,186 @@
+"""The OpenAPI document: valid 3.1, exactly the app's routes, and real answers match its schemas."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]
+import pytest
+import webtest
+from openapi_spec_validator import validate
+
+from iot_config_core import ConfigStore, open_store
+from iot_config_server import Settings, create_app
+from iot_config_server.http_errors import ERROR_TABLE
+
+MAC = "aa-bb-cc-dd-ee-ff"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ConfigStore:
+    return open_store(str(tmp_path / "configs"), create=True)
+
+
+@pytest.fixture
+def app(store: ConfigStore) -> webtest.TestApp:
+    return webtest.TestApp(create_app(store, Settings()))
+
+
+@pytest.fixture
+def document(app: webtest.TestApp) -> dict[str, Any]:
+    response = app.get("/api/openapi.json")
+    assert response.content_type == "application/json"
+    result: dict[str, Any] = response.json
+    return result
+
+
+def test_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
+    assert document["openapi"].startswith("3.1")
+    validate(document)
+
+
+def _bottle_to_openapi(rule: str) -> str:
+    return re.sub(r"<(\w+)(?::[^>]*)?>", r"{\1}", rule)
+
+
+def test_documents_exactly_the_routes_the_app_serves(
+    store: ConfigStore, document: dict[str, Any]
+) -> None:
+    served = {
+        (_bottle_to_openapi(route.rule), route.method.lower())
+        for route in create_app(store, Settings()).routes
+    }
+    documented = {
+        (path, method) for path, operations in document["paths"].items() for method in operations
+    }
+    assert documented == served
+    assert ("/api/configs/{mac}", "put") in served
+    assert ("/esp32/config/{mac}.json", "get") in served
+
+
+def test_every_operation_documents_errors_with_the_error_body(document: dict[str, Any]) -> None:
+    statuses = {entry.status for entry in ERROR_TABLE.values()}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            assert operation["responses"], (path, method)
+            if method == "options":
+                continue
+            assert "500" in operation["responses"], (path, method)
+            for status, answer in operation["responses"].items():
+                if int(status) >= 400 and "ErrorBody" in str(answer):
+                    assert int(status) in statuses
+                    schema = answer["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def test_admin_operations_declare_the_bearer_scheme(document: dict[str, Any]) -> None:
+    config = document["paths"]["/api/configs/{mac}"]
+    for method in ("get", "put", "delete"):
+        assert {"adminToken": []} in config[method]["security"]
+        assert "401" in config[method]["responses"]
+    device = document["paths"]["/esp32/config/{mac}.json"]["get"]
+    assert "security" not in device
+    assert "401" not in device["responses"]
+    assert document["components"]["securitySchemes"]["adminToken"]["scheme"] == "bearer"
+
+
+def test_error_codes_in_the_schema_are_the_tables(document: dict[str, Any]) -> None:
+    codes = document["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
+    assert set(codes) == {entry.wire_code for entry in ERROR_TABLE.values()}
+    assert {"RECORD_NOT_FOUND", "INVALID_OPERATION", "PRECONDITION_FAILED"} <= set(codes)
+
+
+def test_put_request_body_schema(document: dict[str, Any]) -> None:
+    put = document["paths"]["/api/configs/{mac}"]["put"]
+    ref = put["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert schema["required"] == ["content"]
+    assert schema["properties"]["allow_overwrite"] == {"type": "boolean", "default": True}
+    assert schema["properties"]["content"]["type"] == "object"
+    headers = {p["name"] for p in put["parameters"] if p["in"] == "header"}
+    assert headers == {"If-Match", "If-None-Match"}
+
+
+def test_summary_schema_omits_file_metadata(document: dict[str, Any]) -> None:
+    summary = document["components"]["schemas"]["ConfigSummary"]
+    assert set(summary["properties"]) == {
+        "mac_address",
+        "device_name",
+        "device_entity_id",
+        "enable_ota",
+    }
+    assert summary["properties"]["device_name"] == {"type": ["string", "null"]}
+
+
+def _validator(document: dict[str, Any], name: str) -> jsonschema.Draft202012Validator:
+    """A validator for one component schema, resolving refs inside the document."""
+    schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_real_answers_match_their_schemas(app: webtest.TestApp, document: dict[str, Any]) -> None:
+    put = app.put_json(
+        f"/api/configs/{MAC}",
+        {"content": {"deviceName": "k", "enableOTA": True, "nested": {"a": [1, 2.5, None]}}},
+    )
+    _validator(document, "ConfigWire").validate(put.json)
+    _validator(document, "ConfigWire").validate(app.get(f"/api/configs/{MAC}").json)
+    app.put_json("/api/configs/00:11:22:33:44:55", {"content": {"deviceName": 3}})
+    _validator(document, "ConfigListWire").validate(app.get("/api/configs").json)
+    _validator(document, "HealthyReport").validate(app.get("/api/health").json)
+    errors = [
+        app.get("/api/configs/zz", status=400),
+        app.get("/api/configs/00-00-00-00-00-09", status=404),
+        app.get("/nope", status=404),
+        app.post("/api/configs", status=405),
+        app.put(
+            f"/api/configs/{MAC}", b"[]", headers={"Content-Type": "application/json"}, status=400
+        ),
+        app.put_json(
+            f"/api/configs/{MAC}", {"content": {}}, headers={"If-Match": '"x"'}, status=412
+        ),
+    ]
+    for error in errors:
+        _validator(document, "ErrorBody").validate(error.json)
+
+
+def test_unhealthy_answer_matches_its_schema(tmp_path: Path) -> None:
+    app = webtest.TestApp(create_app(open_store(str(tmp_path / "absent")), Settings()))
+    document = app.get("/api/openapi.json").json
+    _validator(document, "UnhealthyReport").validate(app.get("/api/health", status=503).json)
+
+
+def test_schema_rejects_drifted_answers(document: dict[str, Any]) -> None:
+    """The schemas are strict enough to notice a renamed or extra field."""
+    good = {"error": "x", "code": "NOT_FOUND", "details": {}, "correlationId": "r"}
+    _validator(document, "ErrorBody").validate(good)
+    for bad in (
+        {**good, "extra": 1},
+        {k: v for k, v in good.items() if k != "details"},
+        {**good, "code": "NOT_A_CODE"},
+        {"error": "x", "code": "NOT_FOUND", "details": {}, "correlation_id": "r"},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            _validator(document, "ErrorBody").validate(bad)
+
+
+def test_docs_page_is_self_hosted(app: webtest.TestApp) -> None:
+    page = app.get("/api/docs")
+    assert page.content_type == "text/html"
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp
+    assert "<script>" not in page.text  # no inline script
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources
+    for source in sources:
+        assert "://" not in source
+        assert not source.startswith("//")
+        asset = app.get("/api/" + source)
+        assert asset.body
+    assert "openapi.json" in app.get("/api/docs/assets/init.js").text
+    assert app.get("/api/docs/assets/swagger-ui-bundle.js").content_type == "text/javascript"
+    missing = app.get("/api/docs/assets/..%2F..%2F__init__.py", status=404)
+    assert missing.json["code"] == "NOT_FOUND"
+    assert app.get("/api/docs/assets/index.html", status=404).json["code"] == "NOT_FOUND"
