@@ -53,8 +53,10 @@ class MemoryBackend:
             file, "created", None
         )
         size = file.size
-        # A file put into the filesystem behind our back has generation 0 but its own identity.
-        token = (self._generation.get(name, 0), id(file), size)
+        # A file put into the filesystem behind our back keeps our generation but is a new object.
+        # The token holds the object itself, not id(file): a cached token then keeps it alive, so
+        # its id cannot be reused by a later file (which made a stale cache entry look current).
+        token = (self._generation.get(name, 0), file, size)
         return Entry(name=name, token=token, size=size, modified=modified)
 
     def scan(self) -> list[Entry]:
