@@ -55,3 +55,17 @@ def test_memory_store_at_filesystem_root() -> None:
     store = open_store("memory://")
     store.put(MAC_A, {"a": 1})
     assert [s.mac_address for s in store.list()] == [MAC_A]
+
+
+def test_hand_edits_never_revive_a_cached_version() -> None:
+    # Without the filesystem's help an edit is only visible as a new file object; a token made
+    # of id(file) made a stale cache entry look current once CPython reused the id.
+    store = open_store("memory://fleet", create=True)
+    backend = _backend(store)
+    path = backend._path(MAC_A.file_name)
+    backend._fs.pipe_file(path, b'{"v": 0}')
+    for i in range(1, 300):
+        cached = store.get_raw(MAC_A).data
+        backend._fs.pipe_file(path, b'{"v": %d}' % (i % 10))
+        backend._fs.pipe_file(path, b'{"v": %d}' % ((i + 1) % 10))
+        assert store.get_raw(MAC_A).data == b'{"v": %d}' % ((i + 1) % 10), (i, cached)
