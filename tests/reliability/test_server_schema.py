@@ -1,0 +1,98 @@
+"""Schemathesis against the running server's own ``/api/openapi.json``: every operation, bounded.
+
+Checks: no 5xx, status codes, content types, headers and bodies conform to the schema, negative
+data is rejected, Allow headers are right. On top of Schemathesis' own checks, every 4xx answer it
+provoked (read back from the HAR recording) must carry the error shape.
+
+``positive_data_acceptance`` is excluded on purpose: the ``mac`` path parameter is documented as
+"any common spelling" without a pattern, so Schemathesis counts ``/api/configs/0`` as schema-valid
+and its 400 as a rejection of valid data. See ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import Figure
+from .support import JSON_HEADERS, ServerProcess, put_body, scaled
+
+SCHEMATHESIS = shutil.which("schemathesis") or shutil.which("st")
+CHECKS = "all"
+EXCLUDED_CHECKS = "positive_data_acceptance"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    root = tmp_path / "configs"
+    root.mkdir()
+    proc = ServerProcess(root, tmp_path / "server.log")
+    for mac in ("aa-bb-cc-dd-ee-ff", "00-00-00-00-00-00"):
+        proc.request("PUT", f"/api/configs/{mac}", put_body({"deviceName": "x"}), JSON_HEADERS)
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.skipif(SCHEMATHESIS is None, reason="schemathesis is not installed")
+def test_schemathesis_against_running_server(
+    server: ServerProcess, tmp_path: Path, figure: Figure
+) -> None:
+    assert SCHEMATHESIS is not None
+    har = tmp_path / "run.har"
+    report = tmp_path / "run.json"
+    seconds = int(scaled(10, 480))
+    done = subprocess.run(
+        [
+            SCHEMATHESIS,
+            "run",
+            f"http://127.0.0.1:{server.port}/api/openapi.json",
+            "--checks",
+            CHECKS,
+            "--exclude-checks",
+            EXCLUDED_CHECKS,
+            "--max-examples",
+            str(int(scaled(5, 300))),
+            "--max-time",
+            str(seconds),
+            "--workers",
+            "2",
+            "--seed",
+            "20261126",
+            "--request-timeout",
+            "10",
+            "--report",
+            "har,json",
+            "--report-har-path",
+            str(har),
+            "--report-json-path",
+            str(report),
+            "--warnings",
+            "off",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    summary = json.loads(report.read_text())
+    assert summary["operations"]["tested"] == summary["operations"]["total"]
+    entries = json.loads(har.read_text())["log"]["entries"]
+    statuses: dict[int, int] = {}
+    for entry in entries:
+        status = entry["response"]["status"]
+        statuses[status] = statuses.get(status, 0) + 1
+        assert status < 500, entry
+        text = entry["response"]["content"].get("text") or ""
+        if 400 <= status < 500 and entry["request"]["method"] != "HEAD":
+            error = json.loads(text)
+            assert set(error) >= {"error", "code", "details", "correlationId"}, (entry, error)
+    figure("schemathesis operations", summary["operations"]["tested"])
+    figure("schemathesis cases generated", summary["test_cases"]["generated"])
+    figure("HTTP answers checked (status: count)", dict(sorted(statuses.items())))
