@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import attrs
 import fsspec
+from fsspec.core import split_protocol
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
@@ -120,14 +121,20 @@ def open_store(
     ``create=True`` creates the root first; otherwise a missing root makes operations fail with
     `StoreUnavailableError`. Each ``memory://`` store is private to its `ConfigStore`.
     """
+    protocol, _ = split_protocol(url)
+    if protocol is not None:
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ValueError, ImportError) as exc:  # unknown scheme, or its extra not installed
+            raise UnsupportedStoreError(
+                f"cannot open {url!r}: {exc}", url=url, protocol=protocol
+            ) from exc
     try:
-        if url.startswith("memory://") and "fs" not in storage_options:
+        if protocol == "memory":
             fs: fsspec.AbstractFileSystem = private_memory_filesystem()
             root = url[len("memory://") :] or "/"
         else:
             fs, root = fsspec.url_to_fs(url, **storage_options)
-    except ImportError as exc:
-        raise UnsupportedStoreError(f"cannot open {url!r}: {exc}", url=url) from exc
     except (ValueError, OSError) as exc:
         raise StoreUnavailableError(f"cannot open {url!r}: {exc}", url=url) from exc
     store = ConfigStore(fs, root, limits=limits)
