@@ -145,5 +145,6 @@ def test_unsupported_filesystem_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_
 
 
 def test_unknown_url_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(UnsupportedStoreError) as info:
         open_store("nosuchprotocol://bucket/configs")
+    assert info.value.details["protocol"] == "nosuchprotocol"
