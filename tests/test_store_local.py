@@ -13,7 +13,6 @@ import fsspec
 import pytest
 
 from iot_config_core import (
-    ConfigError,
     ConfigStore,
     MacAddress,
     NotFoundError,
