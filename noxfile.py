@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import nox
@@ -11,6 +14,8 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_venv = "yes"
 
 PYTHON = "3.11"
+# The throw-away Ceph cluster scripts sit beside the repository (../shared/ceph from its root).
+CEPH_SCRIPTS = Path(__file__).resolve().parent.parent / "shared" / "ceph"
 
 
 @nox.session(python=PYTHON)
@@ -52,3 +57,27 @@ def bench(session: nox.Session) -> None:
     # Every tests/benchmarks/bench_*.py script, each given the posargs (e.g. --quick).
     for script in sorted(Path("tests/benchmarks").glob("bench_*.py")):
         session.run("python", str(script), *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def ceph(session: nox.Session) -> None:
+    """The store contract on a real CephFS through two ceph-fuse clients (needs root and FUSE).
+
+    Starts a throw-away single-node cluster with ``shared/ceph/start-ceph.sh`` (installs the Debian
+    packages if missing), and always stops and purges it, whatever the tests did.
+    """
+    session.install("-e", ".[server,test]")
+    base = Path(tempfile.mkdtemp(prefix="iot-config-ceph-"))
+    port = os.environ.get("IOT_CONFIG_CEPH_PORT_BASE", "18360")
+    try:
+        session.run("bash", str(CEPH_SCRIPTS / "start-ceph.sh"), str(base), port, external=True)
+        session.run(
+            "pytest",
+            "tests/test_store_ceph.py",
+            *session.posargs,
+            env={"IOT_CONFIG_TEST_CEPHFS": str(base / "mnt")},
+        )
+    finally:
+        session.run("bash", str(CEPH_SCRIPTS / "stop-ceph.sh"), str(base), "--purge", external=True)
+        if not os.path.ismount(base / "mnt"):  # never delete through a live mount
+            shutil.rmtree(base, ignore_errors=True)
