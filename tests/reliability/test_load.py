@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import selectors
 import shutil
 import socket
 import statistics
@@ -24,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -95,7 +95,8 @@ done = function(summary, latency, requests)
   io.write(string.format("ERRORS connect=%%d read=%%d write=%%d status=%%d timeout=%%d\\n",
     summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.status,
     summary.errors.timeout))
-  io.write(string.format("TOTAL requests=%%d duration_us=%%d\\n", summary.requests, summary.duration))
+  io.write(string.format("TOTAL requests=%%d duration_us=%%d\\n",
+    summary.requests, summary.duration))
 end
 """
 
@@ -175,7 +176,7 @@ class SlowClients:
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> SlowClients:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -187,7 +188,6 @@ class SlowClients:
         request = f"GET /esp32/config/{_device_mac(0)}.json HTTP/1.1\r\nHost: x\r\n".encode()
         request += b"X-Slow: " + b"a" * 10_000  # never finished: the headers never end
         sockets: list[tuple[socket.socket, int]] = []
-        selector = selectors.DefaultSelector()
         try:
             for _ in range(self._count):
                 sock = socket.socket()
@@ -208,7 +208,6 @@ class SlowClients:
                         sock.close()
                 sockets = alive
         finally:
-            selector.close()
             for sock, _ in sockets:
                 sock.close()
 
