@@ -138,6 +138,7 @@ class ServerProcess:
         slow: float | None = None,
         env: dict[str, str] | None = None,
         threads: int | None = None,
+        log_level: str = "WARNING",
     ) -> None:
         self.store = store
         self.port = free_port()
@@ -169,9 +170,10 @@ class ServerProcess:
                 str(self.port),
                 str(slow),
             ]
+        env = {"IOT_CONFIG_LOG_LEVEL": log_level, **(env or {})}
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, env={**python_env(), **(env or {})}
+            args, stdout=self._log, stderr=subprocess.STDOUT, env={**python_env(), **env}
         )
         self.wait_ready()
 
