@@ -60,6 +60,29 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def reliability(session: nox.Session) -> None:
+    """Fuzzing, faults, crashes and load in their long versions; figures for docs/reliability.md."""
+    session.install("-e", ".[server,test]", "schemathesis>=4", "waitress>=3")
+    try:  # coverage-guided fuzzing; the Hypothesis fuzz tests still run where it cannot build
+        session.install("atheris>=2.3")
+    except nox.command.CommandFailed:
+        session.warn("atheris does not install on this Python: libFuzzer runs are skipped")
+    if shutil.which("wrk") is None:
+        session.run("apt-get", "update", "-q", external=True)
+        session.run("apt-get", "install", "-y", "-q", "wrk", external=True)
+    results = Path("build/reliability/results.json")
+    results.unlink(missing_ok=True)
+    session.run(
+        "pytest",
+        "tests/reliability",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env={"IOT_CONFIG_RELIABILITY": "full", "IOT_CONFIG_RELIABILITY_RESULTS": str(results)},
+    )
+
+
+@nox.session(python=PYTHON)
 def ceph(session: nox.Session) -> None:
     """The store contract on a real CephFS through two ceph-fuse clients (needs root and FUSE).
 
