@@ -173,7 +173,7 @@ def _mutations(value: dict[str, Any]) -> st.SearchStrategy[bytes]:
     )
 
 
-@settings(_SETTINGS, max_examples=int(scaled(300, 50_000)))
+@settings(_SETTINGS, max_examples=int(scaled(200, 50_000)))
 @given(
     st.one_of(
         st.binary(max_size=256),

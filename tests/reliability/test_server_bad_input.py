@@ -161,6 +161,7 @@ def test_huge_declared_length_with_short_body(server: ServerProcess, area: Path)
         f"PUT /api/configs/{MAC} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {100 * 1024 * 1024}\r\n\r\n".encode()
         + b'{"content": {"a": 1}',
+        timeout=6,
     )
     elapsed = time.monotonic() - started
     assert raw_status(data) == 413, data[:300]
