@@ -53,7 +53,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against the physical floor measured in the same run."""
-    session.install("-e", ".[server,test]")
+    session.install("-e", ".[server,test,s3-test]")
     # Every tests/benchmarks/bench_*.py script, each given the posargs (e.g. --quick).
     for script in sorted(Path("tests/benchmarks").glob("bench_*.py")):
         session.run("python", str(script), *session.posargs)

@@ -1,0 +1,325 @@
+"""What each storage backend costs: the store against its backend's own floor, and against disk.
+
+For every backend available here (local disk; CephFS through ceph-fuse when a mount is given; S3
+through s3fs against a real moto server and, when installed, a real SeaweedFS server) it times, on
+a fleet of 1,000 configs:
+
+- ``get`` and ``put`` through `ConfigStore`, against the *raw floor* of that backend: a bare read
+  or write of the same bytes through the same mount or the same s3fs client (open/read, or
+  write+fsync+rename; one GET, or one PUT). The store should add <= 1.3x to it for get and put;
+- ``get_raw`` (the device endpoint's path: a stat or HEAD, then a cache hit);
+- ``list`` warm (nothing changed: one scan or LIST) and cold (a fresh store: scan + read every
+  document), against a bare scan / LIST (+ reading every object) through the same client;
+
+and then every store operation as a ratio to the same operation on local disk in the same run.
+Nothing asserts: run it, read the tables.
+
+    python3 tests/benchmarks/bench_storage.py                       # local, moto, SeaweedFS
+    python3 tests/benchmarks/bench_storage.py --cephfs /mnt/cephfs  # ... and CephFS
+    python3 tests/benchmarks/bench_storage.py --quick               # 200 configs, a smoke run
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import random
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from _harness import Report, Timing, common_arguments, measure
+from fsspec.asyn import sync
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests/: the S3 server helpers
+if importlib.util.find_spec("iot_config_core") is None:
+    # Run from a checkout without installing: make the repository root importable.
+    sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+
+from iot_config_core import ConfigStore, MacAddress, encode_document, open_store
+
+FULL = {"fleet": 1000, "batch": 20, "rounds": 25, "put_rounds": 15, "list_rounds": 10, "cold": 3}
+QUICK = {"fleet": 200, "batch": 10, "rounds": 5, "put_rounds": 5, "list_rounds": 3, "cold": 2}
+GET_PUT_TARGET = 1.3
+
+
+def mac_of(index: int) -> MacAddress:
+    return MacAddress((0x24_0A_C4 << 24) | ((index * 2_654_435_761) & 0xFF_FFFF))
+
+
+def config(index: int, variant: int = 0) -> dict[str, Any]:
+    """A config shaped like the real ones (~1 KB): names, flags, nested objects, a list."""
+    rng = random.Random(index * 7919 + variant)
+    room = rng.choice(["kitchen", "hall", "garage", "office", "bedroom"])
+    return {
+        "deviceName": f"{room}-sensor-{index}",
+        "deviceEntityId": f"sensor.{room}_{index}",
+        "enableOTA": rng.random() < 0.5,
+        "variant": variant,
+        "otaUrl": f"https://ota.example.net/firmware/esp32-{rng.randint(1, 9)}.bin",
+        "pollIntervalSeconds": rng.choice([60, 300, 900]),
+        "wifi": {"ssid": f"iot-{room}", "hidden": False, "powerSave": rng.choice(["min", "max"])},
+        "mqtt": {"host": "mqtt.example.net", "port": 8883, "topic": f"home/{room}/{index}"},
+        "sensors": [
+            {"type": t, "pin": rng.randint(0, 39), "intervalSeconds": rng.choice([10, 30, 60])}
+            for t in ("temperature", "humidity", "pressure", "co2", "lux")
+        ],
+        "notes": "x" * rng.randint(100, 300),
+    }
+
+
+@dataclass
+class Backend:
+    """One place to store configs, with the bare operations of its own client as the floor."""
+
+    name: str
+    store: ConfigStore
+    reopen: Callable[[], ConfigStore]  # a fresh store on the same root (cold caches)
+    floor_read: Callable[[str], bytes]
+    floor_write: Callable[[str, bytes], None]  # writes to a scratch area, not the fleet
+    floor_list: Callable[[], list[str]]
+
+
+# -- POSIX (local disk, CephFS) ------------------------------------------------------------------
+
+
+def posix_backend(name: str, base: Path) -> Backend:
+    root = base / "fleet"
+    scratch = base / "floor"
+    root.mkdir(parents=True)
+    scratch.mkdir()
+
+    def floor_read(file_name: str) -> bytes:
+        with open(root / file_name, "rb") as f:
+            return f.read()
+
+    def floor_write(file_name: str, data: bytes) -> None:
+        temp = scratch / f".{file_name}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, scratch / file_name)
+        dir_fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def floor_list() -> list[str]:
+        with os.scandir(root) as it:
+            return [e.name for e in it if e.is_file() and e.stat().st_size >= 0]
+
+    return Backend(
+        name,
+        open_store(str(root)),
+        lambda: open_store(str(root)),
+        floor_read,
+        floor_write,
+        floor_list,
+    )
+
+
+# -- S3 ------------------------------------------------------------------------------------------
+
+
+def s3_backend(name: str, options: dict[str, Any]) -> Backend:
+    """The floor is one bare request (GET, PUT, LIST pages) through the store's own s3fs client."""
+    bucket = "bench"
+    prefix = uuid.uuid4().hex
+    url = f"s3://{bucket}/{prefix}"
+    store = open_store(url, create=True, **options)
+    fs = store._backend._fs  # type: ignore[attr-defined]
+
+    async def get(key: str) -> bytes:
+        response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+        body = response["Body"]
+        try:
+            return bytes(await body.read())
+        finally:
+            body.close()
+
+    def floor_list() -> list[str]:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{prefix}/", "Delimiter": "/"}
+        names: list[str] = []
+        while True:
+            page = fs.call_s3("list_objects_v2", **kwargs)
+            names += [item["Key"] for item in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return names
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    return Backend(
+        name,
+        store,
+        lambda: open_store(url, **options),
+        lambda file_name: sync(fs.loop, get, f"{prefix}/{file_name}"),
+        lambda file_name, data: fs.call_s3(
+            "put_object", Bucket=bucket, Key=f"{prefix}-floor/{file_name}", Body=data
+        ),
+        floor_list,
+    )
+
+
+# -- the measurements ----------------------------------------------------------------------------
+
+
+def populate(backend: Backend, count: int) -> list[MacAddress]:
+    macs = [mac_of(i) for i in range(count)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: backend.store.put(macs[i], config(i)), range(count)))
+    return macs
+
+
+def batches(macs: list[MacAddress], size: int) -> Iterator[list[MacAddress]]:
+    """Endless batches walking the fleet, so every call reads different documents."""
+    while True:
+        for start in range(0, len(macs) - size + 1, size):
+            yield macs[start : start + size]
+
+
+def run_backend(backend: Backend, sizes: dict[str, int]) -> dict[str, Timing]:
+    macs = populate(backend, sizes["fleet"])
+    batch = sizes["batch"]
+    store = backend.store
+    timings: dict[str, Timing] = {}
+
+    walk = {k: batches(macs, batch) for k in ("get", "raw", "floor")}
+    for mac in macs:
+        store.get_raw(mac)  # warm the device cache once
+    timings |= measure(
+        {
+            f"{backend.name} bare read": lambda: [
+                backend.floor_read(m.file_name) for m in next(walk["floor"])
+            ],
+            f"{backend.name} get": lambda: [store.get(m) for m in next(walk["get"])],
+            f"{backend.name} get_raw": lambda: [store.get_raw(m) for m in next(walk["raw"])],
+        },
+        repeat=sizes["rounds"],
+        per_call=batch,
+    )
+
+    turn = [0, 0]
+    put_macs = macs[:batch]
+    datas = [encode_document(config(i, 1)) for i in range(batch)]
+
+    def put() -> None:
+        turn[0] += 1
+        for i, mac in enumerate(put_macs):
+            store.put(mac, config(i, 2 + turn[0]))
+
+    def bare_write() -> None:
+        turn[1] += 1
+        for mac, data in zip(put_macs, datas, strict=True):
+            backend.floor_write(mac.file_name, data + b" " * (turn[1] % 2))
+
+    timings |= measure(
+        {f"{backend.name} bare write": bare_write, f"{backend.name} put": put},
+        repeat=sizes["put_rounds"],
+        per_call=batch,
+    )
+
+    store.list()
+    timings |= measure(
+        {
+            f"{backend.name} bare list": backend.floor_list,
+            f"{backend.name} list warm": store.list,
+        },
+        repeat=sizes["list_rounds"],
+    )
+
+    def bare_cold() -> None:
+        for name in backend.floor_list():
+            backend.floor_read(name.rsplit("/", 1)[-1])
+
+    timings |= measure(
+        {
+            f"{backend.name} bare list+read": bare_cold,
+            f"{backend.name} list cold": lambda: backend.reopen().list(),
+        },
+        repeat=sizes["cold"],
+        warmup=0,
+    )
+    assert len(store.list()) == len(macs)
+    return timings
+
+
+OPS = [
+    ("get", "bare read", GET_PUT_TARGET),
+    ("get_raw", "bare read", None),
+    ("put", "bare write", GET_PUT_TARGET),
+    ("list warm", "bare list", None),
+    ("list cold", "bare list+read", None),
+]
+
+
+@contextlib.contextmanager
+def backends(args: Any, scratch: Path) -> Iterator[list[Backend]]:
+    with contextlib.ExitStack() as stack:
+        found = [posix_backend("local", scratch / "local")]
+        cephfs = args.cephfs or os.environ.get("IOT_CONFIG_TEST_CEPHFS")
+        if cephfs:
+            base = Path(tempfile.mkdtemp(prefix="bench-", dir=cephfs))
+            stack.callback(shutil.rmtree, base, ignore_errors=True)
+            found.append(posix_backend("cephfs", base))
+        if importlib.util.find_spec("s3fs") is not None:
+            import s3_server  # noqa: PLC0415 - needs the s3-test extra
+
+            starters = {"moto": s3_server.moto_server, "seaweedfs": s3_server.seaweedfs_server}
+            for name, starter in starters.items():
+                if name in args.skip:
+                    continue
+                try:
+                    server = stack.enter_context(starter())
+                except RuntimeError as exc:
+                    print(f"[bench_storage] {name} unavailable: {exc}", file=sys.stderr)
+                    continue
+                found.append(s3_backend(name, s3_server.storage_options(server)))
+        yield found
+
+
+def main() -> None:
+    parser = common_arguments(__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--cephfs", metavar="MNT", help="also benchmark this ceph-fuse mount")
+    parser.add_argument("--skip", nargs="*", default=[], help="backends to leave out")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    floor = Report("storage: store vs its backend's raw floor", dict(sizes))
+    versus_disk = Report("storage: each backend vs local disk, same operation", dict(sizes))
+    with (
+        tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-storage-") as tmp,
+        backends(args, Path(tmp)) as found,
+    ):
+        results = {b.name: run_backend(b, sizes) for b in found}
+    local = results["local"]
+    for name, timings in results.items():
+        for op, floor_op, target in OPS:
+            floor.add(
+                f"{name} {op}",
+                timings[f"{name} {op}"],
+                baseline=timings[f"{name} {floor_op}"],
+                target=target,
+            )
+            if name != "local":
+                versus_disk.add(
+                    f"{name} {op}", timings[f"{name} {op}"], baseline=local[f"local {op}"]
+                )
+    floor.print()
+    versus_disk.print()
+    if args.json:
+        args.json.write_text(
+            "[\n" + ",\n".join(repr(r.to_json()) for r in (floor, versus_disk)) + "\n]\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
