@@ -41,17 +41,22 @@ class CorsPolicy:
         return None
 
     def headers(self, origin: str | None) -> list[tuple[str, str]]:
-        """Headers for an ordinary (non-preflight) answer to a request from ``origin``."""
-        allowed = self.allowed_origin(origin)
-        if allowed is None:
+        """Headers for an ordinary (non-preflight) answer to a request from ``origin``.
+
+        ``Vary: Origin`` goes on every answer while CORS is on (unless any origin is allowed), so
+        a shared cache never hands one origin's answer to another.
+        """
+        if not self.origins:
             return []
-        headers = [
+        allowed = self.allowed_origin(origin)
+        vary = [] if self.origins == {"*"} else [("Vary", "Origin")]
+        if allowed is None:
+            return vary
+        return [
             ("Access-Control-Allow-Origin", allowed),
             ("Access-Control-Expose-Headers", EXPOSED_HEADERS),
+            *vary,
         ]
-        if allowed != "*":
-            headers.append(("Vary", "Origin"))
-        return headers
 
     def preflight_headers(self, origin: str | None, allow: str) -> list[tuple[str, str]]:
         """Headers answering a preflight for a route that accepts the methods in ``allow``."""

@@ -1,20 +1,35 @@
 """Prometheus metrics of one app, in a registry of its own (two apps in a process stay apart).
 
 Label values are route templates (``/api/configs/<mac>``), operation names and codes, never raw
-paths or MACs, so the series count is bounded by the route table. Hot paths use label children
-bound once per route, not a ``labels()`` lookup per request.
+paths or MACs, so the series count is bounded by the route table.
+
+The per-request series (requests, durations, store operations) are counted by `RequestStats`:
+plain integers in per-thread shards, summed only when Prometheus scrapes. prometheus_client's own
+counters take a lock and run checks on every increment, which measured as the largest share of
+this layer's cost on the device hot path; rare series (config count, build info) use it as usual.
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable
+import threading
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Gauge, Info
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "UNMATCHED_ROUTE", "AppMetrics", "OperationMetrics", "RouteMetrics"]
+__all__ = [
+    "CONTENT_TYPE",
+    "UNMATCHED_ROUTE",
+    "AppMetrics",
+    "OperationMetrics",
+    "RequestStats",
+    "RouteMetrics",
+]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: The route label of requests that matched no route (404/405), so typos cannot add series.
@@ -30,49 +45,197 @@ def _version() -> str:
         return "unknown"
 
 
-class RouteMetrics:
-    """The request counter and duration histogram of one route template, pre-bound."""
+class _Shard:
+    """One thread's counts; only that thread writes it, so increments need no lock."""
 
-    def __init__(self, metrics: AppMetrics, route: str) -> None:
-        self._requests = metrics.requests
+    __slots__ = ("durations", "operations", "requests", "store_errors", "sums")
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.durations: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+        self.operations: dict[tuple[str, str], int] = {}
+        self.store_errors: dict[str, int] = {}
+
+
+def _add(total: _Shard, shard: _Shard, width: int) -> None:
+    """Add ``shard``'s counts into ``total`` (dict copies are atomic under the GIL)."""
+    for key, value in dict(shard.requests).items():
+        total.requests[key] = total.requests.get(key, 0) + value
+    shard_sums = dict(shard.sums)
+    for route, counts in dict(shard.durations).items():
+        into = total.durations.setdefault(route, [0] * width)
+        for i, count in enumerate(list(counts)):
+            into[i] += count
+        total.sums[route] = total.sums.get(route, 0.0) + shard_sums.get(route, 0.0)
+    for op_key, value in dict(shard.operations).items():
+        total.operations[op_key] = total.operations.get(op_key, 0) + value
+    for operation, value in dict(shard.store_errors).items():
+        total.store_errors[operation] = total.store_errors.get(operation, 0) + value
+
+
+class RequestStats(Collector):
+    """Request, duration and operation counts, kept per thread and merged at scrape time."""
+
+    #: Past this many shards, those of finished threads are folded into one (servers that start
+    #: a thread per request would otherwise grow the list forever).
+    FOLD_THRESHOLD = 64
+
+    def __init__(self, namespace: str, buckets: tuple[float, ...] = DURATION_BUCKETS) -> None:
+        self._namespace = namespace
+        self._buckets = buckets
+        self._width = len(buckets) + 1
+        self._local = threading.local()
+        self._shards: list[tuple[threading.Thread, _Shard]] = []
+        self._retired = _Shard()
+        self._lock = threading.Lock()
+        self._routes: set[str] = set()
+        self._operations: set[str] = set()
+
+    def shard(self) -> _Shard:
+        """This thread's shard (created on the thread's first request)."""
+        try:
+            shard: _Shard = self._local.shard
+        except AttributeError:
+            shard = self._local.shard = _Shard()
+            with self._lock:
+                if len(self._shards) >= self.FOLD_THRESHOLD:
+                    self._fold_finished()
+                self._shards.append((threading.current_thread(), shard))
+        return shard
+
+    def _fold_finished(self) -> None:
+        """Merge shards of threads that ended into the retired totals (caller holds the lock)."""
+        alive = []
+        for thread, shard in self._shards:
+            if thread.is_alive():
+                alive.append((thread, shard))
+            else:
+                _add(self._retired, shard, self._width)
+        self._shards = alive
+
+    def declare(self, route: str | None = None, operation: str | None = None) -> None:
+        """Make a route's histogram and an operation's error counter visible before any use."""
+        with self._lock:
+            if route is not None:
+                self._routes.add(route)
+            if operation is not None:
+                self._operations.add(operation)
+
+    def observe(self, method: str, route: str, status: int, seconds: float | None) -> None:
+        """Count one answer, and its duration unless ``seconds`` is None."""
+        shard = self.shard()
+        key = (method, route, str(status))
+        requests = shard.requests
+        requests[key] = requests.get(key, 0) + 1
+        if seconds is not None:
+            counts = shard.durations.get(route)
+            if counts is None:
+                counts = shard.durations[route] = [0] * self._width
+                shard.sums[route] = 0.0
+            counts[bisect_left(self._buckets, seconds)] += 1
+            shard.sums[route] += seconds
+
+    def operation(self, operation: str, outcome: str, *, store_error: bool = False) -> None:
+        """Count one store operation by outcome (``ok`` or a lower-case error code)."""
+        shard = self.shard()
+        key = (operation, outcome)
+        shard.operations[key] = shard.operations.get(key, 0) + 1
+        if store_error:
+            shard.store_errors[operation] = shard.store_errors.get(operation, 0) + 1
+
+    def shard_count(self) -> int:
+        """Shards currently kept (for tests of the folding)."""
+        with self._lock:
+            return len(self._shards)
+
+    def collect(self) -> Iterator[Metric]:
+        """Sum the shards into Prometheus families; writers are never blocked."""
+        total = _Shard()
+        with self._lock:
+            self._fold_finished()
+            _add(total, self._retired, self._width)
+            shards = [shard for _, shard in self._shards]
+            for route in self._routes:
+                total.durations.setdefault(route, [0] * self._width)
+                total.sums.setdefault(route, 0.0)
+            for operation in self._operations:
+                total.store_errors.setdefault(operation, 0)
+        for shard in shards:
+            _add(total, shard, self._width)
+        ns = self._namespace
+        family = CounterMetricFamily(
+            f"{ns}_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            labels=["method", "route", "status"],
+        )
+        for labels, value in sorted(total.requests.items()):
+            family.add_metric(list(labels), value)
+        yield family
+        histogram = HistogramMetricFamily(
+            f"{ns}_http_request_duration_seconds",
+            "Time to produce an answer, by route template.",
+            labels=["route"],
+        )
+        bounds = [repr(bound) for bound in self._buckets] + ["+Inf"]
+        for route, counts in sorted(total.durations.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip(bounds, counts, strict=True):
+                cumulative += count
+                buckets.append((bound, float(cumulative)))
+            histogram.add_metric([route], buckets, total.sums[route])
+        yield histogram
+        operations_family = CounterMetricFamily(
+            f"{ns}_config_operations",
+            "Store operations, by operation and outcome (ok or the error code).",
+            labels=["operation", "outcome"],
+        )
+        for op_labels, value in sorted(total.operations.items()):
+            operations_family.add_metric(list(op_labels), value)
+        yield operations_family
+        errors_family = CounterMetricFamily(
+            f"{ns}_store_errors",
+            "Store failures (backend unavailable), by operation.",
+            labels=["operation"],
+        )
+        for operation, value in sorted(total.store_errors.items()):
+            errors_family.add_metric([operation], value)
+        yield errors_family
+
+
+class RouteMetrics:
+    """The request counter and duration histogram of one route template."""
+
+    def __init__(self, stats: RequestStats, route: str) -> None:
+        self._stats = stats
         self._route = route
-        self._duration = metrics.duration.labels(route)
-        # (method, status) -> counter child; bounded by methods x statuses of one route.
-        self._counters: dict[tuple[str, int], Callable[[], None]] = {}
 
     def count(self, method: str, status: int) -> None:
         """Count an answer without timing it (requests that matched no route)."""
-        inc = self._counters.get((method, status))
-        if inc is None:
-            inc = self._requests.labels(method, self._route, str(status)).inc
-            self._counters[(method, status)] = inc
-        inc()
+        self._stats.observe(method, self._route, status, None)
 
     def observe(self, method: str, status: int, seconds: float) -> None:
         """Count an answer and record how long it took."""
-        self.count(method, status)
-        self._duration.observe(seconds)
+        self._stats.observe(method, self._route, status, seconds)
 
 
 class OperationMetrics:
-    """Outcome counters of one store operation (``get_raw``, ``put``, ...), pre-bound."""
+    """Outcome counters of one store operation (``get_raw``, ``put``, ...)."""
 
-    def __init__(self, metrics: AppMetrics, operation: str) -> None:
-        self._operations = metrics.operations
-        self._store_errors = metrics.store_errors.labels(operation)
+    def __init__(self, stats: RequestStats, operation: str) -> None:
+        self._stats = stats
         self._operation = operation
-        self.ok: Callable[[], None] = metrics.operations.labels(operation, "ok").inc
-        self._failures: dict[str, Callable[[], None]] = {}
+        stats.declare(operation=operation)
+
+    def ok(self) -> None:
+        """Count a successful operation."""
+        self._stats.operation(self._operation, "ok")
 
     def failed(self, code: str) -> None:
         """Count a failed operation by the core error code (``NOT_FOUND``, ...)."""
-        inc = self._failures.get(code)
-        if inc is None:
-            inc = self._operations.labels(self._operation, code.lower()).inc
-            self._failures[code] = inc
-        inc()
-        if code == "STORE_UNAVAILABLE":
-            self._store_errors.inc()
+        self._stats.operation(
+            self._operation, code.lower(), store_error=code == "STORE_UNAVAILABLE"
+        )
 
 
 class AppMetrics:
@@ -80,35 +243,8 @@ class AppMetrics:
 
     def __init__(self, config_count: Callable[[], int], *, namespace: str = "iot_config") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "http_requests",
-            "HTTP requests answered, by method, route template and status.",
-            ["method", "route", "status"],
-            namespace=namespace,
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "http_request_duration_seconds",
-            "Time to produce an answer, by route template.",
-            ["route"],
-            namespace=namespace,
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.operations = Counter(
-            "config_operations",
-            "Store operations, by operation and outcome (ok or the error code).",
-            ["operation", "outcome"],
-            namespace=namespace,
-            registry=self.registry,
-        )
-        self.store_errors = Counter(
-            "store_errors",
-            "Store failures (backend unavailable), by operation.",
-            ["operation"],
-            namespace=namespace,
-            registry=self.registry,
-        )
+        self.stats = RequestStats(namespace)
+        self.registry.register(self.stats)
         self.configs = Gauge(
             "configs",
             "Valid configs in the most recent listing of the store.",
@@ -123,15 +259,17 @@ class AppMetrics:
         self._routes: dict[str, RouteMetrics] = {}
 
     def route(self, template: str) -> RouteMetrics:
-        """The pre-bound metrics of a route template (one object per template)."""
+        """The metrics of a route template (one object per template)."""
         found = self._routes.get(template)
         if found is None:
-            found = self._routes[template] = RouteMetrics(self, template)
+            found = self._routes[template] = RouteMetrics(self.stats, template)
+            if template != UNMATCHED_ROUTE:
+                self.stats.declare(route=template)
         return found
 
     def operation(self, name: str) -> OperationMetrics:
-        """Pre-bound outcome counters of one store operation."""
-        return OperationMetrics(self, name)
+        """Outcome counters of one store operation."""
+        return OperationMetrics(self.stats, name)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric of this app."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from iot_config_core import ConfigStore, open_store
 from iot_config_server import Settings, create_app
+from iot_config_server.app import METRICS_CONFIG_KEY
 
 MAC = "aa-bb-cc-dd-ee-ff"
 
@@ -129,3 +131,23 @@ def test_metrics_stay_separate_between_apps(store: ConfigStore, tmp_path: Path) 
     second.get("/api/health/live")
     assert requests(first, "GET", "/api/health/live", 200) == 2
     assert requests(second, "GET", "/api/health/live", 200) == 1
+
+
+def test_counts_from_many_threads_add_up_and_finished_threads_are_folded(
+    app: webtest.TestApp,
+) -> None:
+    """A server that starts a thread per request must not grow the per-thread shards forever."""
+
+    def poll() -> None:
+        for _ in range(3):
+            app.get("/api/health/live")
+
+    for _ in range(5):
+        threads = [threading.Thread(target=poll) for _ in range(40)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert requests(app, "GET", "/api/health/live", 200) == 5 * 40 * 3
+    collector = app.app.config[METRICS_CONFIG_KEY].stats
+    assert collector.shard_count() <= collector.FOLD_THRESHOLD + 1
