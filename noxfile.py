@@ -84,12 +84,12 @@ def reliability(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def ceph(session: nox.Session) -> None:
-    """The store contract on a real CephFS through two ceph-fuse clients (needs root and FUSE).
+    """Contract suite and two server replicas on a real CephFS, two ceph-fuse clients (root, FUSE).
 
     Starts a throw-away single-node cluster with ``shared/ceph/start-ceph.sh`` (installs the Debian
     packages if missing), and always stops and purges it, whatever the tests did.
     """
-    session.install("-e", ".[server,test]")
+    session.install("-e", ".[server,test,s3-test]")
     base = Path(tempfile.mkdtemp(prefix="iot-config-ceph-"))
     port = os.environ.get("IOT_CONFIG_CEPH_PORT_BASE", "18360")
     try:
@@ -97,6 +97,7 @@ def ceph(session: nox.Session) -> None:
         session.run(
             "pytest",
             "tests/test_store_ceph.py",
+            "tests/test_replicas.py",
             *session.posargs,
             env={"IOT_CONFIG_TEST_CEPHFS": str(base / "mnt")},
         )
