@@ -47,23 +47,21 @@ ENDPOINT_CONFIG_KEY = "iot_config.endpoint"
 #: Key in the app's config that holds its `AppMetrics` (for runners that expose them elsewhere).
 METRICS_CONFIG_KEY = "iot_config.metrics"
 
-Handler = Callable[..., bytes]
+Handler = Callable[..., Any]
 
 # Header names as Bottle stores them (its _hkey form) and constant values, for the hot path.
 REQUEST_ID_KEY = REQUEST_ID_HEADER.title()
 NOSNIFF_KEY = "X-Content-Type-Options"
-NOSNIFF = ["nosniff"]
 _ETAG_KEY = "Etag"
 _CACHE_CONTROL_KEY = "Cache-Control"
 _CONTENT_TYPE_KEY = "Content-Type"
-_NO_CACHE = ["no-cache"]
-_JSON_TYPE = [JSON]
 
 
 def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     """A new Bottle app serving ``store``; nothing global, so apps on two stores coexist."""
     app = bottle.Bottle()
-    app.uninstall(True)  # noqa: FBT003  # no JSON/template plugins: every handler returns bytes it encoded
+    # No JSON/template plugins: every handler returns the bytes it encoded.
+    app.uninstall(True)  # noqa: FBT003
     metrics = AppMetrics(store.count)
     app.config[METRICS_CONFIG_KEY] = metrics
     cors = CorsPolicy(settings.cors_origins)
@@ -117,7 +115,7 @@ def _common_headers(
     # every call, a measurable share of the device hot path (the request id is already sanitized).
     headers = resp._headers  # noqa: SLF001
     headers[REQUEST_ID_KEY] = [rid]
-    headers[NOSNIFF_KEY] = NOSNIFF
+    headers[NOSNIFF_KEY] = ["nosniff"]  # fresh lists: Bottle's add_header appends in place
     if cors.enabled:
         for name, value in cors.headers(origin):
             resp.set_header(name, value)
@@ -166,11 +164,12 @@ class _RequestPlugin:
         response = bottle.response
         perf_counter = time.perf_counter
 
-        def wrapper(**kwargs: Any) -> bytes:
+        def wrapper(**kwargs: Any) -> Any:
             started = perf_counter()
             environ = request.environ
             rid = request_id_from_environ(environ)
             token = current_request_id.set(rid)
+            status = 0
             try:
                 try:
                     if check_auth is not None:
@@ -182,15 +181,20 @@ class _RequestPlugin:
                         log.error(  # noqa: TRY400
                             "%s %s failed: %s", environ["REQUEST_METHOD"], template, exc
                         )
-                except bottle.HTTPResponse:
-                    raise
+                except bottle.HTTPError as exc:  # bottle.abort() in a route added to the app
+                    status = exc.status_code
+                    raise  # answered as JSON by _route_error
+                except bottle.HTTPResponse as answer:  # e.g. bottle.redirect()
+                    answer.apply(response)
+                    body = answer.body
                 except Exception:  # the error boundary: log it, answer a bare JSON 500
                     log.exception("unexpected error in %s %s", environ["REQUEST_METHOD"], template)
                     body = _internal_error(response, rid)
                 _common_headers(response, rid, cors, environ.get("HTTP_ORIGIN"))
                 return body
             finally:
-                observe(environ["REQUEST_METHOD"], response.status_code, perf_counter() - started)
+                status = status or response.status_code
+                observe(environ["REQUEST_METHOD"], status, perf_counter() - started)
                 current_request_id.reset(token)
 
         return wrapper
@@ -218,7 +222,7 @@ def _route_error(error: bottle.HTTPError, cors: CorsPolicy, unmatched: Any) -> b
             "ROUTE_NOT_FOUND", "no such route", path=environ.get("PATH_INFO", "")[:200]
         )
     elif status == 400:
-        api_error = ApiError("INVALID_BODY", str(error.body)[:200])
+        api_error = ApiError("BAD_REQUEST", str(error.body)[:200])
     else:
         token = current_request_id.set(rid)
         try:
@@ -228,8 +232,18 @@ def _route_error(error: bottle.HTTPError, cors: CorsPolicy, unmatched: Any) -> b
         api_error = ApiError("INTERNAL_ERROR", "internal server error")
     body = _error_answer(response, api_error, rid)
     _common_headers(response, rid, cors, environ.get("HTTP_ORIGIN"))
-    unmatched.count(environ.get("REQUEST_METHOD", "-"), response.status_code)
+    if "bottle.route" not in environ:  # errors raised inside a route were counted by the plugin
+        unmatched.count(_method_label(environ.get("REQUEST_METHOD", "")), response.status_code)
     return body
+
+
+#: Methods counted by name for unmatched requests; anything else is "OTHER", so a client cannot
+#: add series by inventing methods.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _method_label(method: str) -> str:
+    return method if method in _KNOWN_METHODS else "OTHER"
 
 
 def _preflight(cors: CorsPolicy, allow: str) -> Handler:
@@ -300,8 +314,8 @@ class _Routes:
             etag = f'"{doc.etag}"'
             headers = response._headers  # noqa: SLF001 (see _common_headers)
             headers[_ETAG_KEY] = [etag]
-            headers[_CACHE_CONTROL_KEY] = _NO_CACHE
-            headers[_CONTENT_TYPE_KEY] = _JSON_TYPE
+            headers[_CACHE_CONTROL_KEY] = ["no-cache"]
+            headers[_CONTENT_TYPE_KEY] = [JSON]
             if_none_match = request.environ.get("HTTP_IF_NONE_MATCH")
             if if_none_match is not None and (
                 if_none_match == etag or _parse_inm(parse, if_none_match).matches_weak(doc.etag)

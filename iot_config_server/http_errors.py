@@ -51,6 +51,7 @@ ERROR_TABLE: Mapping[str, HttpError] = {
     "UNSUPPORTED_STORE": HttpError(503, "STORE_UNAVAILABLE"),
     "CONFIG_ERROR": HttpError(500, "INTERNAL_ERROR"),
     # HTTP-layer errors
+    "BAD_REQUEST": HttpError(400, "BAD_REQUEST"),
     "INVALID_BODY": HttpError(400, "INVALID_BODY"),
     "INVALID_HEADER": HttpError(400, "INVALID_HEADER"),
     "UNAUTHORIZED": HttpError(401, "UNAUTHORIZED"),

@@ -37,6 +37,14 @@ __all__ = ["OpenApiCache", "build_document", "schema_components"]
 
 OPENAPI_VERSION = "3.1.0"
 MAC_PATTERN = r"^[0-9a-f]{2}(-[0-9a-f]{2}){5}$"
+#: Tag order and descriptions (the docs UI shows groups in this order).
+TAGS = {
+    "configs": "Admin REST API used by the web UI (bearer token when the server has tokens).",
+    "devices": "What device firmware polls: exact stored bytes with ETag revalidation. Open.",
+    "operations": "Health checks and Prometheus metrics. Open.",
+    "documentation": "This document and the interactive docs. Open.",
+    "cors": "OPTIONS on every path: allowed methods and CORS preflight answers.",
+}
 MAC_PARAMETER = (
     "MAC address in any common spelling: aa-bb-cc-dd-ee-ff, AA:BB:CC:DD:EE:FF, aabb.ccdd.eeff, "
     "aabbccddeeff"
@@ -295,6 +303,7 @@ def build_document(base_path: str = "/") -> dict[str, Any]:
             ),
         },
         "servers": [{"url": base_path}],
+        "tags": [{"name": name, "description": text} for name, text in TAGS.items()],
         "paths": paths,
         "components": {
             "schemas": dict(sorted(builder.components.items())),

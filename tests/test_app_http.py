@@ -413,3 +413,25 @@ def test_behind_a_reverse_proxy_prefix(store: ConfigStore) -> None:
 def test_every_route_carries_its_endpoint(store: ConfigStore) -> None:
     for route in create_app(store, Settings()).routes:
         assert route.config[ENDPOINT_CONFIG_KEY].rule == route.rule
+
+
+def test_routes_added_to_the_app_get_json_errors_and_headers(store: ConfigStore) -> None:
+    bottle_app = create_app(store, Settings())
+
+    def teapot() -> None:
+        bottle.abort(404, "nothing here")
+
+    def moved() -> None:
+        bottle.redirect("/api/health/live")
+
+    bottle_app.route("/extra/missing", callback=teapot)
+    bottle_app.route("/extra/moved", callback=moved)
+    app = webtest.TestApp(bottle_app)
+    missing = app.get("/extra/missing", status=404)
+    assert error_code(missing) == "NOT_FOUND"
+    redirected = app.get("/extra/moved", status=302)  # HTTP/1.0 request in WebTest
+    assert redirected.headers["Location"].endswith("/api/health/live")
+    assert redirected.headers["X-Content-Type-Options"] == "nosniff"
+    metrics = app.get("/metrics").text
+    assert 'route="/extra/missing",status="404"} 1.0' in metrics
+    assert 'route="<unmatched>"' not in metrics

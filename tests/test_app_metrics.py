@@ -151,3 +151,15 @@ def test_counts_from_many_threads_add_up_and_finished_threads_are_folded(
     assert requests(app, "GET", "/api/health/live", 200) == 5 * 40 * 3
     collector = app.app.config[METRICS_CONFIG_KEY].stats
     assert collector.shard_count() <= collector.FOLD_THRESHOLD + 1
+
+
+def test_invented_methods_do_not_add_series(store: ConfigStore) -> None:
+    app = webtest.TestApp(create_app(store, Settings()), lint=False)  # lint refuses odd methods
+    for method in ("FOO", "BAR", "X-" + "Y" * 30):
+        app.request("/api/configs", method=method, expect_errors=True)
+        app.request("/nowhere", method=method, expect_errors=True)
+    text = app.get("/metrics").text
+    assert "FOO" not in text
+    assert "BAR" not in text
+    assert requests(app, "OTHER", "<unmatched>", 405) == 3
+    assert requests(app, "OTHER", "<unmatched>", 404) == 3

@@ -184,3 +184,15 @@ def test_docs_page_is_self_hosted(app: webtest.TestApp) -> None:
     missing = app.get("/api/docs/assets/..%2F..%2F__init__.py", status=404)
     assert missing.json["code"] == "NOT_FOUND"
     assert app.get("/api/docs/assets/index.html", status=404).json["code"] == "NOT_FOUND"
+
+
+def test_every_operation_has_a_declared_tag(document: dict[str, Any]) -> None:
+    declared = [tag["name"] for tag in document["tags"]]
+    used = {
+        tag
+        for operations in document["paths"].values()
+        for operation in operations.values()
+        for tag in operation["tags"]
+    }
+    assert used == set(declared)
+    assert declared[0] == "configs"
