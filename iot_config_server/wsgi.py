@@ -1,0 +1,63 @@
+"""WSGI application factories, for servers that import the app by path and for embedding.
+
+``iot-config serve`` is the supported way to run the service. These factories are for everything
+else: another WSGI server (``gunicorn 'iot_config_server.wsgi:create_app_from_env()'``,
+``granian --interface wsgi --factory iot_config_server.wsgi:create_app_from_env``), a test, or a
+parent Bottle app that mounts ours. Nothing is built at import time: each call makes a new app.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import bottle
+
+from iot_config_core import ConfigStore, DocumentLimits, open_store
+
+from .app import create_app
+from .logging_setup import configure_logging
+from .settings import Settings
+
+__all__ = [
+    "create_app_from_env",
+    "create_app_from_settings",
+    "is_default_store",
+    "open_settings_store",
+]
+
+
+def is_default_store(settings: Settings) -> bool:
+    """Whether the store is the default ``./iot-configs``, the only one we ever create.
+
+    Any other store is an operator's explicit choice; creating it on a typo would serve an empty
+    fleet instead of failing loudly.
+    """
+    default = Settings().store_url
+    url = settings.store_url
+    return url == default or (
+        "://" not in url and os.path.normpath(url) == os.path.normpath(default)
+    )
+
+
+def open_settings_store(settings: Settings) -> ConfigStore:
+    """The store ``settings`` name, with its document limits (the default directory is created)."""
+    return open_store(
+        settings.store_url,
+        create=is_default_store(settings),
+        limits=DocumentLimits(max_bytes=settings.max_document_bytes),
+    )
+
+
+def create_app_from_settings(settings: Settings) -> bottle.Bottle:
+    """Configure logging, open the store and build the app: what one server worker runs."""
+    configure_logging(settings)
+    return create_app(open_settings_store(settings), settings)
+
+
+def create_app_from_env(environ: Mapping[str, str] | None = None) -> bottle.Bottle:
+    """The app configured by ``IOT_CONFIG_*`` variables (``os.environ`` unless given).
+
+    Raises `iot_config_server.settings.SettingsError` naming a variable with an unusable value.
+    """
+    return create_app_from_settings(Settings.from_env(os.environ if environ is None else environ))
