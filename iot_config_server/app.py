@@ -58,7 +58,11 @@ _CONTENT_TYPE_KEY = "Content-Type"
 
 
 def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
-    """A new Bottle app serving ``store``; nothing global, so apps on two stores coexist."""
+    """A new Bottle app serving ``store``; nothing global, so apps on two stores coexist.
+
+    Document size limits are the store's own (``store.limits``): open the store with
+    ``DocumentLimits(max_bytes=settings.max_document_bytes)`` for the setting to apply.
+    """
     app = bottle.Bottle()
     # No JSON/template plugins: every handler returns the bytes it encoded.
     app.uninstall(True)  # noqa: FBT003

@@ -142,6 +142,7 @@ def test_unexpected_exception_in_a_route_is_json_500_without_traceback(
 
     bottle_app.route("/api/broken", callback=broken)
     app = webtest.TestApp(bottle_app)
+    caplog.handler.addFilter(RequestIdFilter())
     with caplog.at_level(logging.ERROR):
         response = app.get("/api/broken", headers={"X-Request-ID": "boom-1"}, status=500)
     assert error_code(response) == "INTERNAL_ERROR"
@@ -151,6 +152,7 @@ def test_unexpected_exception_in_a_route_is_json_500_without_traceback(
     logged = [r for r in caplog.records if r.exc_info]
     assert logged
     assert "deadbeef" in str(logged[0].exc_info[1])  # type: ignore[index]
+    assert logged[0].request_id == "boom-1"  # type: ignore[attr-defined]
 
 
 def test_exception_outside_routes_is_json_500(store: ConfigStore) -> None:

@@ -206,3 +206,22 @@ def test_configure_logging_in_process_sets_level() -> None:
         for handler in [h for h in root.handlers if h.get_name() == "iot-config"]:
             root.removeHandler(handler)
         root.setLevel(before[0])
+
+
+def test_package_and_settings_import_without_bottle() -> None:
+    """The CLI's non-serving commands run without the server extra installed."""
+    script = (
+        "import sys, iot_config_server\n"
+        "from iot_config_server.settings import Settings\n"
+        "from iot_config_server.logging_setup import configure_logging\n"
+        "assert 'bottle' not in sys.modules, 'bottle imported eagerly'\n"
+        "assert 'prometheus_client' not in sys.modules\n"
+        "iot_config_server.create_app\n"
+        "assert 'bottle' in sys.modules\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
