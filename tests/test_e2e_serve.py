@@ -247,9 +247,9 @@ def test_no_arguments_serve_the_default_store_on_8080(tmp_path: Path) -> None:
 def test_a_configured_store_that_does_not_exist_is_not_created(tmp_path: Path) -> None:
     missing = tmp_path / "typo"
     port = free_port()
+    command = [sys.executable, "-m", "iot_config_server.cli", "serve"]
     proc = subprocess.run(
-        [sys.executable, "-m", "iot_config_server.cli", "serve", "--store", str(missing)]
-        + ["--port", str(port)],
+        [*command, "--store", str(missing), "--port", str(port)],
         cwd=tmp_path,
         env=child_env(),
         capture_output=True,
@@ -323,7 +323,7 @@ def test_two_workers_share_one_store(tmp_path: Path, store: Path) -> None:
         for thread in threads:
             thread.join(120)
         assert errors == []
-        status, _, payload = request(port, "GET", f"/api/configs/{MAC}")
-        assert json.loads(payload)["content"]["count"] == 40
+        final = request(port, "GET", f"/api/configs/{MAC}")
+        assert json.loads(final[2])["content"]["count"] == 40
         assert "Spawning worker-2" in srv.log()
         assert srv.terminate() == 0
