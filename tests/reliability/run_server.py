@@ -2,11 +2,13 @@
 
 The production entry point opens its store from a URL, and a slow backend has no URL, so this
 script builds the same app (`create_app`) over ``SlowBackend(PosixBackend(STORE_DIR), DELAY)`` and
-serves it with the same WSGI server the production runner uses, when it exposes one for an app.
+serves it with the production server configuration (`iot_config_server.serve.run_wsgi`: Granian,
+same threads and timeouts). Settings other than the store come from ``IOT_CONFIG_*`` variables.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -19,23 +21,36 @@ from iot_config_core import ConfigStore
 from iot_config_core.posix_backend import PosixBackend
 from iot_config_server.app import create_app
 from iot_config_server.logging_setup import configure_logging
+from iot_config_server.serve import run_wsgi
 from iot_config_server.settings import Settings
 
 
-def main() -> None:
-    """Build the app over a slow store and serve it until killed."""
+def build_app(settings: Settings, root: str, delay: float) -> Any:
+    """Run in each server worker: the app over a slow store (module-level, so it pickles)."""
+    configure_logging(settings)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    slow: Any = importlib.import_module("slow_backend")  # a sibling file, run as a script
+    store = ConfigStore.from_backend(slow.SlowBackend(PosixBackend(root), delay))
+    return create_app(store, settings)
+
+
+def main() -> int:
+    """Serve the app over a slow store until SIGTERM."""
     root, port, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     settings = attrs.evolve(
         Settings.from_env(os.environ), store_url=root, host="127.0.0.1", port=port
     )
     configure_logging(settings)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    slow: Any = importlib.import_module("slow_backend")  # a sibling file, run as a script
-    store = ConfigStore.from_backend(slow.SlowBackend(PosixBackend(root), delay))
-    app = create_app(store, settings)
-    waitress: Any = importlib.import_module("waitress")
-    waitress.serve(app, host="127.0.0.1", port=port, threads=settings.threads, _quiet=True)
+    return run_wsgi(
+        functools.partial(build_app, settings, root, delay),
+        host=settings.host,
+        port=settings.port,
+        threads=settings.threads,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        description="tests/reliability/run_server.py:build_app",
+    )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

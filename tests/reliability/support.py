@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -126,8 +125,9 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 class ServerProcess:
     """The real server in a child process on 127.0.0.1: started, probed, stopped or killed.
 
-    Runs ``python -m iot_config_server.cli serve`` (the production entry point); with ``slow`` set
-    it runs `run_server.py` instead, which serves the same app over a latency-adding backend.
+    Runs ``python -m iot_config_server.cli serve`` (the production entry point: a supervisor and
+    its worker processes, in a session of their own); with ``slow`` set it runs `run_server.py`,
+    which serves the same app on the same server over a latency-adding backend.
     """
 
     def __init__(
@@ -143,8 +143,6 @@ class ServerProcess:
         self.store = store
         self.port = free_port()
         self.log_path = log_path
-        if slow is None and importlib.util.find_spec("iot_config_server.serve") is None:
-            slow = 0.0  # the production runner has not landed yet: same app, waitress
         if slow is None:
             args = [
                 PYTHON,
@@ -173,7 +171,11 @@ class ServerProcess:
         env = {"IOT_CONFIG_LOG_LEVEL": log_level, **(env or {})}
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, env={**python_env(), **env}
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**python_env(), **env},
+            start_new_session=True,  # one process group: a crash kills workers too
         )
         self.wait_ready()
 
@@ -217,15 +219,19 @@ class ServerProcess:
         return total
 
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
+        """SIGKILL the whole server (supervisor and workers), like an OOM kill of its cgroup."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
+        with contextlib.suppress(ProcessLookupError):  # no worker may outlive its supervisor
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self._log.close()
         return self.proc.returncode

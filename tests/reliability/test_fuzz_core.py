@@ -83,7 +83,7 @@ def test_atheris_fuzz(target: str, tmp_path: Path, figure: Figure) -> None:
     corpus.mkdir()
     dictionary = tmp_path / "json.dict"
     dictionary.write_text("\n".join(JSON_DICTIONARY) + "\n")
-    seconds = int(scaled(1, 120))
+    seconds = int(scaled(1, 60))
     args = [
         PYTHON,
         str(FUZZER),
@@ -115,7 +115,7 @@ def test_atheris_fuzz(target: str, tmp_path: Path, figure: Figure) -> None:
 
 _COUNTS: dict[str, int] = {}
 _SETTINGS = settings(
-    max_examples=int(scaled(600, 100_000)),
+    max_examples=int(scaled(600, 20_000)),
     deadline=None,
     suppress_health_check=list(HealthCheck),
     database=None,
@@ -173,7 +173,7 @@ def _mutations(value: dict[str, Any]) -> st.SearchStrategy[bytes]:
     )
 
 
-@settings(_SETTINGS, max_examples=int(scaled(200, 50_000)))
+@settings(_SETTINGS, max_examples=int(scaled(200, 10_000)))
 @given(
     st.one_of(
         st.binary(max_size=256),

@@ -134,9 +134,21 @@ def test_bad_body_is_refused_without_touching_the_store(
     case: str, server: ServerProcess, area: Path
 ) -> None:
     before = snapshot(area)
-    answer = server.request("PUT", f"/api/configs/{MAC}", BAD_BODIES[case], JSON_HEADERS)
-    error = assert_error_shape(answer)
-    assert snapshot(area) == before, f"{case}: store changed ({error})"
+    if case == "too_large":
+        # The server answers 413 from the Content-Length and may close before reading the body,
+        # so the client must tolerate a broken pipe and still read the answer.
+        data = raw_exchange(
+            server.port,
+            f"PUT /api/configs/{MAC} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(BAD_BODIES[case])}\r\n\r\n".encode()
+            + BAD_BODIES[case],
+        )
+        assert raw_status(data) == 413, data[:300]
+        assert raw_json(data)["code"] == "PAYLOAD_TOO_LARGE"
+    else:
+        answer = server.request("PUT", f"/api/configs/{MAC}", BAD_BODIES[case], JSON_HEADERS)
+        assert_error_shape(answer)
+    assert snapshot(area) == before, f"{case}: store changed"
 
 
 @pytest.mark.parametrize(

@@ -164,7 +164,20 @@ def _flood(port: int, stop: threading.Event, paths: list[str], errors: list[str]
             errors.append(repr(exc))
 
 
-@pytest.mark.parametrize("in_flight_per_thread", [0.5, 4])
+SATURATED = pytest.param(
+    4,
+    marks=pytest.mark.xfail(
+        strict=True,
+        reason="server bug: /api/health/live and /metrics run on the same blocking-thread pool as "
+        "store calls; once `threads` slow-store requests are in flight, liveness waits behind "
+        "them (p99 ~1.2 s at 0.3 s/op, 32 in flight), so a slow CephFS would fail a 1 s "
+        "Kubernetes liveness probe and get healthy pods restarted",
+    ),
+    id="saturated",
+)
+
+
+@pytest.mark.parametrize("in_flight_per_thread", [pytest.param(0.5, id="below-pool"), SATURATED])
 def test_slow_store_does_not_block_liveness_or_metrics(
     in_flight_per_thread: float, tmp_path: Path, figure: Figure
 ) -> None:

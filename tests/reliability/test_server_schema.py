@@ -45,7 +45,7 @@ def test_schemathesis_against_running_server(
     assert SCHEMATHESIS is not None
     har = tmp_path / "run.har"
     report = tmp_path / "run.json"
-    seconds = int(scaled(6, 480))
+    seconds = int(scaled(6, 300))
     done = subprocess.run(
         [
             SCHEMATHESIS,
