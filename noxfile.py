@@ -91,15 +91,23 @@ def ceph(session: nox.Session) -> None:
     """
     session.install("-e", ".[server,test,s3-test]")
     base = Path(tempfile.mkdtemp(prefix="iot-config-ceph-"))
-    port = os.environ.get("IOT_CONFIG_CEPH_PORT_BASE", "18360")
+    port = int(os.environ.get("IOT_CONFIG_CEPH_PORT_BASE", "18360"))
     try:
-        session.run("bash", str(CEPH_SCRIPTS / "start-ceph.sh"), str(base), port, external=True)
+        session.run(
+            *("bash", str(CEPH_SCRIPTS / "start-ceph.sh"), str(base), str(port)),
+            env={"WITH_RGW": "1"},  # radosgw too: the S3 server that ignores If-Match on DELETE
+            external=True,
+        )
         session.run(
             "pytest",
             "tests/test_store_ceph.py",
             "tests/test_replicas.py",
+            "tests/test_store_s3.py::test_radosgw_compare_and_swap_works_and_unsafe_delete_is_refused",
             *session.posargs,
-            env={"IOT_CONFIG_TEST_CEPHFS": str(base / "mnt")},
+            env={
+                "IOT_CONFIG_TEST_CEPHFS": str(base / "mnt"),
+                "IOT_CONFIG_TEST_RGW": f"http://127.0.0.1:{port + 2}",
+            },
         )
     finally:
         session.run("bash", str(CEPH_SCRIPTS / "stop-ceph.sh"), str(base), "--purge", external=True)

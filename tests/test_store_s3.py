@@ -7,6 +7,8 @@ for a human with the AWS CLI.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -27,10 +29,15 @@ from s3_server import (
 from iot_config_core import ConfigStore, open_store
 from iot_config_core.backend import ABSENT, VersionConflict
 from iot_config_core.document import compute_etag, encode_document
-from iot_config_core.errors import CorruptDocumentError
+from iot_config_core.errors import (
+    AlreadyExistsError,
+    CorruptDocumentError,
+    PreconditionFailedError,
+    UnsupportedStoreError,
+)
 from iot_config_core.mac import MacAddress
 from iot_config_core.s3_backend import S3Backend, S3Capabilities
-from iot_config_core.testing import MAC_A, MAC_B, StoreContract
+from iot_config_core.testing import MAC_A, MAC_B, StoreContract, cas_increment
 
 BUCKET = "iot-config-tests"
 
@@ -250,3 +257,63 @@ class TestMotoStore(S3Contract):
 @pytest.mark.slow
 class TestSeaweedfsStore(S3Contract):
     server_fixture = "seaweedfs"
+
+
+# -- Ceph radosgw: a server that ignores If-Match on DELETE --------------------------------------
+
+RGW_ENV = "IOT_CONFIG_TEST_RGW"
+
+
+def test_radosgw_compare_and_swap_works_and_unsafe_delete_is_refused() -> None:
+    """radosgw 16 enforces conditional PUTs but deletes whatever If-Match says: never delete."""
+    endpoint = os.environ.get(RGW_ENV)
+    if not endpoint:
+        pytest.skip(f"set {RGW_ENV}=<radosgw endpoint> (nox -s ceph does)")
+    opts: dict[str, Any] = {
+        "key": ACCESS_KEY,
+        "secret": SECRET_KEY,
+        "client_kwargs": {"endpoint_url": endpoint},
+    }
+    store = open_store(f"s3://rgw-{uuid.uuid4().hex[:12]}/fleet", create=True, **opts)
+    other = open_store(url_of(store), skip_instance_cache=True, **opts)
+    assert backend_of(store).capabilities() == S3Capabilities(
+        conditional_put=True, conditional_delete=False
+    )
+
+    first = store.put(MAC_A, {"count": 0}, create_only=True)
+    with pytest.raises(AlreadyExistsError):
+        other.put(MAC_A, {"count": 9}, create_only=True)
+    with pytest.raises(PreconditionFailedError):
+        other.put(MAC_A, {"count": 9}, if_match=compute_etag(b"{}"))
+
+    clients = [store, other]
+    winners: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def create(i: int) -> None:
+        barrier.wait()
+        with contextlib.suppress(AlreadyExistsError):
+            clients[i % 2].put(MAC_B, {"creator": i}, create_only=True)
+            winners.append(i)
+
+    def increment(i: int) -> None:
+        cas_increment(clients[i % 2], MAC_A, 5)
+
+    for target in (create, increment):
+        threads = [threading.Thread(target=target, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert len(winners) == 1
+    assert store.get(MAC_B).content == {"creator": winners[0]}
+    final = other.get(MAC_A)
+    assert final.content == {"count": 40}
+    assert final.etag != first.etag
+
+    with pytest.raises(UnsupportedStoreError) as info:
+        store.delete(MAC_A, if_match=final.etag)
+    assert info.value.code == "UNSUPPORTED_STORE"
+    assert store.get(MAC_A).etag == final.etag  # the refused delete removed nothing
+    assert [s.mac_address for s in other.list()] == [MAC_B, MAC_A]
+    store.check()
