@@ -354,16 +354,18 @@ class ConfigStore:
             seen: set[str] = set()
             skipped: list[str] = []
             for entry in entries:
-                mac = MacAddress.from_file_name(entry.name)
-                if mac is None:
-                    self._warn_once(entry, "not a <canonical-mac>.json file name")
-                    skipped.append(entry.name)
-                    continue
-                seen.add(entry.name)
+                # Only names that parsed as a MAC are ever cached, so an unchanged entry skips the
+                # MAC parse: the warm listing is then a dict lookup and a token compare per file.
                 parsed = self._parsed.get(entry.name)
                 if parsed is None or parsed.token != entry.token:
+                    mac = MacAddress.from_file_name(entry.name)
+                    if mac is None:
+                        self._warn_once(entry, "not a <canonical-mac>.json file name")
+                        skipped.append(entry.name)
+                        continue
                     parsed = self._parse_entry(mac, entry)
                     changed = True
+                seen.add(entry.name)
                 if parsed is None:
                     continue
                 if parsed.error is not None:
