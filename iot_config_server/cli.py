@@ -568,13 +568,17 @@ def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
         settings = attrs.evolve(ctx.settings, **overrides)
     except SettingsError as exc:
         raise UsageError(str(exc)) from None
+    missing_extra = "serve needs the server extra (pip install 'iot-config[server]')"
     try:
-        from iot_config_server.serve import serve  # noqa: PLC0415 -- keeps the CLI free of Bottle
+        # Imported here, not at the top, so every other subcommand works without Bottle.
+        import iot_config_server.app  # noqa: F401, PLC0415 -- fail early, before anything binds
+        from iot_config_server.serve import serve  # noqa: PLC0415
     except ImportError as exc:
-        raise UsageError(
-            f"serve needs the server extra (pip install 'iot-config[server]'): {exc}"
-        ) from exc
-    return serve(settings)
+        raise UsageError(f"{missing_extra}: {exc}") from exc
+    try:
+        return serve(settings)
+    except ImportError as exc:  # the HTTP server itself is imported only once serving starts
+        raise UsageError(f"{missing_extra}: {exc}") from exc
 
 
 # -- parser ---------------------------------------------------------------------------------------

@@ -25,12 +25,6 @@ from iot_config_core import MacAddress, PreconditionFailedError, encode_document
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
-SERVER_MISSING = (
-    importlib.util.find_spec("iot_config_server.app") is None
-    or importlib.util.find_spec("iot_config_server.serve") is None
-)
-
-
 def clean_env() -> dict[str, str]:
     """The test's environment without settings that would redirect the server or the CLI."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_CONFIG_")}
@@ -272,7 +266,6 @@ def _log(tmp_path: Path) -> str:
     return (tmp_path / "server.log").read_text(errors="replace")[-2000:]
 
 
-@pytest.mark.skipif(SERVER_MISSING, reason="iot_config_server.app/serve not written yet")
 def test_fleet_simulator_against_a_real_server(server: int, store_dir: Path) -> None:
     present = [str(MacAddress(0x020000000000 + i)) for i in range(4)]
     for i, mac in enumerate(present):
@@ -307,7 +300,6 @@ def test_fleet_simulator_against_a_real_server(server: int, store_dir: Path) -> 
     }
 
 
-@pytest.mark.skipif(SERVER_MISSING, reason="iot_config_server.app/serve not written yet")
 def test_fleet_simulator_sees_a_change_made_through_the_cli(server: int, store_dir: Path) -> None:
     mac = "02-00-00-00-00-09"
     seed(store_dir, mac, {"deviceName": "changing", "v": 0})
