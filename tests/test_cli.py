@@ -691,3 +691,10 @@ def test_serve_rejects_invalid_settings_before_binding(store: Path) -> None:
     assert result.returncode == EXIT_USAGE
     assert "port" in result.stderr.decode()
     assert "65535" in result.stderr.decode()
+
+
+def test_serve_on_a_missing_store_exits_3_without_serving(tmp_path: Path) -> None:
+    result = run_module("--store", str(tmp_path / "absent"), "serve", "--port", "1")
+    assert result.returncode == EXIT_UNAVAILABLE
+    assert b"does not exist" in result.stdout + result.stderr  # the server logs to stdout
+    assert not (tmp_path / "absent").exists()
