@@ -11,7 +11,7 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, cast
 
 import boto3
@@ -21,6 +21,7 @@ from s3_server import (
     ACCESS_KEY,
     SECRET_KEY,
     S3Server,
+    free_ports,
     moto_server,
     seaweedfs_server,
     storage_options,
@@ -33,6 +34,7 @@ from iot_config_core.errors import (
     AlreadyExistsError,
     CorruptDocumentError,
     PreconditionFailedError,
+    StoreUnavailableError,
     UnsupportedStoreError,
 )
 from iot_config_core.mac import MacAddress
@@ -257,6 +259,35 @@ class TestMotoStore(S3Contract):
 @pytest.mark.slow
 class TestSeaweedfsStore(S3Contract):
     server_fixture = "seaweedfs"
+
+
+def test_url_without_bucket_is_unsupported() -> None:
+    with pytest.raises(UnsupportedStoreError):
+        open_store("s3://")
+
+
+def test_unreachable_server_is_an_outage_not_a_crash() -> None:
+    (port,) = free_ports(1)  # nothing listens here
+    store = open_store(
+        "s3://fleet/configs",
+        key=ACCESS_KEY,
+        secret=SECRET_KEY,
+        client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"},
+        config_kwargs={"retries": {"max_attempts": 1}},
+    )
+    calls: list[Callable[[], object]] = [
+        store.list,
+        store.check,
+        lambda: store.get(MAC_A),
+        lambda: store.get_raw(MAC_A),
+        lambda: store.put(MAC_A, {"n": 1}),
+        lambda: store.delete(MAC_A),
+    ]
+    for call in calls:
+        with pytest.raises(StoreUnavailableError) as info:
+            call()
+        assert f"127.0.0.1:{port}" in info.value.message
+    assert backend_of(store)._capabilities is None  # nothing was concluded from a dead network
 
 
 # -- Ceph radosgw: a server that ignores If-Match on DELETE --------------------------------------
