@@ -25,6 +25,7 @@ from iot_config_core import MacAddress, PreconditionFailedError, encode_document
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
+
 def clean_env() -> dict[str, str]:
     """The test's environment without settings that would redirect the server or the CLI."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_CONFIG_")}
