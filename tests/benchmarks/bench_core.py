@@ -43,7 +43,7 @@ FULL = {
     "puts": 400,
     "fleet": 10_000,
     "list_rounds": 15,
-    "cold_rounds": 5,
+    "cold_rounds": 9,
     "memory_fleet": 100_000,
 }
 QUICK = {
