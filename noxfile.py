@@ -14,6 +14,8 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_venv = "yes"
 
 PYTHON = "3.11"
+# nginx lives in /usr/sbin, which is not on every user's PATH.
+_SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 # The throw-away Ceph cluster scripts sit beside the repository (../shared/ceph from its root).
 CEPH_SCRIPTS = Path(__file__).resolve().parent.parent / "shared" / "ceph"
 
@@ -54,6 +56,15 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against the physical floor measured in the same run."""
     session.install("-e", ".[server,test,s3-test]")
+    # bench_server.py loads the server with wrk and compares it with nginx (Debian packages).
+    missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool, path=_SBIN_PATH) is None]
+    if missing and shutil.which("apt-get") and os.geteuid() == 0:
+        session.run("apt-get", "update", "-qq", external=True, success_codes=[0, 100])
+        session.run(
+            "apt-get", "install", "-y", "-qq", *missing, external=True, success_codes=[0, 100]
+        )
+    elif missing:
+        session.warn(f"{' and '.join(missing)} missing: apt-get install -y wrk nginx (as root)")
     # Every tests/benchmarks/bench_*.py script, each given the posargs (e.g. --quick).
     for script in sorted(Path("tests/benchmarks").glob("bench_*.py")):
         session.run("python", str(script), *session.posargs)
