@@ -73,6 +73,12 @@ class Backend(Protocol):
     def stat(self, name: str) -> Entry | None:
         """The current version of ``name``, or ``None`` when absent."""
 
+    def version(self, name: str) -> Hashable | None:
+        """Just the current version token of ``name`` (``None`` when absent): the cheapest check.
+
+        The device hot path calls this on every poll, so it must not build more than the token.
+        """
+
     def read(self, name: str, limit: int) -> Blob | None:
         """The bytes of ``name`` (at most ``limit + 1``), or ``None`` when absent."""
 

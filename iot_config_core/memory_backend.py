@@ -74,6 +74,10 @@ class MemoryBackend:
         with self._lock:
             return self._entry(name)
 
+    def version(self, name: str) -> Hashable | None:
+        entry = self.stat(name)
+        return None if entry is None else entry.token
+
     def read(self, name: str, limit: int) -> Blob | None:
         with self._lock:
             entry = self._entry(name)

@@ -37,10 +37,15 @@ STALE_TEMP_SECONDS = 15 * 60
 LOCK_TIMEOUT_SECONDS = 10.0
 
 
+def _token(st: os.stat_result) -> tuple[int, int, int]:
+    """A version: an atomic replace gives a new inode, an in-place edit a new size or mtime."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _entry(name: str, st: os.stat_result) -> Entry:
     return Entry(
         name=name,
-        token=(st.st_ino, st.st_size, st.st_mtime_ns),
+        token=_token(st),
         size=st.st_size,
         modified=datetime.fromtimestamp(st.st_mtime, UTC),
     )
@@ -104,6 +109,15 @@ class PosixBackend:
         except FileNotFoundError:
             return None
         return _entry(name, st) if stat_module.S_ISREG(st.st_mode) else None
+
+    def version(self, name: str) -> Hashable | None:
+        try:
+            st = os.stat(self._path(name))
+        except FileNotFoundError:
+            return None
+        if not stat_module.S_ISREG(st.st_mode):
+            return None
+        return _token(st)
 
     def read(self, name: str, limit: int) -> Blob | None:
         try:

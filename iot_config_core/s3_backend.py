@@ -202,6 +202,10 @@ class S3Backend:
             raise
         return self._entry(name, head["ETag"], int(head["ContentLength"]), head.get("LastModified"))
 
+    def version(self, name: str) -> Hashable | None:
+        entry = self.stat(name)  # one HEAD either way: the round trip is the cost
+        return None if entry is None else entry.token
+
     def read(self, name: str, limit: int) -> Blob | None:
         return self._run(self._read, name, limit)
 

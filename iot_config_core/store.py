@@ -13,6 +13,7 @@ backend primitives of `iot_config_core.backend`:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -295,33 +296,40 @@ class ConfigStore:
     def get(self, mac: MacLike) -> StoredConfig:
         """The config of ``mac``; `NotFoundError` or `CorruptDocumentError` otherwise."""
         mac = _mac(mac)
-        with self._guard("get"):
-            blob = self._read(mac)
-        etag = compute_etag(blob.data)
-        content = self._decode(mac, blob, etag)
-        return StoredConfig(mac, content, etag, len(blob.data), blob.entry.modified)
+        raw, content = self._fetch(mac, "get")
+        if content is None:
+            # Served from the cache: these bytes were validated at this very version, so the
+            # plain C decoder gives the same value, and every caller gets its own copy.
+            content = json.loads(raw.data)
+        return StoredConfig(mac, content, raw.etag, raw.size, raw.modified)
 
     def get_raw(self, mac: MacLike) -> RawDocument:
         """The exact stored bytes of a valid config, for serving to devices.
 
         Costs one stat when the document is unchanged since it was last served.
         """
-        mac = _mac(mac)
+        return self._fetch(_mac(mac), "get_raw")[0]
+
+    def _fetch(self, mac: MacAddress, action: str) -> tuple[RawDocument, dict[str, Any] | None]:
+        """The validated document, from the cache when its version token is unchanged.
+
+        The decoded content comes along only when the bytes had to be read and decoded anyway.
+        """
         name = mac.file_name
-        with self._guard("get_raw"):
-            entry = self._backend.stat(name)
-            if entry is None:
+        with self._guard(action):
+            token = self._backend.version(name)
+            if token is None:
                 self._raw.discard(name)
                 raise self._missing(mac)
-            cached = self._raw.get(name, entry.token)
+            cached = self._raw.get(name, token)
             if cached is not None:
-                return cached
+                return cached, None
             blob = self._read(mac)
         etag = compute_etag(blob.data)
-        self._decode(mac, blob, etag)
+        content = self._decode(mac, blob, etag)
         doc = RawDocument(mac, blob.data, etag, blob.entry.modified)
         self._raw.put(name, blob.entry.token, doc)
-        return doc
+        return doc, content
 
     def etag(self, mac: MacLike) -> str | None:
         """The current ETag of ``mac``, or ``None`` when absent (valid or not)."""
