@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import os
 import signal
 import socket
@@ -327,3 +328,47 @@ def test_two_workers_share_one_store(tmp_path: Path, store: Path) -> None:
         assert json.loads(final[2])["content"]["count"] == 40
         assert "Spawning worker-2" in srv.log()
         assert srv.terminate() == 0
+
+
+# -- the WSGI factory, for servers that import the app by path ----------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The factory configures process logging (as a worker must); undo it for the next test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+
+
+def test_wsgi_factory_builds_the_app_from_the_environment(tmp_path: Path) -> None:
+    import webtest  # noqa: PLC0415
+
+    from iot_config_server.wsgi import create_app_from_env  # noqa: PLC0415
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / f"{MAC}.json").write_bytes(b'{"deviceName": "from-env"}')
+    app = webtest.TestApp(create_app_from_env({"IOT_CONFIG_STORE": str(store)}))
+    answer = app.get(f"/esp32/config/{MAC}.json")
+    assert answer.body == b'{"deviceName": "from-env"}'
+
+
+def test_wsgi_factory_creates_only_the_default_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import webtest  # noqa: PLC0415
+
+    from iot_config_server.wsgi import create_app_from_env  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    create_app_from_env({})
+    assert (tmp_path / "iot-configs").is_dir()
+    missing = tmp_path / "elsewhere"
+    app = webtest.TestApp(create_app_from_env({"ESP32_CONFIGS_DIR": str(missing)}))
+    assert app.get("/api/health/ready", expect_errors=True).status_int == 503
+    assert not missing.exists()
