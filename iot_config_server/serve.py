@@ -1,10 +1,11 @@
 """Run the app in production: Granian's WSGI server, until SIGTERM or SIGINT.
 
-Granian was chosen by measurement (see the README's "Serving" section and
-``tests/benchmarks/bench_server.py --compare-servers``): on one core it served a bare Bottle route
-about 2.5 times faster than waitress, gunicorn or cheroot; its HTTP layer is asynchronous Rust, so
-clients that trickle their headers hold no Python thread; and on SIGTERM it stops accepting,
-lets in-flight requests finish and exits 0.
+Granian was chosen by measurement (``python tests/benchmarks/bench_server.py --compare-servers``;
+the figures are in the README): on one core it served a bare Bottle route 1.5 to 2.5 times faster
+than waitress and about 2.5 times faster than gunicorn (gthread) or cheroot; its HTTP layer is
+asynchronous Rust, so clients that trickle their headers hold no Python thread (they starved
+gunicorn and cheroot); and on SIGTERM it stops accepting, lets in-flight requests finish and exits
+0 (waitress-serve dropped the request in flight, cheroot hung).
 
 Granian runs the app in worker processes (one by default) under a small supervisor process that
 owns the listening socket. Each worker builds its own app from the `Settings` it is handed (no
@@ -141,8 +142,8 @@ def run_wsgi(
         server.serve(target_loader=load_app, wrap_loader=False)
     except SystemExit as exc:  # granian exits 1 when a worker died and could not be respawned
         return exc.code if isinstance(exc.code, int) else 1
-    except OSError as exc:  # the address is taken or not ours to bind
-        log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)  # noqa: TRY400
+    except (OSError, RuntimeError) as exc:  # granian reports a taken address as RuntimeError
+        log.error("cannot listen on %s:%d: %s", host, port, exc)  # noqa: TRY400 -- no traceback
         return EXIT_UNAVAILABLE
     return EXIT_OK
 
@@ -180,7 +181,7 @@ def serve(settings: Settings) -> int:
         workers=settings.workers,
         log_level=settings.log_level,
     )
-    # Granian's logging set-up replaced ours in this process; put ours back for the last line.
+    # Granian's dictConfig closed every existing handler, ours included: reinstall it.
     configure_logging(settings)
     log.info("stopped (exit status %d)", status)
     return status

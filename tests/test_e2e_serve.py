@@ -263,6 +263,26 @@ def test_a_configured_store_that_does_not_exist_is_not_created(tmp_path: Path) -
     assert b"Traceback" not in proc.stdout + proc.stderr
 
 
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path, store: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [sys.executable, "-m", "iot_config_server.cli", "serve", "--store", str(store)]
+        proc = subprocess.run(
+            [*command, "--port", str(port)],
+            cwd=tmp_path,
+            env=child_env(),
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 3
+    assert f"cannot listen on 127.0.0.1:{port}".encode() in output
+    assert b"Traceback" not in output
+
+
 def test_settings_come_from_the_environment(tmp_path: Path, store: Path) -> None:
     """The container way: no flags, IOT_CONFIG_* variables; admin auth on when tokens are set."""
     port = free_port()
