@@ -15,7 +15,7 @@ from typing import Final, Protocol
 
 import attrs
 
-__all__ = ["ABSENT", "Absent", "Backend", "Blob", "Entry", "VersionConflict"]
+__all__ = ["ABSENT", "ANY", "Absent", "AnyVersion", "Backend", "Blob", "Entry", "VersionConflict"]
 
 
 class Absent:
@@ -26,6 +26,16 @@ class Absent:
 
 
 ABSENT: Final = Absent()
+
+
+class AnyVersion:
+    """The expected version of an unconditional write: whatever is stored, or nothing."""
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY: Final = AnyVersion()
 
 
 class VersionConflict(Exception):  # noqa: N818 - a signal between store and backend
@@ -82,8 +92,15 @@ class Backend(Protocol):
     def read(self, name: str, limit: int) -> Blob | None:
         """The bytes of ``name`` (at most ``limit + 1``), or ``None`` when absent."""
 
-    def replace(self, name: str, data: bytes, expected: Hashable | Absent) -> Entry:
-        """Atomically store ``data`` if the current version is ``expected``.
+    @property
+    def etags_are_tokens(self) -> bool:
+        """Whether our ETag of a version is also its token (object stores' MD5 ETags).
+
+        Then a precondition on an ETag can go to the backend as it is, in one request.
+        """
+
+    def replace(self, name: str, data: bytes, expected: Hashable | Absent | AnyVersion) -> Entry:
+        """Atomically store ``data`` if the current version is ``expected`` (`ANY`: any).
 
         Readers see the old or the new bytes, never a mix; a crash leaves one of them.
         Raises `VersionConflict` when the current version is not ``expected``.

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from fsspec.implementations.memory import MemoryFileSystem
 
-from .backend import ABSENT, Absent, Blob, Entry, VersionConflict
+from .backend import ABSENT, ANY, Absent, AnyVersion, Blob, Entry, VersionConflict
 
 __all__ = ["MemoryBackend", "private_memory_filesystem"]
 
@@ -89,11 +89,15 @@ class MemoryBackend:
         entry = self._entry(name)
         return ABSENT if entry is None else entry.token
 
-    def replace(self, name: str, data: bytes, expected: Hashable | Absent) -> Entry:
+    @property
+    def etags_are_tokens(self) -> bool:
+        return False
+
+    def replace(self, name: str, data: bytes, expected: Hashable | Absent | AnyVersion) -> Entry:
         with self._lock:
             if not self._root_exists():
                 raise FileNotFoundError(self.root)
-            if self._current(name) != expected:
+            if expected is not ANY and self._current(name) != expected:
                 raise VersionConflict(name)
             self._fs.pipe_file(self._path(name), bytes(data))
             self._generation[name] = next(self._counter)

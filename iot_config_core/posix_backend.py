@@ -23,7 +23,7 @@ import time
 from collections.abc import Hashable, Iterator
 from datetime import UTC, datetime
 
-from .backend import ABSENT, Absent, Blob, Entry, VersionConflict
+from .backend import ABSENT, ANY, Absent, AnyVersion, Blob, Entry, VersionConflict
 
 __all__ = ["PosixBackend"]
 
@@ -178,10 +178,15 @@ class PosixBackend:
         entry = self.stat(name)
         return ABSENT if entry is None else entry.token
 
-    def replace(self, name: str, data: bytes, expected: Hashable | Absent) -> Entry:
+    @property
+    def etags_are_tokens(self) -> bool:
+        return False
+
+    def replace(self, name: str, data: bytes, expected: Hashable | Absent | AnyVersion) -> Entry:
         target = self._path(name)
+        # Unconditional writes take the lock too: a compare-and-swap must not interleave with them.
         with self._locked(name):
-            if self._current_token(name) != expected:
+            if expected is not ANY and self._current_token(name) != expected:
                 raise VersionConflict(name)
             temp = self._path(f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import attrs
 from fsspec.asyn import sync
 
-from .backend import ABSENT, Absent, Blob, Entry, VersionConflict
+from .backend import ABSENT, ANY, Absent, AnyVersion, Blob, Entry, VersionConflict
 from .errors import UnsupportedStoreError
 
 __all__ = ["S3Backend", "S3Capabilities"]
@@ -280,7 +280,12 @@ class S3Backend:
             return False
         return False
 
-    def replace(self, name: str, data: bytes, expected: Hashable | Absent) -> Entry:
+    @property
+    def etags_are_tokens(self) -> bool:
+        # Known once a read or write of ours compared a server ETag with the MD5 of the bytes.
+        return self._md5_etags is True
+
+    def replace(self, name: str, data: bytes, expected: Hashable | Absent | AnyVersion) -> Entry:
         if not self.capabilities().conditional_put:
             raise UnsupportedStoreError(
                 f"{self.description} does not enforce If-Match/If-None-Match on PUT, so writes "
@@ -289,9 +294,15 @@ class S3Backend:
             )
         return self._run(self._replace, name, bytes(data), expected)
 
-    async def _replace(self, name: str, data: bytes, expected: Hashable | Absent) -> Entry:
+    async def _replace(
+        self, name: str, data: bytes, expected: Hashable | Absent | AnyVersion
+    ) -> Entry:
         creating = expected is ABSENT
-        condition = {"IfNoneMatch": "*"} if creating else {"IfMatch": str(expected)}
+        condition: dict[str, str] = {}
+        if creating:
+            condition["IfNoneMatch"] = "*"
+        elif expected is not ANY:
+            condition["IfMatch"] = str(expected)
         try:
             response = await self._call(
                 "put_object",

@@ -26,7 +26,7 @@ from fsspec.core import split_protocol
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from .backend import ABSENT, Backend, Blob, Entry, VersionConflict
+from .backend import ABSENT, ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict
 from .document import DocumentLimits, compute_etag, decode_document, encode_document
 from .errors import (
     AlreadyExistsError,
@@ -446,13 +446,31 @@ class ConfigStore:
           absent), else `PreconditionFailedError`.
         - ``create_only``: write only if nothing is stored, else `AlreadyExistsError`.
 
-        Writing the bytes already stored changes nothing and returns the same ETag.
+        Writing the bytes already stored returns the same ETag (on disk without writing at all).
         """
         mac = _mac(mac)
         match = None if if_match is None else ETagCondition.parse(if_match)
         none_match = None if if_none_match is None else ETagCondition.parse(if_none_match)
         data = encode_document(content, self.limits)
         new_etag = compute_etag(data)
+        name = mac.file_name
+        entry = self._put_in_one_request(name, data, match, none_match, create_only=create_only)
+        if entry is None:
+            entry = self._put_checked(mac, data, match, none_match, create_only=create_only)
+        self._raw.discard(name)
+        # ``data`` was encoded from checked content: the plain decoder gives the stored value.
+        return StoredConfig(mac, json.loads(data), new_etag, len(data), entry.modified)
+
+    def _put_checked(
+        self,
+        mac: MacAddress,
+        data: bytes,
+        match: ETagCondition | None,
+        none_match: ETagCondition | None,
+        *,
+        create_only: bool,
+    ) -> Entry:
+        """Read the current version, check the preconditions on it, swap only that version."""
         name = mac.file_name
         for _ in range(MAX_WRITE_ATTEMPTS):
             with self._guard("put"):
@@ -462,21 +480,47 @@ class ConfigStore:
             current_etag = None if current is None else compute_etag(current.data)
             self._check(mac, current_etag, match, none_match, create_only=create_only)
             if current is not None and current.data == data:
-                entry = current.entry
-                break
+                return current.entry
             try:
                 with self._guard("put"):
-                    entry = self._backend.replace(
+                    return self._backend.replace(
                         name, data, ABSENT if current is None else current.entry.token
                     )
-                break
             except VersionConflict:
-                continue
+                continue  # another writer got in between: check again against its version
+        raise self._contended(mac, "put")
+
+    def _put_in_one_request(
+        self,
+        name: str,
+        data: bytes,
+        match: ETagCondition | None,
+        none_match: ETagCondition | None,
+        *,
+        create_only: bool,
+    ) -> Entry | None:
+        """Hand a simple precondition to a backend whose tokens are our ETags (object stores).
+
+        One conditional PUT instead of a read and a PUT. ``None`` means "not decided here": the
+        condition is not a simple one, or the backend refused it; the general read-check-swap
+        loop then decides, and names the precise error.
+        """
+        if not self._backend.etags_are_tokens:
+            return None
+        expected: Hashable | Absent | AnyVersion
+        if match is None and none_match is None:
+            expected = ABSENT if create_only else ANY
+        elif none_match is None and not create_only and match is not None and _single_strong(match):
+            expected = match.tags[0].opaque
+        elif match is None and none_match is not None and none_match.any:
+            expected = ABSENT
         else:
-            raise self._contended(mac, "put")
-        self._raw.discard(name)
-        content = decode_document(data, self.limits)
-        return StoredConfig(mac, content, new_etag, len(data), entry.modified)
+            return None
+        try:
+            with self._guard("put"):
+                return self._backend.replace(name, data, expected)
+        except VersionConflict:
+            return None
 
     def delete(self, mac: MacLike, *, if_match: Condition | None = None) -> None:
         """Delete the config of ``mac``; `NotFoundError` when absent."""
@@ -548,6 +592,10 @@ class ConfigStore:
         """Create the root directory or prefix if it is missing."""
         with self._guard("create root"):
             self._backend.create_root()
+
+
+def _single_strong(condition: ETagCondition) -> bool:
+    return not condition.any and len(condition.tags) == 1 and not condition.tags[0].weak
 
 
 def _mac(mac: MacLike) -> MacAddress:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable
 
-from iot_config_core.backend import Absent, Backend, Blob, Entry
+from iot_config_core.backend import Absent, AnyVersion, Backend, Blob, Entry
 
 
 class SlowBackend:
@@ -34,11 +34,19 @@ class SlowBackend:
         self._wait()
         return self._inner.stat(name)
 
+    def version(self, name: str) -> Hashable | None:
+        self._wait()
+        return self._inner.version(name)
+
+    @property
+    def etags_are_tokens(self) -> bool:
+        return self._inner.etags_are_tokens
+
     def read(self, name: str, limit: int) -> Blob | None:
         self._wait()
         return self._inner.read(name, limit)
 
-    def replace(self, name: str, data: bytes, expected: Hashable | Absent) -> Entry:
+    def replace(self, name: str, data: bytes, expected: Hashable | Absent | AnyVersion) -> Entry:
         self._wait()
         return self._inner.replace(name, data, expected)
 
