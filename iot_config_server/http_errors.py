@@ -48,7 +48,9 @@ ERROR_TABLE: Mapping[str, HttpError] = {
     "PRECONDITION_FAILED": HttpError(412, "PRECONDITION_FAILED"),
     "CORRUPT_DOCUMENT": HttpError(422, "CORRUPT_DOCUMENT"),
     "STORE_UNAVAILABLE": HttpError(503, "STORE_UNAVAILABLE"),
-    "UNSUPPORTED_STORE": HttpError(503, "STORE_UNAVAILABLE"),
+    # The store cannot do this safely at all (radosgw ignores If-Match on DELETE): retrying
+    # will not help, so not a 503.
+    "UNSUPPORTED_STORE": HttpError(501, "NOT_SUPPORTED_BY_STORE"),
     "CONFIG_ERROR": HttpError(500, "INTERNAL_ERROR"),
     # HTTP-layer errors
     "BAD_REQUEST": HttpError(400, "BAD_REQUEST"),
