@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ from typing import Any, cast
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from iot_config_core import (
     DocumentLimits,
@@ -19,6 +21,7 @@ from iot_config_core import (
     decode_document,
     encode_document,
 )
+from iot_config_core import document as document_module
 from iot_config_core.document import DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH
 from iot_config_core.testing import json_objects, nest_depth
 
@@ -212,3 +215,40 @@ def test_encode_refuses_what_would_not_round_trip(content: Any, reason: str, mes
 def test_encode_then_decode_keeps_value_types() -> None:
     content = cast("dict[str, Any]", {"t": True, "f": False, "i": 1, "x": 1.0, "n": None})
     assert _typed(decode_document(encode_document(content))) == _typed(content)
+
+
+# -- the fast path must never accept what the strict decoder refuses ---------------------------
+
+_keys = st.sampled_from(["a", "b", "a:b", ":", "x", "é", 'ke\\"y'])
+_scalars = st.one_of(
+    st.sampled_from(["1", "-0.5", "1e400", "true", "null", '"v"', '":"', '"[{"', "NaN"]),
+    st.integers().map(str),
+)
+
+
+def _texts(depth: int = 4) -> st.SearchStrategy[str]:
+    """JSON-ish object texts whose keys may repeat, at any depth, with colons in strings."""
+    if depth == 0:
+        return _scalars
+    inner = _texts(depth - 1)
+    pairs = st.lists(st.tuples(_keys, st.one_of(_scalars, inner)), max_size=4)
+    objects = pairs.map(lambda ps: "{" + ",".join(f'"{k}":{v}' for k, v in ps) + "}")
+    arrays = st.lists(st.one_of(_scalars, inner), max_size=3).map(lambda vs: f"[{','.join(vs)}]")
+    return st.one_of(objects, arrays) if depth < 4 else objects
+
+
+@given(_texts(), st.integers(min_value=1, max_value=6))
+def test_fast_path_agrees_with_the_strict_decoder(text: str, max_depth: int) -> None:
+    """Whatever the C-only path vouches for, the strict path accepts with the same value."""
+    vouched = document_module._decode_vouched(text, max_depth)
+    try:
+        strict = document_module._DECODER.decode(text)
+        document_module._check_tree(strict, max_depth)
+    except (InvalidDocumentError, ValueError):
+        assert vouched is None
+    else:
+        if vouched is not None:
+            assert _typed(vouched) == _typed(strict)
+    if vouched is None:  # and the public function decides exactly as the strict path does
+        with contextlib.suppress(InvalidDocumentError):
+            decode_document(text.encode(), DocumentLimits(max_depth=max_depth))
