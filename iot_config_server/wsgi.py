@@ -8,16 +8,20 @@ parent Bottle app that mounts ours. Nothing is built at import time: each call m
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Mapping
 
 import bottle
 
-from iot_config_core import ConfigStore, DocumentLimits, open_store
+from iot_config_core import ConfigError, ConfigStore, DocumentLimits, open_store
 
 from .app import create_app
 from .logging_setup import configure_logging
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "create_app_from_env",
@@ -50,9 +54,28 @@ def open_settings_store(settings: Settings) -> ConfigStore:
 
 
 def create_app_from_settings(settings: Settings) -> bottle.Bottle:
-    """Configure logging, open the store and build the app: what one server worker runs."""
+    """Configure logging, open the store and build the app: what one server worker runs.
+
+    The first listing is started in the background, so the config count in ``/metrics`` is right
+    from the first scrape and the first ``GET /api/configs`` finds a warm cache, while the server
+    starts answering (and probes pass) at once.
+    """
     configure_logging(settings)
-    return create_app(open_settings_store(settings), settings)
+    store = open_settings_store(settings)
+    app = create_app(store, settings)
+    threading.Thread(
+        target=_warm_listing, args=(store,), name="listing-warm-up", daemon=True
+    ).start()
+    return app
+
+
+def _warm_listing(store: ConfigStore) -> None:
+    try:
+        listing = store.listing()
+    except ConfigError as exc:  # an outage now is reported by readiness and by requests
+        log.warning("could not list %s at start-up: %s", store.description, exc.message)
+    else:
+        log.info("%d configs in %s", len(listing.summaries), store.description)
 
 
 def create_app_from_env(environ: Mapping[str, str] | None = None) -> bottle.Bottle:

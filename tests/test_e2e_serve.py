@@ -392,3 +392,22 @@ def test_wsgi_factory_creates_only_the_default_store(
     app = webtest.TestApp(create_app_from_env({"ESP32_CONFIGS_DIR": str(missing)}))
     assert app.get("/api/health/ready", expect_errors=True).status_int == 503
     assert not missing.exists()
+
+
+def test_config_count_is_known_before_anyone_lists(tmp_path: Path, store: Path) -> None:
+    """The start-up listing fills the count Prometheus reads, without a GET /api/configs."""
+    for index in range(3):
+        (store / f"aa-bb-cc-dd-ee-0{index}.json").write_text(f'{{"deviceName": "d{index}"}}\n')
+    (store / "junk.txt").write_text("not a config\n")
+    port = free_port()
+    args = ["--store", str(store), "--host", "127.0.0.1", "--port", str(port)]
+    with running(args, tmp_path, port, child_env()) as srv:
+        deadline = time.monotonic() + 10
+        text = ""
+        while time.monotonic() < deadline:
+            text = request(srv.port, "GET", "/metrics")[2].decode()
+            if "\niot_config_configs 3.0" in text:
+                break
+            time.sleep(0.1)
+        assert "\niot_config_configs 3.0" in text, text
+        assert srv.terminate() == 0
