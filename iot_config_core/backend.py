@@ -44,7 +44,7 @@ class VersionConflict(Exception):  # noqa: N818 - a signal between store and bac
 
 @attrs.frozen
 class Entry:
-    """One stored object as a listing or stat sees it.
+    """One stored object as a stat, read or write sees it (a scan gives only name and token).
 
     ``token`` identifies the version cheaply (inode/size/mtime on POSIX, the object ETag on S3): two
     reads with equal tokens saw the same bytes. ``etag`` is our ETag when the backend knows it
@@ -77,8 +77,14 @@ class Backend(Protocol):
     def description(self) -> str:
         """Where the data lives, for logs and errors (never contains credentials)."""
 
-    def scan(self) -> list[Entry]:
-        """Every stored object whose name does not start with a dot."""
+    def scan(self) -> list[tuple[str, Hashable]]:
+        """``(name, token)`` of every stored object whose name does not start with a dot.
+
+        Each name appears once. Only the token, not an `Entry`: a warm listing compares tokens
+        and reads (getting the full `Entry` with the `Blob`) only the names whose token changed,
+        so building sizes and datetimes for thousands of unchanged files would be wasted.
+        Tokens must equal those `stat`, `version` and `read` give for the same version.
+        """
 
     def stat(self, name: str) -> Entry | None:
         """The current version of ``name``, or ``None`` when absent."""

@@ -59,7 +59,7 @@ class MemoryBackend:
         token = (self._generation.get(name, 0), file, size)
         return Entry(name=name, token=token, size=size, modified=modified)
 
-    def scan(self) -> list[Entry]:
+    def scan(self) -> list[tuple[str, Hashable]]:
         with self._lock:
             if not self._root_exists():
                 raise FileNotFoundError(self.root)
@@ -68,7 +68,7 @@ class MemoryBackend:
                 for info in self._fs.ls(self.root, detail=True)
                 if info["type"] == "file"
             ]
-            return [e for n in names if not n.startswith(".") and (e := self._entry(n))]
+            return [(n, e.token) for n in names if not n.startswith(".") and (e := self._entry(n))]
 
     def stat(self, name: str) -> Entry | None:
         with self._lock:

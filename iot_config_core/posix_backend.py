@@ -76,13 +76,17 @@ class PosixBackend:
     def _path(self, name: str) -> str:
         return os.path.join(self.root, name)
 
-    def scan(self) -> list[Entry]:
-        entries: list[Entry] = []
+    def scan(self) -> list[tuple[str, Hashable]]:
+        # The stat per file is the floor (an in-place edit changes nothing but the file's own
+        # inode); everything else per file is kept to building the token.
+        found: list[tuple[str, Hashable]] = []
+        append = found.append
+        is_regular = stat_module.S_ISREG
         now = time.time()
         with os.scandir(self.root) as it:
             for item in it:
                 name = item.name
-                if name.startswith("."):
+                if name[0] == ".":
                     if name.endswith(TEMP_SUFFIX):
                         self._reap_temp(item, now)
                     continue
@@ -90,9 +94,9 @@ class PosixBackend:
                     st = item.stat()
                 except OSError:  # deleted since readdir, or a broken symlink: not a config
                     continue
-                if stat_module.S_ISREG(st.st_mode):
-                    entries.append(_entry(name, st))
-        return entries
+                if is_regular(st.st_mode):
+                    append((name, _token(st)))
+        return found
 
     def _reap_temp(self, item: os.DirEntry[str], now: float) -> None:
         """Remove a temp file left by a crashed writer, once it is clearly abandoned."""

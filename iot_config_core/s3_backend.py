@@ -167,11 +167,11 @@ class S3Backend:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def scan(self) -> list[Entry]:
+    def scan(self) -> list[tuple[str, Hashable]]:
         return self._run(self._scan)
 
-    async def _scan(self) -> list[Entry]:
-        entries: list[Entry] = []
+    async def _scan(self) -> list[tuple[str, Hashable]]:
+        entries: list[tuple[str, Hashable]] = []
         kwargs: dict[str, Any] = {
             "Prefix": self.prefix,
             "Delimiter": "/",
@@ -182,9 +182,7 @@ class S3Backend:
             for item in page.get("Contents", []):
                 name = item["Key"][len(self.prefix) :]
                 if name and not name.startswith("."):
-                    entries.append(
-                        self._entry(name, item["ETag"], int(item["Size"]), item.get("LastModified"))
-                    )
+                    entries.append((name, _unquote(item["ETag"])))  # the token `_entry` makes
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return entries

@@ -357,49 +357,55 @@ class ConfigStore:
         warning (once per version), and never break the list.
         """
         with self._list_lock, self._guard("list"):
-            entries = self._backend.scan()
+            scanned = self._backend.scan()
+            cache = self._parsed
             changed = False
             seen: set[str] = set()
             skipped: list[str] = []
-            for entry in entries:
+            for name, token in scanned:
                 # Only names that parsed as a MAC are ever cached, so an unchanged entry skips the
                 # MAC parse: the warm listing is then a dict lookup and a token compare per file.
-                parsed = self._parsed.get(entry.name)
-                if parsed is None or parsed.token != entry.token:
-                    mac = MacAddress.from_file_name(entry.name)
+                parsed = cache.get(name)
+                if parsed is None or parsed.token != token:
+                    mac = MacAddress.from_file_name(name)
                     if mac is None:
-                        self._warn_once(entry, "not a <canonical-mac>.json file name")
-                        skipped.append(entry.name)
+                        self._warn_once(name, token, "not a <canonical-mac>.json file name")
+                        skipped.append(name)
                         continue
-                    parsed = self._parse_entry(mac, entry)
+                    parsed = self._parse(mac, name, token)
                     changed = True
-                seen.add(entry.name)
+                seen.add(name)
                 if parsed is None:
                     continue
                 if parsed.error is not None:
-                    self._warn_once(entry, parsed.error.message)
-                    skipped.append(entry.name)
-            for gone in self._parsed.keys() - seen:
-                del self._parsed[gone]
+                    self._warn_once(name, token, parsed.error.message)
+                    skipped.append(name)
+            for gone in cache.keys() - seen:
+                del cache[gone]
                 changed = True
             if changed or tuple(skipped) != self._listing.skipped:
                 self._generation += 1
                 summaries = sorted(
-                    (p.summary for p in self._parsed.values() if p.summary is not None),
+                    (p.summary for p in cache.values() if p.summary is not None),
                     key=lambda s: s.mac_address.value,
                 )
                 self._listing = Listing(tuple(summaries), self._generation, tuple(skipped))
             return self._listing
 
-    def _parse_entry(self, mac: MacAddress, entry: Entry) -> _Parsed | None:
+    def _parse(self, mac: MacAddress, name: str, token: Hashable) -> _Parsed | None:
+        """Read, validate and summarise the current version of ``name``, and cache the result.
+
+        The read's own `Entry` supplies size, time and the token cached (the file may have
+        changed since the scan: then the next listing sees the token differ again).
+        """
         try:
-            blob = self._backend.read(entry.name, self.limits.max_bytes)
+            blob = self._backend.read(name, self.limits.max_bytes)
         except OSError as exc:  # one unreadable file (permissions) must not hide the fleet
-            self._warn_once(entry, f"unreadable: {exc}")
-            self._parsed.pop(entry.name, None)
+            self._warn_once(name, token, f"unreadable: {exc}")
+            self._parsed.pop(name, None)
             return None
         if blob is None:  # deleted since the scan
-            self._parsed.pop(entry.name, None)
+            self._parsed.pop(name, None)
             return None
         etag = compute_etag(blob.data)
         meta = blob.entry
@@ -412,16 +418,16 @@ class ConfigStore:
                 mac, content, etag=etag, size=len(blob.data), modified=meta.modified
             )
             parsed = _Parsed(meta.token, etag, summary, None)
-        self._parsed[entry.name] = parsed
+        self._parsed[name] = parsed
         return parsed
 
-    def _warn_once(self, entry: Entry, why: str) -> None:
-        key = (entry.name, entry.token)
+    def _warn_once(self, name: str, token: Hashable, why: str) -> None:
+        key = (name, token)
         if key not in self._warned:
             if len(self._warned) > 10_000:
                 self._warned.clear()
             self._warned.add(key)
-            log.warning("skipping %s in %s: %s", entry.name, self.description, why)
+            log.warning("skipping %s in %s: %s", name, self.description, why)
 
     def count(self) -> int:
         """Number of valid configs in the most recent listing (no I/O: for metrics scrapes)."""

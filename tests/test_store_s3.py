@@ -172,17 +172,18 @@ class S3Contract(StoreContract):
     def test_version_token_is_the_etag_from_list_head_and_get(self, store: ConfigStore) -> None:
         stored = store.put(MAC_A, {"deviceName": "a"})
         backend = backend_of(store)
-        (listed,) = backend.scan()
+        ((listed_name, listed_token),) = backend.scan()
         head = backend.stat(MAC_A.file_name)
         blob = backend.read(MAC_A.file_name, 1000)
         assert head is not None
         assert blob is not None
-        assert listed.token == head.token == blob.entry.token == stored.etag
-        assert listed.etag == stored.etag  # S3 single-part ETags are our MD5 ETags
-        assert listed.size == head.size == blob.entry.size == stored.size
-        assert listed.modified is not None
+        assert listed_name == MAC_A.file_name
+        assert listed_token == head.token == blob.entry.token == stored.etag
+        assert head.etag == blob.entry.etag == stored.etag  # single-part ETags are our MD5s
+        assert head.size == blob.entry.size == stored.size
+        assert head.modified is not None
         assert stored.modified is not None
-        assert abs((listed.modified - stored.modified).total_seconds()) < 5
+        assert abs((head.modified - stored.modified).total_seconds()) < 5
 
     def test_read_limit_reports_whole_size(self, store: ConfigStore) -> None:
         self.write_raw(store, "big.json", b"x" * 5000)

@@ -26,7 +26,7 @@ class SlowBackend:
     def _wait(self) -> None:
         time.sleep(self.delay)
 
-    def scan(self) -> list[Entry]:
+    def scan(self) -> list[tuple[str, Hashable]]:
         self._wait()
         return self._inner.scan()
 
