@@ -7,6 +7,7 @@ that is not twelve ASCII hex digits ever reaches the filesystem.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import attrs
@@ -22,6 +23,8 @@ _SEPARATORS = frozenset(":-.")
 # (separator, group count, digits per group) for each accepted grouped spelling.
 _LAYOUTS = {":": (6, 2), "-": (6, 2), ".": (3, 4)}
 _CANONICAL = re.compile(r"[0-9a-f]{2}(?:-[0-9a-f]{2}){5}", re.ASCII)
+# Spellings remembered by `MacAddress.parse`: a fleet polls with the same few thousand strings.
+_PARSED_CACHE_SIZE = 4096
 
 
 def _fail(text: str, problem: str) -> InvalidMacError:
@@ -49,6 +52,14 @@ class MacAddress:
         Letter case and surrounding whitespace do not matter. Raises `InvalidMacError` saying
         what was wrong.
         """
+        # Every device request parses its MAC: answered from a bounded cache (values are frozen,
+        # so sharing them is safe). Only short plain strings, so the cache stays small.
+        if cls is MacAddress and type(text) is str and len(text) <= _MAX_INPUT:
+            return _parse_cached(text)
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> MacAddress:
         if not isinstance(text, str):
             raise InvalidMacError(f"MAC address must be a string, not {type(text).__name__}")
         stripped = text.strip()
@@ -104,3 +115,8 @@ class MacAddress:
         """Another spelling, e.g. ``AA:BB:CC:DD:EE:FF`` for device firmware that wants colons."""
         text = str(self).replace("-", separator)
         return text.upper() if upper else text
+
+
+@functools.lru_cache(maxsize=_PARSED_CACHE_SIZE)
+def _parse_cached(text: str) -> MacAddress:
+    return MacAddress._parse(text)  # noqa: SLF001 -- the cache of the class's own parse
