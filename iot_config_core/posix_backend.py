@@ -67,6 +67,7 @@ class PosixBackend:
 
     def __init__(self, root: str, *, lock_timeout: float = LOCK_TIMEOUT_SECONDS) -> None:
         self.root = os.path.abspath(root)
+        self._dir = os.path.join(self.root, "")  # with its trailing separator, for _path
         self._lock_timeout = lock_timeout
 
     @property
@@ -74,7 +75,9 @@ class PosixBackend:
         return f"file://{self.root}"
 
     def _path(self, name: str) -> str:
-        return os.path.join(self.root, name)
+        # Concatenation, not os.path.join (~0.5 us, a tenth of a cached device read): names are
+        # plain file names, never paths.
+        return self._dir + name
 
     def scan(self) -> list[tuple[str, Hashable]]:
         # The stat per file is the floor (an in-place edit changes nothing but the file's own
