@@ -37,9 +37,17 @@ STALE_TEMP_SECONDS = 15 * 60
 LOCK_TIMEOUT_SECONDS = 10.0
 
 
-def _token(st: os.stat_result) -> tuple[int, int, int]:
-    """A version: an atomic replace gives a new inode, an in-place edit a new size or mtime."""
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+_U64 = (1 << 64) - 1
+
+
+def _token(st: os.stat_result) -> int:
+    """A version: an atomic replace gives a new inode, an in-place edit a new size or mtime.
+
+    The three 64-bit fields packed into one exact int (inode, size, then mtime_ns as two's
+    complement, so a pre-1970 mtime stays distinct): a third of the memory of a 3-tuple of ints
+    in the listing cache, which holds one per config.
+    """
+    return (st.st_ino << 128) | (st.st_size << 64) | (st.st_mtime_ns & _U64)
 
 
 def _entry(name: str, st: os.stat_result) -> Entry:
