@@ -184,7 +184,7 @@ def _device_fast_path(read: DeviceRead, metrics: AppMetrics, cors: CorsPolicy) -
     nosniff = (NOSNIFF_KEY, "nosniff")
 
     def fast(environ: dict[str, Any], start_response: StartResponse) -> list[bytes] | None:
-        method = environ["REQUEST_METHOD"]
+        method = environ.get("REQUEST_METHOD")
         if method != "GET" and method != "HEAD":  # noqa: PLR1714 -- cheaper than a set here
             return None
         path: str = environ.get("PATH_INFO") or ""
