@@ -30,7 +30,9 @@ def tests(session: nox.Session) -> None:
         "--cov",
         "--cov-report=",
         *session.posargs,
-        env={"COVERAGE_PROCESS_START": "pyproject.toml"},
+        # Subprocesses (servers, CLI runs, crash victims) record coverage too; they run in other
+        # directories, so the config path must be absolute.
+        env={"COVERAGE_PROCESS_START": str(Path("pyproject.toml").resolve())},
     )
     session.run("coverage", "combine", success_codes=[0, 1])
     session.run("coverage", "report", "--include=iot_config_core/*", "--fail-under=90")

@@ -673,7 +673,7 @@ class StoreContract:
             def __init__(self) -> None:
                 super().__init__(contract)
 
-        run_state_machine_as_test(Machine, settings=self.stateful_settings)  # type: ignore[no-untyped-call]
+        run_state_machine_as_test(Machine, settings=self.stateful_settings)  # type: ignore[no-untyped-call,unused-ignore]
 
     # -- concurrency ------------------------------------------------------------------------------
 

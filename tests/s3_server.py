@@ -90,18 +90,39 @@ def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
             proc.wait(10)
 
 
+# moto's conditional PUT checks If-Match and then writes, with much code and no lock in between;
+# its threaded server let two writers with the same If-Match both succeed under CI load (a lost
+# update that real S3 never allows). moto's own app, served one request at a time (connections
+# stay concurrent and keep-alive), makes every conditional write atomic, as S3's are.
+_MOTO_SERIALIZED = """
+import sys, threading
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
+)
+app = DomainDispatcherApplication(create_backend_app)
+lock = threading.Lock()
+def one_at_a_time(environ, start_response):
+    with lock:
+        return list(app(environ, start_response))
+run_simple(sys.argv[1], int(sys.argv[2]), one_at_a_time, threaded=True,
+           request_handler=MotoRequestHandler)
+"""
+
+
 @contextlib.contextmanager
 def moto_server() -> Iterator[S3Server]:
-    """moto's standalone S3 server (an in-memory S3 API, well under a second to start)."""
-    exe = shutil.which("moto_server")
-    if exe is None:
+    """moto's S3 server (an in-memory S3 API, well under a second to start), atomic per request."""
+    if shutil.which("moto_server") is None:
         raise RuntimeError("moto_server not installed (pip install 'moto[server]')")
     (port,) = free_ports(1)
     with tempfile.TemporaryDirectory(prefix="moto-") as tmp:
         log = os.path.join(tmp, "moto.log")
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+                [sys.executable, "-c", _MOTO_SERIALIZED, "127.0.0.1", str(port)],
+                stdout=out,
+                stderr=out,
             )
         try:
             endpoint = f"http://127.0.0.1:{port}"
