@@ -234,7 +234,11 @@ class ConfigStore:
         self._backend = backend
         self._parsed: dict[str, _Parsed] = {}
         self._raw = _RawCache(raw_cache_bytes)
-        self._list_lock = threading.Lock()
+        # Concurrent listings share scans: see `listing`. Guarded by ``_list_turn``.
+        self._list_turn = threading.Condition(threading.Lock())
+        self._scanning = False
+        self._scans_started = 0
+        self._scan_listed = 0  # number of the latest scan that produced ``_listing``
         self._listing = Listing((), 0)
         self._generation = 0
         self._warned: set[tuple[str, Hashable]] = set()
@@ -355,8 +359,36 @@ class ConfigStore:
 
         Files that are not ``<canonical-mac>.json`` and files that do not parse are skipped with a
         warning (once per version), and never break the list.
+
+        Callers arriving while a scan runs do not queue a scan each: they wait, then share the
+        one next scan, so N concurrent listings cost about two scans, not N. A caller is only
+        ever answered by a scan that *started after it arrived* (so it sees every write
+        acknowledged before its call); if that scan fails, the next waiter scans again itself.
         """
-        with self._list_lock, self._guard("list"):
+        with self._list_turn:
+            wanted = self._scans_started + 1  # the first scan that starts after this call
+            while self._scanning:
+                self._list_turn.wait()
+                if self._scan_listed >= wanted:
+                    return self._listing
+            self._scanning = True
+            self._scans_started += 1
+            number = self._scans_started
+        listed = False
+        try:
+            listing = self._scan_and_list()
+            listed = True
+        finally:
+            with self._list_turn:
+                self._scanning = False
+                if listed:
+                    self._scan_listed = number
+                self._list_turn.notify_all()
+        return listing
+
+    def _scan_and_list(self) -> Listing:
+        """One scan, re-reading changed files only; one caller at a time (see `listing`)."""
+        with self._guard("list"):
             scanned = self._backend.scan()
             cache = self._parsed
             changed = False
