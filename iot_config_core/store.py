@@ -392,7 +392,7 @@ class ConfigStore:
             scanned = self._backend.scan()
             cache = self._parsed
             changed = False
-            seen: set[str] = set()
+            cached_seen = 0  # scanned names now in the cache: fewer than it holds means deletions
             skipped: list[str] = []
             for name, token in scanned:
                 # Only names that parsed as a MAC are ever cached, so an unchanged entry skips the
@@ -406,14 +406,15 @@ class ConfigStore:
                         continue
                     parsed = self._parse(mac, name, token)
                     changed = True
-                seen.add(name)
-                if parsed is None:
-                    continue
+                    if parsed is None:
+                        continue
+                cached_seen += 1
                 if parsed.error is not None:
                     self._warn_once(name, token, parsed.error.message)
                     skipped.append(name)
-            for gone in cache.keys() - seen:
-                del cache[gone]
+            if cached_seen != len(cache):  # scans name each object once (`Backend.scan`)
+                for gone in cache.keys() - {name for name, _ in scanned}:
+                    del cache[gone]
                 changed = True
             if changed or tuple(skipped) != self._listing.skipped:
                 self._generation += 1
