@@ -141,52 +141,83 @@ class ServerProcess:
         log_level: str = "WARNING",
     ) -> None:
         self.store = store
-        self.port = free_port()
         self.log_path = log_path
-        if slow is None:
-            args = [
-                PYTHON,
-                "-m",
-                "iot_config_server.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--store",
-                str(store),
-                "--log-level",
-                "WARNING",
-            ]
-            if threads is not None:
-                args += ["--threads", str(threads)]
-        else:
-            args = [
-                PYTHON,
-                str(Path(__file__).with_name("run_server.py")),
-                str(store),
-                str(self.port),
-                str(slow),
-            ]
-        env = {"IOT_CONFIG_LOG_LEVEL": log_level, **(env or {})}
         self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            args,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**python_env(), **env},
-            start_new_session=True,  # one process group: a crash kills workers too
-        )
-        self.wait_ready()
+        env = {"IOT_CONFIG_LOG_LEVEL": log_level, **(env or {})}
+        # Other test sessions start servers on random ports too: a port can be taken between
+        # picking it and binding it, and then the readiness probe would reach *their* server.
+        # So readiness also requires that our process group holds the listening socket.
+        for _ in range(5):
+            self.port = free_port()
+            if slow is None:
+                args = [
+                    PYTHON,
+                    "-m",
+                    "iot_config_server.cli",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--store",
+                    str(store),
+                    "--log-level",
+                    log_level,
+                ]
+                if threads is not None:
+                    args += ["--threads", str(threads)]
+            else:
+                args = [PYTHON, str(Path(__file__).with_name("run_server.py")), str(store),
+                        str(self.port), str(slow)]  # fmt: skip
+            self.proc = subprocess.Popen(
+                args,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env={**python_env(), **env},
+                start_new_session=True,  # one process group: a crash kills workers too
+            )
+            if self.wait_ready():
+                return
+            self.kill()
+        raise RuntimeError(f"could not start a server of our own: {self.log()[-2000:]}")
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def _pids(self) -> list[int]:
+        pids = [self.proc.pid]
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in children.read_text().split()]
+        return pids
+
+    def owns_port(self) -> bool:
+        """Whether one of our processes holds the socket listening on ``self.port``."""
+        inodes = set()
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(f":{self.port:04X}") and fields[3] == "0A":
+                    inodes.add(fields[9])
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        link = os.readlink(fd)
+                        if link.startswith("socket:[") and link[8:-1] in inodes:
+                            return True
+        return False
+
+    def wait_ready(self, timeout: float = 20.0) -> bool:
+        """Wait until our server answers liveness; False when the port turned out not ours."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "cannot listen" in self.log()[-2000:]:
+                    return False
                 raise RuntimeError(f"server exited {self.proc.returncode}: {self.log()[-2000:]}")
             try:
                 if call(self.port, "GET", "/api/health/live", timeout=2)[0] == 200:
-                    return
+                    if self.owns_port():
+                        return True
+                    time.sleep(0.1)  # someone else's server, or ours is still binding
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"server not live after {timeout} s: {self.log()[-2000:]}")
@@ -206,12 +237,8 @@ class ServerProcess:
 
     def rss_kib(self) -> int:
         """Resident memory of the server process (and its workers), from /proc."""
-        pids = [self.proc.pid]
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        if children.exists():
-            pids += [int(p) for p in children.read_text().split()]
         total = 0
-        for pid in pids:
+        for pid in self._pids():
             with contextlib.suppress(OSError):
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):

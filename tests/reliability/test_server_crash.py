@@ -64,7 +64,7 @@ def test_sigkill_during_put_storm(tmp_path: Path, figure: Figure) -> None:
                 assert status == 200, body[:300]
                 assert json.loads(body)["content"]["seq"] >= acked[mac][-1]
         listing = server.request("GET", "/api/configs")
-        assert listing[0] == 200
+        assert listing[0] == 200, (round_no, listing[2][:500], server.log()[-3000:])
         inflight: dict[str, list[int]] = {mac: [] for mac in macs}
         stop = threading.Event()
         threads = [
