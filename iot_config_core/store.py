@@ -153,12 +153,15 @@ class Listing:
     skipped: tuple[str, ...] = ()
 
 
-@attrs.frozen
+@attrs.frozen(weakref_slot=False)
 class _Parsed:
-    """What the cache remembers about one version of one file."""
+    """What the cache remembers about one version of one file.
+
+    One per config for the life of the store, so it holds nothing derivable (the ETag is in the
+    summary) and no weakref slot: 56 bytes instead of 72.
+    """
 
     token: Hashable
-    etag: str
     summary: ConfigSummary | None
     error: InvalidDocumentError | None
 
@@ -445,12 +448,12 @@ class ConfigStore:
         try:
             content = decode_document(blob.data, self.limits)
         except InvalidDocumentError as exc:
-            parsed = _Parsed(meta.token, etag, None, exc)
+            parsed = _Parsed(meta.token, None, exc)
         else:
             summary = ConfigSummary.from_content(
                 mac, content, etag=etag, size=len(blob.data), modified=meta.modified
             )
-            parsed = _Parsed(meta.token, etag, summary, None)
+            parsed = _Parsed(meta.token, summary, None)
         self._parsed[name] = parsed
         return parsed
 
