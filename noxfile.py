@@ -68,7 +68,7 @@ def bench(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def reliability(session: nox.Session) -> None:
     """Fuzzing, faults, crashes and load in their long versions; figures for docs/reliability.md."""
-    session.install("-e", ".[server,test]", "schemathesis>=4", "waitress>=3")
+    session.install("-e", ".[server,test]", "schemathesis>=4")
     try:  # coverage-guided fuzzing; the Hypothesis fuzz tests still run where it cannot build
         session.install("atheris>=2.3")
     except nox.command.CommandFailed:
