@@ -12,6 +12,7 @@ import itertools
 import threading
 from collections.abc import Hashable
 from datetime import datetime
+from typing import Any
 
 from fsspec.implementations.memory import MemoryFileSystem
 
@@ -45,6 +46,12 @@ class MemoryBackend:
     def _path(self, name: str) -> str:
         return f"{self.root.rstrip('/')}/{name}"
 
+    def _token(self, name: str, file: Any) -> Hashable:
+        # A file put into the filesystem behind our back keeps our generation but is a new object.
+        # The token holds the object itself, not id(file): a cached token then keeps it alive, so
+        # its id cannot be reused by a later file (which made a stale cache entry look current).
+        return (self._generation.get(name, 0), file, file.size)
+
     def _entry(self, name: str) -> Entry | None:
         file = self._fs.store.get(self._path(name))
         if file is None:
@@ -52,12 +59,7 @@ class MemoryBackend:
         modified: datetime | None = getattr(file, "modified", None) or getattr(
             file, "created", None
         )
-        size = file.size
-        # A file put into the filesystem behind our back keeps our generation but is a new object.
-        # The token holds the object itself, not id(file): a cached token then keeps it alive, so
-        # its id cannot be reused by a later file (which made a stale cache entry look current).
-        token = (self._generation.get(name, 0), file, size)
-        return Entry(name=name, token=token, size=size, modified=modified)
+        return Entry(name=name, token=self._token(name, file), size=file.size, modified=modified)
 
     def scan(self) -> list[tuple[str, Hashable]]:
         with self._lock:
@@ -68,7 +70,12 @@ class MemoryBackend:
                 for info in self._fs.ls(self.root, detail=True)
                 if info["type"] == "file"
             ]
-            return [(n, e.token) for n in names if not n.startswith(".") and (e := self._entry(n))]
+            files = self._fs.store
+            return [
+                (n, self._token(n, file))
+                for n in names
+                if not n.startswith(".") and (file := files.get(self._path(n))) is not None
+            ]
 
     def stat(self, name: str) -> Entry | None:
         with self._lock:
