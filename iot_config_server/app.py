@@ -37,6 +37,7 @@ from .request_body import ENVELOPE_ALLOWANCE, parse_put_request, read_body, requ
 from .request_ids import HEADER as REQUEST_ID_HEADER
 from .request_ids import current_request_id, request_id_from_environ
 from .settings import Settings
+from .store_gate import StoreGate
 
 __all__ = ["ENDPOINT_CONFIG_KEY", "METRICS_CONFIG_KEY", "create_app"]
 
@@ -80,7 +81,7 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     app.config[METRICS_CONFIG_KEY] = metrics
     cors = CorsPolicy(settings.cors_origins)
     auth = BearerAuth(settings.admin_tokens)
-    routes = _Routes(app, store, metrics)
+    routes = _Routes(app, store, metrics, StoreGate(settings.threads))
     app.install(_RequestPlugin(metrics, cors, auth))
     for endpoint in ENDPOINTS:
         app.route(
@@ -426,10 +427,13 @@ def _json(value: Any) -> bytes:
 class _Routes:
     """The handlers of one app, bound to its store and metrics."""
 
-    def __init__(self, app: bottle.Bottle, store: ConfigStore, metrics: AppMetrics) -> None:
+    def __init__(
+        self, app: bottle.Bottle, store: ConfigStore, metrics: AppMetrics, gate: StoreGate
+    ) -> None:
         self._app = app
         self._store = store
         self._metrics = metrics
+        self._gate = gate
         self._ops = {
             name: metrics.operation(name) for name in ("get_raw", "get", "list", "put", "delete")
         }
@@ -451,13 +455,18 @@ class _Routes:
         ok = op.ok
         failed = op.failed
         parse = ETagCondition.parse
+        enter = self._gate.enter
+        leave = self._gate.leave
 
         def read(mac: str, if_none_match: str | None) -> tuple[RawDocument, str, bool]:
+            enter()
             try:
                 doc = get_raw(mac)
             except ConfigError as exc:
                 failed(exc.code)
                 raise
+            finally:
+                leave()
             ok()
             etag = f'"{doc.etag}"'
             if if_none_match is None:
@@ -493,11 +502,14 @@ class _Routes:
 
     def _operate(self, name: str, action: Callable[[], Any]) -> Any:
         op = self._ops[name]
+        self._gate.enter()
         try:
             result = action()
         except ConfigError as exc:
             op.failed(exc.code)
             raise
+        finally:
+            self._gate.leave()
         op.ok()
         return result
 
@@ -554,8 +566,12 @@ class _Routes:
         response.content_type = JSON
         response.set_header("Cache-Control", "no-store")
         try:
-            self._store.check()
-        except ConfigError as exc:
+            self._gate.enter()
+            try:
+                self._store.check()
+            finally:
+                self._gate.leave()
+        except (ConfigError, ApiError) as exc:  # failing, or too slow to get a turn: not ready
             log.warning("health check failed: %s", exc.message)
             response.status = 503
             return _json(api_converter.unstructure(UnhealthyReport(reason=exc.message)))

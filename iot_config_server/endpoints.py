@@ -86,7 +86,7 @@ _FILTER = re.compile(r"<(\w+):[^>]*>")
 # custom one) so the rule also works when Bottle merges the app's routes into a parent app.
 MAC_RULE = r"/api/configs/<mac:re:[^/]+(?<!\.json)>"
 
-_MAC_ERRORS = ("INVALID_MAC", "NOT_FOUND", "STORE_UNAVAILABLE")
+_MAC_ERRORS = ("INVALID_MAC", "NOT_FOUND", "STORE_UNAVAILABLE", "STORE_BUSY")
 _RAW_REPLIES = (
     Reply(
         200,
@@ -107,7 +107,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "List every valid config's summary, sorted by MAC address",
         "configs",
         (Reply(200, "The fleet.", ConfigListWire),),
-        errors=("STORE_UNAVAILABLE",),
+        errors=("STORE_UNAVAILABLE", "STORE_BUSY"),
         admin=True,
     ),
     Endpoint(
@@ -147,6 +147,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "PAYLOAD_TOO_LARGE",
             "UNSUPPORTED_MEDIA_TYPE",
             "STORE_UNAVAILABLE",
+            "STORE_BUSY",
             "UNSUPPORTED_STORE",
         ),
         admin=True,

@@ -48,6 +48,7 @@ ERROR_TABLE: Mapping[str, HttpError] = {
     "PRECONDITION_FAILED": HttpError(412, "PRECONDITION_FAILED"),
     "CORRUPT_DOCUMENT": HttpError(422, "CORRUPT_DOCUMENT"),
     "STORE_UNAVAILABLE": HttpError(503, "STORE_UNAVAILABLE"),
+    "STORE_BUSY": HttpError(503, "STORE_BUSY"),  # shed by the store gate: the store is slow
     # The store cannot do this safely at all (radosgw ignores If-Match on DELETE): retrying
     # will not help, so not a 503.
     "UNSUPPORTED_STORE": HttpError(501, "NOT_SUPPORTED_BY_STORE"),
