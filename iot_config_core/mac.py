@@ -14,7 +14,7 @@ import attrs
 
 from .errors import InvalidMacError
 
-__all__ = ["MacAddress"]
+__all__ = ["SPELLINGS_PATTERN", "MacAddress"]
 
 # Longer input cannot be a MAC; refusing it early keeps error messages short and work bounded.
 _MAX_INPUT = 64
@@ -22,6 +22,12 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 _SEPARATORS = frozenset(":-.")
 # (separator, group count, digits per group) for each accepted grouped spelling.
 _LAYOUTS = {":": (6, 2), "-": (6, 2), ".": (3, 4)}
+#: Every spelling `MacAddress.parse` accepts, as one regular expression (without the surrounding
+#: whitespace it also strips), for API schemas and form validation. Tests keep the two in step.
+SPELLINGS_PATTERN = (
+    r"^(?:[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}"
+    r"|[0-9A-Fa-f]{12}|[0-9A-Fa-f]{4}(?:\.[0-9A-Fa-f]{4}){2})$"
+)
 _CANONICAL = re.compile(r"[0-9a-f]{2}(?:-[0-9a-f]{2}){5}", re.ASCII)
 # Spellings remembered by `MacAddress.parse`: a fleet polls with the same few thousand strings.
 _PARSED_CACHE_SIZE = 4096

@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 import attrs
 
 from iot_config_core import ConfigSummary, MacAddress
+from iot_config_core.mac import SPELLINGS_PATTERN
 from iot_config_core.wire import SUMMARY_FILE_FIELDS
 
 from .api_models import ERROR_BODY_RENAMES, ErrorBody
@@ -193,7 +194,9 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
             "name": name,
             "in": "path",
             "required": True,
-            "schema": {"type": "string"},
+            "schema": {"type": "string", "pattern": SPELLINGS_PATTERN}
+            if name == "mac"
+            else {"type": "string"},
             "description": MAC_PARAMETER if name == "mac" else "File name",
         }
         for name in path_parameters(endpoint.rule)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, cast
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iot_config_core import InvalidMacError, MacAddress
+from iot_config_core.mac import SPELLINGS_PATTERN
 from iot_config_core.testing import mac_addresses, spelled_macs
 
 
@@ -167,3 +169,32 @@ def test_equal_spellings_collapse_in_sets_and_dicts() -> None:
     spellings = ["AA:BB:CC:DD:EE:FF", "aabbccddeeff", "aabb.ccdd.eeff"]
     assert len({MacAddress.parse(s) for s in spellings}) == 1
     assert MacAddress.parse("00:00:00:00:00:01") < MacAddress.parse("00:00:00:00:01:00")
+
+
+@given(
+    st.integers(min_value=0, max_value=(1 << 48) - 1),
+    st.sampled_from(["colon", "hyphen", "bare", "dotted"]),
+    st.booleans(),
+)
+def test_the_documented_pattern_matches_every_spelling(value: int, style: str, upper: bool) -> None:
+    digits = f"{value:012x}"
+    spelled = {
+        "colon": ":".join(digits[i : i + 2] for i in range(0, 12, 2)),
+        "hyphen": "-".join(digits[i : i + 2] for i in range(0, 12, 2)),
+        "bare": digits,
+        "dotted": ".".join(digits[i : i + 4] for i in range(0, 12, 4)),
+    }[style]
+    spelled = spelled.upper() if upper else spelled
+    assert re.fullmatch(SPELLINGS_PATTERN, spelled)
+    assert MacAddress.parse(spelled).value == value
+
+
+@given(st.text(alphabet="0123456789abcdefABCDEFgG:-. ٣", max_size=20))
+def test_the_documented_pattern_is_exactly_what_parses(text: str) -> None:
+    try:
+        MacAddress.parse(text)
+    except InvalidMacError:
+        parses = False
+    else:
+        parses = True
+    assert parses == bool(re.fullmatch(SPELLINGS_PATTERN, text.strip()))
