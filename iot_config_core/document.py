@@ -168,8 +168,7 @@ def _decode_vouched(text: str, max_depth: int) -> dict[str, Any] | None:
     return value
 
 
-def decode_document(data: bytes, limits: DocumentLimits = DocumentLimits()) -> dict[str, Any]:
-    """Decode stored or uploaded bytes into a config object, or raise `InvalidDocumentError`."""
+def _check_size(data: bytes, limits: DocumentLimits) -> None:
     if len(data) > limits.max_bytes:
         raise DocumentTooLargeError(
             f"document of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes",
@@ -177,6 +176,11 @@ def decode_document(data: bytes, limits: DocumentLimits = DocumentLimits()) -> d
             size=len(data),
             limit=limits.max_bytes,
         )
+
+
+def decode_document(data: bytes, limits: DocumentLimits = DocumentLimits()) -> dict[str, Any]:
+    """Decode stored or uploaded bytes into a config object, or raise `InvalidDocumentError`."""
+    _check_size(data, limits)
     if data.startswith(_BOM):
         _invalid(
             "byte_order_mark", "document starts with a UTF-8 byte order mark", line=1, column=1
@@ -258,11 +262,5 @@ def encode_document(content: Mapping[str, Any], limits: DocumentLimits = Documen
         _invalid("lone_surrogate", "string contains a lone UTF-16 surrogate")
     except ValueError as exc:  # integers beyond Python's digit limit
         _invalid("invalid_number", f"cannot encode number: {exc}")
-    if len(data) > limits.max_bytes:
-        raise DocumentTooLargeError(
-            f"document of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes",
-            reason="too_large",
-            size=len(data),
-            limit=limits.max_bytes,
-        )
+    _check_size(data, limits)
     return data
