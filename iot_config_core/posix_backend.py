@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 from .backend import ABSENT, ANY, Absent, AnyVersion, Blob, Entry, VersionConflict
 
-__all__ = ["PosixBackend"]
+__all__ = ["PosixBackend", "sync_directory", "write_file_atomically"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def _entry(name: str, st: os.stat_result) -> Entry:
     )
 
 
-def _fsync_dir(path: str) -> None:
+def sync_directory(path: str) -> None:
+    """Fsync a directory, so the renames in it survive a crash (where the filesystem allows)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -68,6 +69,37 @@ def _fsync_dir(path: str) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def write_file_atomically(
+    directory: str, name: str, data: bytes, *, sync: bool = True
+) -> os.stat_result:
+    """Replace ``directory/name`` with ``data``; a reader or a crash sees old or new, never a mix.
+
+    A uniquely named temp file beside the target, written and fsynced, renamed over it, and (with
+    ``sync``) the directory fsynced; the temp file is removed on any failure. Callers writing
+    many files may pass ``sync=False`` and call `sync_directory` once at the end. Returns the
+    new file's stat.
+    """
+    temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, os.path.join(directory, name))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    if sync:
+        sync_directory(directory)
+    return st
 
 
 class PosixBackend:
@@ -203,36 +235,18 @@ class PosixBackend:
         return False
 
     def replace(self, name: str, data: bytes, expected: Hashable | Absent | AnyVersion) -> Entry:
-        target = self._path(name)
         # Unconditional writes take the lock too: a compare-and-swap must not interleave with them.
         with self._locked(name):
             if expected is not ANY and self._current_token(name) != expected:
                 raise VersionConflict(name)
-            temp = self._path(f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-            try:
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    os.fsync(fd)
-                    st = os.fstat(fd)
-                finally:
-                    os.close(fd)
-                os.replace(temp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-                raise
-            _fsync_dir(self.root)
-            return _entry(name, st)
+            return _entry(name, write_file_atomically(self.root, name, data))
 
     def remove(self, name: str, expected: Hashable) -> None:
         with self._locked(name):
             if self._current_token(name) != expected:
                 raise VersionConflict(name)
             os.unlink(self._path(name))
-            _fsync_dir(self.root)
+            sync_directory(self.root)
 
     def root_exists(self) -> bool:
         return os.path.isdir(self.root)

@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import sys
 import time
 import traceback
@@ -43,6 +42,7 @@ from iot_config_core import (
     encode_document,
     open_store,
 )
+from iot_config_core.posix_backend import sync_directory, write_file_atomically
 from iot_config_core.wire import summary_to_wire
 from iot_config_server.settings import Settings, SettingsError  # plain attrs: no Bottle
 
@@ -65,7 +65,6 @@ EXIT_USAGE = 2
 #: The store could not be reached or failed; retrying later may succeed.
 EXIT_UNAVAILABLE = 3
 
-TEMP_SUFFIX = ".tmp"
 
 EXIT_STATUS_HELP = """\
 exit status:
@@ -248,34 +247,6 @@ def _directory_files(path: str) -> list[str]:
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
     return sorted(names)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        with contextlib.suppress(OSError):  # some filesystems refuse it; the rename stands
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(directory: str, name: str, data: bytes) -> None:
-    """Replace ``directory/name`` with ``data`` so a reader or a crash never sees a torn file."""
-    temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, os.path.join(directory, name))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 # -- subcommands ----------------------------------------------------------------------------------
@@ -499,10 +470,10 @@ def cmd_export(ctx: _Context, args: argparse.Namespace) -> int:
             if existing.read(raw.size + 1) == raw.data:
                 unchanged += 1
                 continue
-        _write_atomically(args.directory, mac.file_name, raw.data)
+        write_file_atomically(args.directory, mac.file_name, raw.data, sync=False)
         written += 1
     progress.close()
-    _fsync_dir(args.directory)
+    sync_directory(args.directory)
     corrupt.extend(
         f"{name}: stored document is not valid (see the warning above)"
         for name in listing.skipped
