@@ -27,7 +27,8 @@ def tests(session: nox.Session) -> None:
     session.run("coverage", "erase")
     # Subprocesses (servers, CLI runs) are measured through coverage's `patch = subprocess`.
     session.run("pytest", "--cov", "--cov-report=", *session.posargs)
-    session.run("coverage", "combine", success_codes=[0, 1])
+    # --append: keep what pytest-cov combined, add files from subprocesses that ended after it.
+    session.run("coverage", "combine", "--append", success_codes=[0, 1])
     session.run("coverage", "report", "--include=iot_config_core/*", "--fail-under=90")
     session.run("coverage", "report", "--include=iot_config_server/*")
 
