@@ -43,6 +43,7 @@ example), and each call must give an empty root of its own that already exists. 
 
 from __future__ import annotations
 
+import abc
 import json
 import threading
 from collections.abc import Callable, Mapping
@@ -175,7 +176,7 @@ def cas_increment(store: ConfigStore, mac: MacAddress | str, times: int) -> int:
     return retries
 
 
-class StoreContract:
+class StoreContract(abc.ABC):
     """Behaviour every store must show, whatever its backend. Subclass it in a ``Test*`` class.
 
     Subclasses implement `make_store`, `write_raw`, `remove_raw` and `list_raw`; the optional
@@ -194,9 +195,9 @@ class StoreContract:
 
     # -- hooks ------------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def make_store(self) -> ConfigStore:
         """A store over a fresh, empty root that exists."""
-        raise NotImplementedError
 
     def make_second_client(self, store: ConfigStore) -> ConfigStore:  # noqa: ARG002
         """Another store on the same root, as another process or mount would open it."""
@@ -206,17 +207,17 @@ class StoreContract:
         """A store whose root does not exist (and is not created by opening it)."""
         pytest.skip("backend cannot express a missing root")
 
+    @abc.abstractmethod
     def write_raw(self, store: ConfigStore, name: str, data: bytes) -> None:
         """Put ``data`` at ``<root>/<name>`` without going through ``store`` (a hand edit)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def remove_raw(self, store: ConfigStore, name: str) -> None:
         """Delete ``<root>/<name>`` without going through ``store``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def list_raw(self, store: ConfigStore) -> list[str]:
         """Every file name directly in the root, hidden ones included (directories excluded)."""
-        raise NotImplementedError
 
     # -- fixtures ---------------------------------------------------------------------------------
 
