@@ -488,7 +488,7 @@ class ConfigStore:
           absent), else `PreconditionFailedError`.
         - ``create_only``: write only if nothing is stored, else `AlreadyExistsError`.
 
-        Writing the bytes already stored returns the same ETag (on disk without writing at all).
+        Writing the bytes already stored returns the same ETag (on disk, without writing).
         """
         mac = _mac(mac)
         match = None if if_match is None else ETagCondition.parse(if_match)
@@ -541,18 +541,31 @@ class ConfigStore:
         *,
         create_only: bool,
     ) -> Entry | None:
-        """Hand a simple precondition to a backend whose tokens are our ETags (object stores).
+        """Hand a precondition the backend can check itself to it: one request, no read first.
 
-        One conditional PUT instead of a read and a PUT. ``None`` means "not decided here": the
-        condition is not a simple one, or the backend refused it; the general read-check-swap
-        loop then decides, and names the precise error.
+        Every backend checks "nothing stored" (create-only, ``If-None-Match: *``). A backend whose
+        tokens are our ETags (object stores) also takes "anything" (no precondition) and a single
+        strong ``If-Match``; elsewhere an unconditional put reads first, so rewriting the bytes
+        already stored changes nothing at all. ``None`` means "not decided here": the condition
+        is not one of those, or the backend refused it; the read-check-swap loop then decides,
+        and names the precise error.
         """
-        if not self._backend.etags_are_tokens:
-            return None
+        etags_are_tokens = self._backend.etags_are_tokens
         expected: Hashable | Absent | AnyVersion
         if match is None and none_match is None:
-            expected = ABSENT if create_only else ANY
-        elif none_match is None and not create_only and match is not None and _single_strong(match):
+            if create_only:
+                expected = ABSENT
+            elif etags_are_tokens:
+                expected = ANY
+            else:
+                return None
+        elif (
+            none_match is None
+            and not create_only
+            and match is not None
+            and _single_strong(match)
+            and etags_are_tokens
+        ):
             expected = match.tags[0].opaque
         elif match is None and none_match is not None and none_match.any:
             expected = ABSENT
