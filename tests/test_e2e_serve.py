@@ -92,6 +92,7 @@ class Server:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: cleanup reaches Granian's workers
         )
 
     def log(self) -> str:
@@ -113,9 +114,17 @@ class Server:
         return self.proc.wait(STOP_TIMEOUT)
 
     def close(self) -> None:
+        """Stop it as an orchestrator would (SIGTERM, then SIGKILL), leaving no worker behind.
+
+        SIGKILL to the supervisor alone would orphan its worker process, still serving.
+        """
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(STOP_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
         self._log.close()
 
 
