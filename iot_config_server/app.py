@@ -22,6 +22,7 @@ from iot_config_core import (
     InvalidETagError,
     MacAddress,
     RawDocument,
+    StoredConfig,
 )
 from iot_config_core.wire import config_to_wire, summaries_to_wire
 
@@ -407,18 +408,34 @@ def _preflight(cors: CorsPolicy, allow: str) -> Handler:
     return options
 
 
-def _condition(environ: dict[str, Any], key: str, header: str) -> ETagCondition | None:
-    value = environ.get(key)
-    if value is None:
-        return None
+def _parse_condition(value: str, header: str) -> ETagCondition:
+    """The core's parse of an ``If-Match``/``If-None-Match`` value; a 400 naming the header."""
     try:
         return ETagCondition.parse(value)
     except InvalidETagError as exc:
         raise ApiError("INVALID_HEADER", f"{header}: {exc.message}", header=header) from None
 
 
+def _condition(environ: dict[str, Any], key: str, header: str) -> ETagCondition | None:
+    value = environ.get(key)
+    return None if value is None else _parse_condition(value, header)
+
+
+def _quoted(etag: str) -> str:
+    """An ETag as the header carries it (the core's ETags are the bare opaque value)."""
+    return f'"{etag}"'
+
+
 def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode()
+
+
+def _config_answer(config: StoredConfig) -> bytes:
+    """The GET/PUT answer: the config's wire shape, with its ETag."""
+    response = bottle.response
+    response.set_header("ETag", _quoted(config.etag))
+    response.content_type = JSON
+    return _json(config_to_wire(config))
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -454,7 +471,6 @@ class _Routes:
         op = self._ops["get_raw"]
         ok = op.ok
         failed = op.failed
-        parse = ETagCondition.parse
         enter = self._gate.enter
         leave = self._gate.leave
 
@@ -468,12 +484,12 @@ class _Routes:
             finally:
                 leave()
             ok()
-            etag = f'"{doc.etag}"'
+            etag = _quoted(doc.etag)
             if if_none_match is None:
                 return doc, etag, False
-            matched = if_none_match == etag or _parse_inm(parse, if_none_match).matches_weak(
-                doc.etag
-            )
+            matched = if_none_match == etag or _parse_condition(
+                if_none_match, "If-None-Match"
+            ).matches_weak(doc.etag)
             return doc, etag, matched
 
         return read
@@ -523,11 +539,7 @@ class _Routes:
         return body
 
     def get_config(self, mac: str) -> bytes:
-        config = self._operate("get", lambda: self._store.get(mac))
-        response = bottle.response
-        response.set_header("ETag", f'"{config.etag}"')
-        response.content_type = JSON
-        return _json(config_to_wire(config))
+        return _config_answer(self._operate("get", lambda: self._store.get(mac)))
 
     def put_config(self, mac: str) -> bytes:
         environ = bottle.request.environ
@@ -547,10 +559,7 @@ class _Routes:
             ),
         )
         log.info("stored config %s (etag %s)", stored.mac_address, stored.etag)
-        response = bottle.response
-        response.set_header("ETag", f'"{stored.etag}"')
-        response.content_type = JSON
-        return _json(config_to_wire(stored))
+        return _config_answer(stored)
 
     def delete_config(self, mac: str) -> bytes:
         environ = bottle.request.environ
@@ -602,15 +611,6 @@ class _Routes:
 
     def docs_asset(self, name: str) -> bytes:
         return self._docs.asset(name, bottle.response)
-
-
-def _parse_inm(parse: Callable[[str], ETagCondition], value: str) -> ETagCondition:
-    try:
-        return parse(value)
-    except InvalidETagError as exc:
-        raise ApiError(
-            "INVALID_HEADER", f"If-None-Match: {exc.message}", header="If-None-Match"
-        ) from None
 
 
 def _base_path(app: bottle.Bottle, environ: dict[str, Any]) -> str:
