@@ -14,8 +14,9 @@ from __future__ import annotations
 import platform
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -164,14 +165,12 @@ class RequestStats(Collector):
         for shard in shards:
             _add(total, shard, self._width)
         ns = self._namespace
-        family = CounterMetricFamily(
+        yield _counter(
             f"{ns}_http_requests",
             "HTTP requests answered, by method, route template and status.",
-            labels=["method", "route", "status"],
+            ["method", "route", "status"],
+            total.requests,
         )
-        for labels, value in sorted(total.requests.items()):
-            family.add_metric(list(labels), value)
-        yield family
         histogram = HistogramMetricFamily(
             f"{ns}_http_request_duration_seconds",
             "Time to produce an answer, by route template.",
@@ -185,22 +184,31 @@ class RequestStats(Collector):
                 buckets.append((bound, float(cumulative)))
             histogram.add_metric([route], buckets, total.sums[route])
         yield histogram
-        operations_family = CounterMetricFamily(
+        yield _counter(
             f"{ns}_config_operations",
             "Store operations, by operation and outcome (ok or the error code).",
-            labels=["operation", "outcome"],
+            ["operation", "outcome"],
+            total.operations,
         )
-        for op_labels, value in sorted(total.operations.items()):
-            operations_family.add_metric(list(op_labels), value)
-        yield operations_family
-        errors_family = CounterMetricFamily(
+        yield _counter(
             f"{ns}_store_errors",
             "Store failures (backend unavailable), by operation.",
-            labels=["operation"],
+            ["operation"],
+            {(operation,): value for operation, value in total.store_errors.items()},
         )
-        for operation, value in sorted(total.store_errors.items()):
-            errors_family.add_metric([operation], value)
-        yield errors_family
+
+
+_Labels = TypeVar("_Labels", bound=tuple[str, ...])
+
+
+def _counter(
+    name: str, documentation: str, labels: list[str], counts: Mapping[_Labels, int]
+) -> CounterMetricFamily:
+    """A counter family with one sample per label tuple, in a stable order."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, value in sorted(counts.items()):
+        family.add_metric(list(values), value)
+    return family
 
 
 class RouteMetrics:
