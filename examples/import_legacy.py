@@ -74,15 +74,12 @@ def validate(directory: str, limits: DocumentLimits) -> tuple[list[Candidate], l
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         if entry.name.startswith(".") or not entry.is_file():
             continue
-        stem, dot, extension = entry.name.rpartition(".")
-        if not dot or extension.lower() != "json":
-            rejected.append(Outcome(entry.name, "rejected", reason="not a .json file"))
-            continue
         try:
-            mac = MacAddress.parse(stem)
+            mac = MacAddress.from_legacy_file_name(entry.name)
         except InvalidMacError as exc:
-            problem = exc.details.get("problem", exc.message)
-            rejected.append(Outcome(entry.name, "rejected", reason=f"bad file name: {problem}"))
+            problem = exc.details["problem"]
+            reason = problem if problem == "not a .json file" else f"bad file name: {problem}"
+            rejected.append(Outcome(entry.name, "rejected", reason=reason))
             continue
         try:
             content = decode_document(_read_limited(entry.path, limits.max_bytes), limits)

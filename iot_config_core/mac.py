@@ -104,6 +104,25 @@ class MacAddress:
             return cls(int(name[:17].replace("-", ""), 16))
         return None
 
+    @classmethod
+    def from_legacy_file_name(cls, name: str) -> MacAddress:
+        """The MAC of ``<mac>.json`` in any spelling `parse` accepts (legacy share files).
+
+        Raises `InvalidMacError` whose ``details["problem"]`` says what is wrong with the name.
+        """
+        if not name.lower().endswith(".json"):
+            raise InvalidMacError(
+                f"file name {name!r} does not end in .json", value=name, problem="not a .json file"
+            )
+        try:
+            return cls.parse(name[: -len(".json")])
+        except InvalidMacError as exc:
+            raise InvalidMacError(
+                f"file name is not <mac>.json: {exc.message}",
+                value=name,
+                problem=exc.details.get("problem", exc.message),
+            ) from exc
+
     @property
     def file_name(self) -> str:
         """The name of the file that stores this device's config."""

@@ -227,18 +227,6 @@ def _validated(data: bytes, limits: DocumentLimits) -> tuple[dict[str, Any], byt
     return content, encode_document(content, limits)
 
 
-def _mac_from_file_name(name: str) -> MacAddress:
-    """The MAC of ``<mac>.json`` in any spelling MacAddress.parse accepts."""
-    if not name.lower().endswith(".json"):
-        raise InvalidMacError(f"file name {name!r} does not end in .json", value=name)
-    try:
-        return MacAddress.parse(name[: -len(".json")])
-    except InvalidMacError as exc:
-        raise InvalidMacError(
-            f"file name is not <mac>.json: {exc.message}", value=name, problem="file_name"
-        ) from exc
-
-
 def _directory_files(path: str) -> list[str]:
     """Regular, non-hidden files of a directory, sorted (hidden: .locks/, editor temp files)."""
     try:
@@ -379,7 +367,7 @@ def _importable_names(names: list[str], report: _ImportReport) -> dict[str, MacA
     by_mac: dict[MacAddress, list[str]] = {}
     for name in names:
         try:
-            macs[name] = _mac_from_file_name(name)
+            macs[name] = MacAddress.from_legacy_file_name(name)
         except InvalidMacError as exc:
             report.rejected.append((name, exc.message, exc.code))
             continue
@@ -492,7 +480,7 @@ def _validate_file(path: str, limits: DocumentLimits, *, check_name: bool) -> st
     """Why ``path`` would be refused by the store, or ``None`` when it is acceptable."""
     try:
         if check_name:
-            _mac_from_file_name(os.path.basename(path))
+            MacAddress.from_legacy_file_name(os.path.basename(path))
         _validated(_read_input(path, limits.max_bytes), limits)
     except ConfigError as exc:
         return _describe(exc)

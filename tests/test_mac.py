@@ -198,3 +198,24 @@ def test_the_documented_pattern_is_exactly_what_parses(text: str) -> None:
     else:
         parses = True
     assert parses == bool(re.fullmatch(SPELLINGS_PATTERN, text.strip()))
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("aa-bb-cc-dd-ee-ff.txt", "not a .json file"), ("notes.json", None)],
+)
+def test_legacy_file_names_say_what_is_wrong(name: str, problem: str | None) -> None:
+    with pytest.raises(InvalidMacError) as info:
+        MacAddress.from_legacy_file_name(name)
+    assert info.value.details["value"] == name
+    if problem is not None:
+        assert info.value.details["problem"] == problem
+    else:
+        assert "file name is not <mac>.json" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "name", ["AA:BB:CC:DD:EE:FF.json", "aabbccddeeff.JSON", "aabb.ccdd.eeff.json"]
+)
+def test_legacy_file_names_in_any_spelling(name: str) -> None:
+    assert str(MacAddress.from_legacy_file_name(name)) == "aa-bb-cc-dd-ee-ff"
