@@ -12,12 +12,11 @@ backend primitives of `iot_config_core.backend`:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -203,6 +202,32 @@ class _RawCache:
                 self._bytes -= old[1].size
 
 
+class _BackendErrors:
+    """The store's error boundary as a context manager (a class: it is on the device hot path)."""
+
+    __slots__ = ("action", "store")
+
+    def __init__(self, store: ConfigStore, action: str) -> None:
+        self.store = store
+        self.action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> None:
+        if exc is None or isinstance(exc, ConfigError | VersionConflict):
+            return
+        if isinstance(exc, Exception):
+            where = self.store.description
+            raise StoreUnavailableError(
+                f"store {where} unavailable during {self.action}: {exc}",
+                action=self.action,
+                backend=where,
+            ) from exc
+
+
 class ConfigStore:
     """Device configs keyed by MAC address, stored as ``<canonical-mac>.json`` under ``root``.
 
@@ -256,22 +281,12 @@ class ConfigStore:
 
     # -- error boundary -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _guard(self, action: str) -> Iterator[None]:
+    def _guard(self, action: str) -> _BackendErrors:
         """Turn backend failures into `StoreUnavailableError`; our own errors pass through.
 
         `VersionConflict` passes through too: it is a lost race that the write loops retry.
         """
-        try:
-            yield
-        except (ConfigError, VersionConflict):
-            raise
-        except Exception as exc:
-            raise StoreUnavailableError(
-                f"store {self.description} unavailable during {action}: {exc}",
-                action=action,
-                backend=self.description,
-            ) from exc
+        return _BackendErrors(self, action)
 
     def _missing(self, mac: MacAddress) -> ConfigError:
         """Not found, unless the whole root is gone: that is an outage, not an empty fleet."""
