@@ -45,8 +45,11 @@ from __future__ import annotations
 
 import abc
 import json
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -68,10 +71,11 @@ from .errors import (
     StoreUnavailableError,
 )
 from .mac import MacAddress
-from .store import ConfigStore
+from .store import ConfigStore, open_store
 
 __all__ = [
     "JSON_SCALARS",
+    "PosixStoreContract",
     "StoreContract",
     "json_objects",
     "json_values",
@@ -723,6 +727,40 @@ class StoreContract(abc.ABC):
         assert all(isinstance(r, int) for r in results), results
         assert store.get(MAC_C).content == {"count": k * m}
         assert json.loads(store.get_raw(MAC_C).data) == {"count": k * m}
+
+
+class PosixStoreContract(StoreContract):
+    """The contract on directories of a POSIX filesystem (local disk, a CephFS or NFS mount).
+
+    A subclass sets ``self.base``, an existing directory, in an autouse fixture; each store gets
+    a fresh directory under it. Hand edits write files in place, as an editor or ``cp`` does.
+    """
+
+    base: Path
+
+    @staticmethod
+    def root_of(store: ConfigStore) -> Path:
+        """The directory of a POSIX store."""
+        assert store.description.startswith("file://")
+        return Path(store.description.removeprefix("file://"))
+
+    def make_store(self) -> ConfigStore:
+        return open_store(tempfile.mkdtemp(dir=self.base))
+
+    def make_missing_store(self) -> ConfigStore:
+        return open_store(os.path.join(tempfile.mkdtemp(dir=self.base), "not", "there"))
+
+    def make_second_client(self, store: ConfigStore) -> ConfigStore:
+        return open_store(f"file://{self.root_of(store)}")
+
+    def write_raw(self, store: ConfigStore, name: str, data: bytes) -> None:
+        (self.root_of(store) / name).write_bytes(data)
+
+    def remove_raw(self, store: ConfigStore, name: str) -> None:
+        (self.root_of(store) / name).unlink()
+
+    def list_raw(self, store: ConfigStore) -> list[str]:
+        return [p.name for p in self.root_of(store).iterdir() if not p.is_dir()]
 
 
 def nest_depth(depth: int) -> dict[str, Any]:

@@ -26,15 +26,13 @@ from test_cas_processes import increment_worker
 from test_crash import test_sigkilled_writer_never_tears_the_document as sigkill_check
 
 from iot_config_core import ConfigStore, open_store
-from iot_config_core.testing import MAC_A, StoreContract
+from iot_config_core.testing import MAC_A, PosixStoreContract
 
 ENV_MOUNT = "IOT_CONFIG_TEST_CEPHFS"
 ENV_CONF = "IOT_CONFIG_TEST_CEPH_CONF"
 
 
-def root_of(store: ConfigStore) -> Path:
-    assert store.description.startswith("file://")
-    return Path(store.description.removeprefix("file://"))
+root_of = PosixStoreContract.root_of
 
 
 def _mount_second(conf: Path, mountpoint: Path, pid_file: Path) -> None:
@@ -93,31 +91,18 @@ def ceph_dirs() -> Iterator[tuple[Path, Path]]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-class TestCephfsStore(StoreContract):
+class TestCephfsStore(PosixStoreContract):
     # cross-client replaces on CephFS wait for capability hand-offs (mds tick): fewer examples
     counter_increments = 8
 
     @pytest.fixture(autouse=True)
     def _dirs(self, ceph_dirs: tuple[Path, Path]) -> None:
         self.first, self.second = ceph_dirs
-
-    def make_store(self) -> ConfigStore:
-        return open_store(tempfile.mkdtemp(dir=self.first))
-
-    def make_missing_store(self) -> ConfigStore:
-        return open_store(os.path.join(tempfile.mkdtemp(dir=self.first), "not", "there"))
+        self.base = self.first
 
     def make_second_client(self, store: ConfigStore) -> ConfigStore:
+        """The same directory through the second ceph-fuse mount: another client."""
         return open_store(str(self.second / root_of(store).relative_to(self.first)))
-
-    def write_raw(self, store: ConfigStore, name: str, data: bytes) -> None:
-        (root_of(store) / name).write_bytes(data)  # in place, the way an editor or `cp` does
-
-    def remove_raw(self, store: ConfigStore, name: str) -> None:
-        (root_of(store) / name).unlink()
-
-    def list_raw(self, store: ConfigStore) -> list[str]:
-        return [p.name for p in root_of(store).iterdir() if not p.is_dir()]
 
     # -- CephFS specifics -------------------------------------------------------------------------
 

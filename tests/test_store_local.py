@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,36 +23,15 @@ from iot_config_core import (
 )
 from iot_config_core import store as store_module
 from iot_config_core.posix_backend import LOCK_DIR, PosixBackend
-from iot_config_core.testing import MAC_A, MAC_B, MAC_C, StoreContract
+from iot_config_core.testing import MAC_A, MAC_B, MAC_C, PosixStoreContract
+
+root_of = PosixStoreContract.root_of
 
 
-def root_of(store: ConfigStore) -> Path:
-    assert store.description.startswith("file://")
-    return Path(store.description.removeprefix("file://"))
-
-
-class TestLocalStore(StoreContract):
+class TestLocalStore(PosixStoreContract):
     @pytest.fixture(autouse=True)
     def _base(self, tmp_path: Path) -> None:
         self.base = tmp_path
-
-    def make_store(self) -> ConfigStore:
-        return open_store(tempfile.mkdtemp(dir=self.base))
-
-    def make_missing_store(self) -> ConfigStore:
-        return open_store(os.path.join(tempfile.mkdtemp(dir=self.base), "not", "there"))
-
-    def make_second_client(self, store: ConfigStore) -> ConfigStore:
-        return open_store(f"file://{root_of(store)}")
-
-    def write_raw(self, store: ConfigStore, name: str, data: bytes) -> None:
-        (root_of(store) / name).write_bytes(data)  # in place, the way an editor or `cp` does
-
-    def remove_raw(self, store: ConfigStore, name: str) -> None:
-        (root_of(store) / name).unlink()
-
-    def list_raw(self, store: ConfigStore) -> list[str]:
-        return [p.name for p in root_of(store).iterdir() if not p.is_dir()]
 
 
 def test_entries_that_are_not_regular_files_are_not_configs(tmp_path: Path) -> None:
