@@ -181,6 +181,8 @@ def _check_size(data: bytes, limits: DocumentLimits) -> None:
 def decode_document(data: bytes, limits: DocumentLimits = DocumentLimits()) -> dict[str, Any]:
     """Decode stored or uploaded bytes into a config object, or raise `InvalidDocumentError`."""
     _check_size(data, limits)
+    if not data.strip():  # the words the server uses for an empty body, not "Expecting value"
+        _invalid("empty", "document is empty", line=1, column=1)
     if data.startswith(_BOM):
         _invalid(
             "byte_order_mark", "document starts with a UTF-8 byte order mark", line=1, column=1

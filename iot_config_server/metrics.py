@@ -15,10 +15,11 @@ import platform
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
-from importlib import metadata
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge, Info
+
+from iot_config_core import __version__
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -37,13 +38,6 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 UNMATCHED_ROUTE = "<unmatched>"
 # Device polls answer in well under a millisecond from cache; writes fsync and take milliseconds.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("iot-config")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class _Shard:
@@ -263,7 +257,7 @@ class AppMetrics:
         self.build = Info(
             "build", "Version of the running server.", namespace=namespace, registry=self.registry
         )
-        self.build.info({"version": _version(), "python": platform.python_version()})
+        self.build.info({"version": __version__, "python": platform.python_version()})
         self._routes: dict[str, RouteMetrics] = {}
 
     def route(self, template: str) -> RouteMetrics:
