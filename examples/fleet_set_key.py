@@ -105,9 +105,7 @@ def _json_value(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        raise argparse.ArgumentTypeError(
-            f"must be JSON; for text quote it: '\"{text}\"'"
-        ) from None
+        raise argparse.ArgumentTypeError(f"must be JSON; for text quote it: '\"{text}\"'") from None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -55,7 +55,10 @@ def print_report(reports: list[FileReport], *, as_json: bool, dry_run: bool) -> 
     for r in reports:
         mac = "-" if r.mac is None else str(r.mac)
         code = f" [{r.code}]" if r.code else ""
-        print(f"{r.outcome.value:<9}  {mac:<17}  {r.file}" + (f": {r.reason}{code}" if r.reason else ""))
+        print(
+            f"{r.outcome.value:<9}  {mac:<17}  {r.file}"
+            + (f": {r.reason}{code}" if r.reason else "")
+        )
     shown = ", ".join(f"{n} {outcome}" for outcome, n in totals.items())
     print(("dry run: " if dry_run else "") + shown)
 
@@ -82,9 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         limits = DocumentLimits(max_bytes=args.max_bytes)
         store = open_store(args.store, create=args.create and not args.dry_run, limits=limits)
-        reports.extend(
-            directory.import_into(store, overwrite=args.overwrite, dry_run=args.dry_run)
-        )
+        reports.extend(directory.import_into(store, overwrite=args.overwrite, dry_run=args.dry_run))
     except ConfigError as exc:  # an outage or an unusable URL, not a bad file: stop and say so
         print(f"error: {exc.message} [{exc.code}]", file=sys.stderr)
         if reports:  # the files handled before the failure stand

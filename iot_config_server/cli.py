@@ -148,8 +148,10 @@ class _Context:
 
     def open(self, *, create: bool = False) -> ConfigStore:
         if self.store_url.startswith("memory://"):
-            _err(f"{PROG}: note: {self.store_url} is in this process only: nothing is kept "
-                 "after the command ends")
+            _err(
+                f"{PROG}: note: {self.store_url} is in this process only: nothing is kept "
+                "after the command ends"
+            )
         return open_store(self.store_url, create=create, limits=self.limits)
 
 
@@ -402,8 +404,10 @@ def cmd_export(ctx: _Context, args: argparse.Namespace) -> int:
     try:
         os.makedirs(args.directory, exist_ok=True)
     except FileExistsError:  # makedirs says "File exists" for a file in the way: say what is
-        raise FileError(f"{args.directory}: not a directory (export writes one file per config "
-                        "into a directory)") from None
+        raise FileError(
+            f"{args.directory}: not a directory (export writes one file per config "
+            "into a directory)"
+        ) from None
     except OSError as exc:
         raise FileError.reading(args.directory, exc, "a directory") from None
     written = unchanged = 0
@@ -605,7 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--threads",
         type=_positive_int,
-        help=f"request threads per worker (default $IOT_CONFIG_THREADS or {defaults.threads.default})",
+        help="request threads per worker "
+        f"(default $IOT_CONFIG_THREADS or {defaults.threads.default})",
     )
     sub.add_argument(
         "--workers",

@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge, Info
-
-from iot_config_core import __version__
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
+
+from iot_config_core import __version__
 
 __all__ = [
     "CONTENT_TYPE",

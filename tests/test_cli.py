@@ -339,7 +339,9 @@ def test_help_explains_positionals_and_shows_the_serve_defaults() -> None:
     assert f"or {defaults.workers})" in serve_help
 
 
-def test_an_empty_store_option_is_an_error(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_empty_store_option_is_an_error(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     result = cli("--store", "", "list")
     assert result.status == EXIT_USAGE
@@ -743,7 +745,9 @@ def rejected_names(out: str) -> set[str]:
     return {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("rejected")}
 
 
-def test_validate_rejects_exactly_what_import_rejects(cli: Cli, store: Path, tmp_path: Path) -> None:
+def test_validate_rejects_exactly_what_import_rejects(
+    cli: Cli, store: Path, tmp_path: Path
+) -> None:
     """A clean validate means a clean import: duplicates and stray files included."""
     docs = make_import_dir(tmp_path / "docs")
     checked = cli("--max-document-bytes", "300", "validate", docs)
