@@ -1,6 +1,6 @@
 """Local disk and POSIX mounts (CephFS via ceph-fuse): durable, atomic, lock-protected writes.
 
-fsspec's local filesystem writes in place and never fsyncs (see ``shared/STORAGE-NOTES.md``), so
+fsspec's local filesystem writes in place and never fsyncs (see docs/storage.md), so
 this backend uses the OS directly: a uniquely named temp file in the same directory, written and
 fsynced, then ``os.replace``d over the target and the directory fsynced. A reader or a crash sees
 the old bytes or the new, never a mix.

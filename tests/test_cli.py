@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 import textwrap
@@ -890,3 +891,39 @@ def test_serve_on_a_missing_store_exits_3_without_serving(tmp_path: Path) -> Non
     assert result.returncode == EXIT_UNAVAILABLE
     assert b"does not exist" in result.stdout + result.stderr  # the server logs to stdout
     assert not (tmp_path / "absent").exists()
+
+
+# -- the README's commands ------------------------------------------------------------------------
+
+
+def readme_commands() -> list[str]:
+    """The ``$ ...`` lines of the README's "The two commands" section."""
+    section = (REPO / "README.md").read_text().split("## The two commands")[1].split("\n## ")[0]
+    return [line[2:] for line in section.splitlines() if line.startswith("$ ")]
+
+
+def test_ci_runs_the_readmes_test_command_word_for_word() -> None:
+    run_command, test_command = readme_commands()
+    assert run_command.startswith("python3 -m venv .venv && ")
+    assert test_command.startswith("python3 -m venv .venv && ")
+    assert test_command in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+OUTSIDE_FILES = re.compile(r"shared/(ceph|STORAGE-NOTES|STYLE|compat)")
+
+
+def test_the_repository_needs_nothing_beside_it() -> None:
+    """Sessions and CI use the in-repo Ceph scripts, never files outside the checkout."""
+    noxfile = (REPO / "noxfile.py").read_text()
+    assert '"tests" / "ceph"' in noxfile
+    for script in ("start-ceph.sh", "stop-ceph.sh"):
+        assert os.access(REPO / "tests" / "ceph" / script, os.X_OK)
+    tracked = subprocess.run(
+        ["git", "ls-files"], capture_output=True, text=True, cwd=REPO, check=False
+    ).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    for name in tracked:
+        path = REPO / name
+        if path.suffix in {".py", ".toml", ".sh", ".md", ".yaml"} or name == ".ci/run":
+            assert not OUTSIDE_FILES.search(path.read_text()), name
