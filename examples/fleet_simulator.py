@@ -23,6 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from iot_config_core import InvalidMacError, MacAddress
@@ -30,6 +31,7 @@ from iot_config_core import InvalidMacError, MacAddress
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_DEVICES = 2000
 MAX_POLLS = 10_000
+MAX_SECONDS = 86_400
 
 
 class Tally:
@@ -111,14 +113,16 @@ def _mac(text: str) -> MacAddress:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
-def _between(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _number(convert: Callable[[str], float], low: float, high: float) -> Callable[[str], Any]:
+    """An argparse type: a number from ``low`` to ``high`` (``convert`` is `int` or `float`)."""
+
+    def parse(text: str) -> float:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be {low}..{high}, not {value}")
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= value <= high:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be {low:g}..{high:g}, not {text}")
         return value
 
     return parse
@@ -136,16 +140,6 @@ def _http_url(text: str) -> tuple[str, int]:
     return url.hostname, port
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, not {text}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
@@ -156,7 +150,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--devices",
-        type=_between(1, MAX_DEVICES),
+        type=_number(int, 1, MAX_DEVICES),
         default=10,
         help=f"devices (1..{MAX_DEVICES}, default 10)",
     )
@@ -171,15 +165,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--polls",
-        type=_between(1, MAX_POLLS),
+        type=_number(int, 1, MAX_POLLS),
         default=5,
         help=f"polls per device (1..{MAX_POLLS}, default 5)",
     )
     parser.add_argument(
-        "--interval", type=_seconds, default=1.0, help="seconds between polls (default 1)"
+        "--interval",
+        type=_number(float, 0, MAX_SECONDS),
+        default=1.0,
+        help="seconds between polls (default 1)",
     )
     parser.add_argument(
-        "--duration", type=_seconds, default=60.0, help="stop after this many seconds (default 60)"
+        "--duration",
+        type=_number(float, 0, MAX_SECONDS),
+        default=60.0,
+        help="stop after this many seconds (default 60)",
     )
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback host")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

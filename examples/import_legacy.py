@@ -25,16 +25,6 @@ from iot_config_core.document import DEFAULT_MAX_BYTES
 from iot_config_core.legacy import FileReport, LegacyDirectory, Outcome
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {value}")
-    return value
-
-
 def print_report(reports: list[FileReport], *, as_json: bool, dry_run: bool) -> None:
     """One line per file and a count per outcome, or the same as one JSON document."""
     counts = Counter(r.outcome.value for r in reports)
@@ -71,19 +61,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="validate and report, write nothing")
     parser.add_argument("--overwrite", action="store_true", help="replace differing configs")
     parser.add_argument("--create", action="store_true", help="create the store root if missing")
-    parser.add_argument(
-        "--max-bytes", type=_positive, default=DEFAULT_MAX_BYTES, help="document size limit"
-    )
+    parser.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="size limit")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
 
+    try:
+        limits = DocumentLimits(max_bytes=args.max_bytes)
+    except ValueError as exc:
+        parser.error(f"--max-bytes: {exc}")
     try:
         directory = LegacyDirectory.open(args.legacy_dir)
     except OSError as exc:
         parser.error(f"{args.legacy_dir}: {exc.strerror or exc}")
     reports: list[FileReport] = []
     try:
-        limits = DocumentLimits(max_bytes=args.max_bytes)
         store = open_store(args.store, create=args.create and not args.dry_run, limits=limits)
         reports.extend(directory.import_into(store, overwrite=args.overwrite, dry_run=args.dry_run))
     except ConfigError as exc:  # an outage or an unusable URL, not a bad file: stop and say so

@@ -86,7 +86,9 @@ def test_syntax_error_says_line_and_column() -> None:
     error = _reject(b'{\n  "a": 1,\n}')
     assert error.details == {"reason": "syntax", "line": 3, "column": 1}
     assert "line 3, column 1" in error.message
-    assert _reject(b"").details["reason"] == "syntax"
+    for empty in (b"", b" \n\t"):  # the server's words for an empty body
+        assert _reject(empty).details == {"reason": "empty", "line": 1, "column": 1}
+        assert _reject(empty).message == "document is empty"
     assert _reject(b'{"a": 1} trailing').details == {"reason": "syntax", "line": 1, "column": 10}
     assert _reject(b"{'a': 1}").details["reason"] == "syntax"
 

@@ -355,7 +355,8 @@ def test_fleet_simulator_refuses_remote_hosts_without_a_flag() -> None:
         ("fleet_simulator.py", ["--mac", "zz"], "invalid MAC address 'zz'"),
         ("fleet_simulator.py", ["--first-mac", "02:00"], "invalid MAC address"),
         ("fleet_simulator.py", ["--url", "http://127.0.0.1:port"], "http://host[:port]"),
-        ("fleet_simulator.py", ["--interval", "-1"], ">= 0"),
+        ("fleet_simulator.py", ["--interval", "-1"], "0..86400"),
+        ("fleet_simulator.py", ["--duration", "nan"], "0..86400"),
         ("fleet_simulator.py", ["--devices", "0"], "1..2000"),
     ],
 )
