@@ -775,6 +775,11 @@ def test_validate_of_a_store_lists_hand_copied_legacy_names(cli: Cli, store: Pat
     assert "AA-BB-CC-DD-EE-02.json" in line
     assert f"only as {MAC2}.json" in line
     assert "iot-config import" in line
+    # The fix it names works on the store itself: the canonical file is created beside it.
+    fixed = cli("--store", store, "import", store)
+    assert fixed.status == EXIT_OK, fixed.out
+    assert fixed.out.splitlines()[-1] == "imported 1, unchanged 1, skipped 0, rejected 0"
+    assert json.loads(cli("--store", store, "get", MAC2).out) == DOC2
 
 
 def test_validate_takes_no_store(cli: Cli, tmp_path: Path) -> None:
