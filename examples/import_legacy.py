@@ -1,12 +1,13 @@
 """Import a directory of legacy ``<mac>.json`` files into a store, with a per-file report.
 
-    python3 examples/import_legacy.py /old/service/configs ./iot-configs --create --dry-run
-    python3 examples/import_legacy.py /old/service/configs s3://fleet/configs --overwrite --json
+    . .venv/bin/activate          # the environment of the README's install
+    python3 examples/import_legacy.py /old/service/configs ./iot-configs --create
+    python3 examples/import_legacy.py /old/service/configs s3://fleet/configs --dry-run --json
 
 A script's view of what ``iot-config import`` does: both follow the one policy of
 `iot_config_core.legacy` (names in any MAC spelling, two files for one MAC rejected, every
 document checked with the store's rules, writes conditional on the version compared, nothing
-overwritten without ``--overwrite``). Running it twice reports everything as unchanged.
+overwritten without ``--overwrite``). Run again, it reports what it imported as unchanged.
 
 Exit status: 0 when no file was rejected, 1 when any was, 2 for bad arguments, 3 when the store
 failed.

@@ -101,9 +101,9 @@ def read_document(stream: IO[bytes], limits: DocumentLimits) -> bytes:
         size: int | None = os.fstat(stream.fileno()).st_size
     except (OSError, ValueError, AttributeError):  # a pipe or an in-memory stream has no size
         size = None
-    shown = f"{size} bytes" if size is not None and size > limits.max_bytes else "more bytes"
+    shown = f" of {size} bytes" if size is not None and size > limits.max_bytes else ""
     raise DocumentTooLargeError(
-        f"document of {shown} exceeds the limit of {limits.max_bytes} bytes",
+        f"document{shown} exceeds the limit of {limits.max_bytes} bytes",
         reason="too_large",
         size=size,
         limit=limits.max_bytes,
