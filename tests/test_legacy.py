@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,14 +14,13 @@ from iot_config_core.legacy import DUPLICATE_MAC, Checked, FileReport, LegacyDir
 
 # A few MACs, so that generated directories often hold two spellings of one of them.
 MACS = [MacAddress(0x02_00_00_00_00_00 + i) for i in range(4)]
-SPELLINGS = st.sampled_from(
-    [
-        str,
-        lambda m: m.with_separator(":", upper=True),
-        lambda m: m.with_separator(""),
-        lambda m: m.with_separator("-", upper=True),
-    ]
-)
+SPELLERS: list[Callable[[MacAddress], str]] = [
+    str,
+    lambda m: m.with_separator(":", upper=True),
+    lambda m: m.with_separator(""),
+    lambda m: m.with_separator("-", upper=True),
+]
+SPELLINGS = st.sampled_from(SPELLERS)
 CONTENTS = st.sampled_from(
     [b'{"deviceName": "a"}', b'{"deviceName": "b", "n": [1, 2]}', b"{", b"[1]", b"", b"x" * 300]
 )
