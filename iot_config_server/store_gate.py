@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 
-from .http_errors import ApiError
+from .http_errors import ApiError, ApiErrorCode
 
 __all__ = ["DEFAULT_SLOW_AFTER_SECONDS", "RESERVED_THREADS", "StoreGate"]
 
@@ -48,7 +48,7 @@ class StoreGate:
                 age = now - min(started.values())
                 if age >= self._slow_after:
                     raise ApiError(
-                        "STORE_BUSY",
+                        ApiErrorCode.STORE_BUSY,
                         f"the store is not answering: {len(started)} requests have waited on "
                         f"it, the longest for {age:.1f} s",
                         in_flight=len(started),
