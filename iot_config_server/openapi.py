@@ -151,10 +151,10 @@ class _SchemaBuilder:
             return {"type": "array", "items": self.schema(item, output=output)}
         if origin is dict or tp is dict:
             value = args[1] if len(args) == 2 else Any
-            value_schema = self.schema(value, output=output)
+            # `true`, not absent, for any value: generators read a bare object as "no keys".
             return {
                 "type": "object",
-                **({"additionalProperties": value_schema} if value_schema else {}),
+                "additionalProperties": self.schema(value, output=output) or True,
             }
         if attrs.has(tp):
             return self.ref(tp, output=output)
