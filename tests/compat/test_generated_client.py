@@ -38,7 +38,7 @@ TSC_OPTIONS = (
 
 
 def _run(args: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 -- fixed tool paths, arguments of our own
+    return subprocess.run(
         args, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
 

@@ -69,7 +69,8 @@ def _assert_same_shape(
         if request:  # we accept at least what the old service accepted
             assert old_types <= our_types, (old_key, name, old_types, our_types)
         else:  # we answer only what an old client can read
-            assert our_types and our_types <= old_types, (old_key, name, old_types, our_types)
+            assert our_types, (old_key, name)
+            assert our_types <= old_types, (old_key, name, old_types, our_types)
         if "items" in old_property:
             _assert_same_shape(
                 old, old_property["items"], ours, our_property["items"], request=request
@@ -116,11 +117,13 @@ def test_every_old_operation_is_served_under_the_same_names(
     assert old_parameters <= our_parameters
     # Parameters we added are optional headers: an old call still passes all that is required.
     for where, _, required in our_parameters - old_parameters:
-        assert where == "header" and not required
+        assert where == "header"
+        assert not required
     if "requestBody" in old:
         old_schema = _json_schema(old["requestBody"])
         our_schema = _json_schema(ours["requestBody"])
-        assert old_schema is not None and our_schema is not None
+        assert old_schema is not None
+        assert our_schema is not None
         _assert_same_shape(old_document, old_schema, live_document, our_schema, request=True)
     for status, answer in old["responses"].items():
         assert status in ours["responses"] or _is_framework_only(answer), (path, method, status)
@@ -186,6 +189,7 @@ def test_docs_pages_load_nothing_from_outside(base_url: str, page: str) -> None:
     for source in re.findall(r'(?:src|href)="([^"]+)"', body.decode()):
         assert "//" not in source, source
         asset_status, _, asset = fetch(base_url + page.rsplit("/", 1)[0] + "/" + source)
-        assert asset_status == 200 and asset, source
+        assert asset_status == 200, source
+        assert asset, source
     init = fetch(base_url + "/api/docs/assets/init.js")[2].decode()
     assert "validatorUrl: null" in init
