@@ -81,24 +81,58 @@ class ErrorRule:
     wire_code: str
     exit_status: ExitStatus = ExitStatus.FAILED
     headers: tuple[tuple[str, str], ...] = ()
+    #: Why an action failed, completing "Cannot <action> because ...": a template over the
+    #: error's details and its ``message`` (a core message is terse; an admin reads this one).
+    cause: str = "{message}"
 
 
 ERROR_TABLE: Mapping[Code, ErrorRule] = {
     # core errors
-    ErrorCode.INVALID_MAC: ErrorRule(400, "INVALID_OPERATION", ExitStatus.USAGE),  # old code
-    ErrorCode.INVALID_DOCUMENT: ErrorRule(400, "INVALID_DOCUMENT"),
-    ErrorCode.DOCUMENT_TOO_LARGE: ErrorRule(413, "PAYLOAD_TOO_LARGE"),
-    ErrorCode.INVALID_ETAG: ErrorRule(400, "INVALID_HEADER", ExitStatus.USAGE),
-    ErrorCode.NOT_FOUND: ErrorRule(404, "RECORD_NOT_FOUND"),  # the old service's code
-    ErrorCode.ALREADY_EXISTS: ErrorRule(409, "CONFLICT"),
-    ErrorCode.PRECONDITION_FAILED: ErrorRule(412, "PRECONDITION_FAILED"),
-    ErrorCode.CORRUPT_DOCUMENT: ErrorRule(422, "CORRUPT_DOCUMENT"),
+    # The old service's code and words.
+    ErrorCode.INVALID_MAC: ErrorRule(
+        400, "INVALID_OPERATION", ExitStatus.USAGE, cause="MAC address {value!r} has invalid format"
+    ),
+    ErrorCode.INVALID_DOCUMENT: ErrorRule(
+        400, "INVALID_DOCUMENT", cause="the content is not a valid config document ({message})"
+    ),
+    ErrorCode.DOCUMENT_TOO_LARGE: ErrorRule(
+        413,
+        "PAYLOAD_TOO_LARGE",
+        cause="the document is {size} bytes, over the limit of {limit} bytes",
+    ),
+    ErrorCode.INVALID_ETAG: ErrorRule(
+        400, "INVALID_HEADER", ExitStatus.USAGE, cause="an entity tag is malformed ({message})"
+    ),
+    # The old service's code; its message is built in `user_message`.
+    ErrorCode.NOT_FOUND: ErrorRule(404, "RECORD_NOT_FOUND"),
+    ErrorCode.ALREADY_EXISTS: ErrorRule(
+        409, "CONFLICT", cause="{message} and allow_overwrite is false"
+    ),
+    ErrorCode.PRECONDITION_FAILED: ErrorRule(
+        412,
+        "PRECONDITION_FAILED",
+        cause="the If-Match/If-None-Match condition did not hold: {message}",
+    ),
+    ErrorCode.CORRUPT_DOCUMENT: ErrorRule(
+        422,
+        "CORRUPT_DOCUMENT",
+        cause="the stored file is damaged ({message}); saving a valid config repairs it",
+    ),
     ErrorCode.STORE_UNAVAILABLE: ErrorRule(
-        503, "STORE_UNAVAILABLE", ExitStatus.UNAVAILABLE, RETRY_AFTER
+        503,
+        "STORE_UNAVAILABLE",
+        ExitStatus.UNAVAILABLE,
+        RETRY_AFTER,
+        cause="the config store is unavailable ({message}); try again later",
     ),
     # The store cannot do this safely at all (radosgw ignores If-Match on DELETE): retrying
     # will not help, so not a 503.
-    ErrorCode.UNSUPPORTED_STORE: ErrorRule(501, "NOT_SUPPORTED_BY_STORE", ExitStatus.USAGE),
+    ErrorCode.UNSUPPORTED_STORE: ErrorRule(
+        501,
+        "NOT_SUPPORTED_BY_STORE",
+        ExitStatus.USAGE,
+        cause="the config store cannot do this safely ({message})",
+    ),
     ErrorCode.CONFIG_ERROR: ErrorRule(500, "INTERNAL_ERROR"),
     # HTTP-layer errors
     ApiErrorCode.BAD_REQUEST: ErrorRule(400, "BAD_REQUEST", ExitStatus.USAGE),
@@ -149,32 +183,11 @@ def wire_codes() -> list[str]:
 
 
 def _cause(error: ConfigError | ApiError) -> str:
-    """Why an operation failed, as a clause after "because"."""
-    details = error.details
-    match error.code:
-        case ErrorCode.INVALID_MAC if "value" in details:
-            return f"MAC address {details['value']!r} has invalid format"
-        case ErrorCode.DOCUMENT_TOO_LARGE if "size" in details:
-            return (
-                f"the document is {details['size']} bytes, "
-                f"over the limit of {details.get('limit')} bytes"
-            )
-        case ErrorCode.INVALID_DOCUMENT:
-            return f"the content is not a valid config document ({error.message})"
-        case ErrorCode.INVALID_ETAG:
-            return f"an entity tag is malformed ({error.message})"
-        case ErrorCode.ALREADY_EXISTS:
-            return f"{error.message} and allow_overwrite is false"
-        case ErrorCode.PRECONDITION_FAILED:
-            return f"the If-Match/If-None-Match condition did not hold: {error.message}"
-        case ErrorCode.CORRUPT_DOCUMENT:
-            return f"the stored file is damaged ({error.message}); saving a valid config repairs it"
-        case ErrorCode.STORE_UNAVAILABLE:
-            return f"the config store is unavailable ({error.message}); try again later"
-        case ErrorCode.UNSUPPORTED_STORE:
-            return f"the config store cannot do this safely ({error.message})"
-        case _:
-            return error.message
+    """Why an operation failed, as a clause after "because" (the core's message if no template)."""
+    try:
+        return http_error_for(error).cause.format_map({**error.details, "message": error.message})
+    except (KeyError, IndexError, ValueError):  # details without the facts the template names
+        return error.message
 
 
 def user_message(error: ConfigError | ApiError, action: str) -> str:
