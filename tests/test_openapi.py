@@ -11,7 +11,8 @@ import pytest
 import webtest
 from openapi_spec_validator import validate
 
-from iot_config_core import ConfigStore, ConfigSummary, open_store
+from iot_config_core import ConfigStore, ConfigSummary, MacAddress, open_store
+from iot_config_core.mac import CANONICAL_PATTERN
 from iot_config_core.wire import ConfigListWire, ConfigWire
 from iot_config_server import Settings, create_app
 from iot_config_server.api_models import (
@@ -255,3 +256,13 @@ def test_docs_page_works_with_and_without_trailing_slash(app: webtest.TestApp, p
 
 def test_swagger_ui_never_asks_an_outside_validator(app: webtest.TestApp) -> None:
     assert "validatorUrl: null" in app.get("/api/docs/assets/init.js").text
+
+
+def test_wire_macs_are_documented_with_the_cores_canonical_pattern(
+    document: dict[str, Any],
+) -> None:
+    summary = document["components"]["schemas"][SCHEMA_NAMES[ConfigSummary].key]
+    assert summary["properties"]["mac_address"]["pattern"] == CANONICAL_PATTERN
+    for value in (0, 1, 0xAABBCCDDEEFF, (1 << 48) - 1):
+        assert re.fullmatch(CANONICAL_PATTERN, str(MacAddress(value)))
+    assert not re.fullmatch(CANONICAL_PATTERN, "AA-BB-CC-DD-EE-FF")
