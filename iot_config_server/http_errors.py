@@ -168,8 +168,14 @@ class ApiError(Exception):
 
 
 def http_error_for(error: ConfigError | ApiError) -> ErrorRule:
-    """The rule for ``error``; a code missing from the table is a 500 (a bug to fix)."""
-    return ERROR_TABLE.get(error.code, _FALLBACK)
+    """The rule for ``error``'s code, else for the nearest base class's; else a 500 (a bug)."""
+    rule = ERROR_TABLE.get(error.code)
+    if rule is not None:
+        return rule
+    for cls in type(error).__mro__:
+        if issubclass(cls, ConfigError) and cls.code in ERROR_TABLE:
+            return ERROR_TABLE[cls.code]
+    return _FALLBACK
 
 
 def exit_status_for(error: ConfigError) -> ExitStatus:

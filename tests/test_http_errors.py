@@ -68,3 +68,11 @@ def test_messages_read_as_the_old_service_wrote_them() -> None:
     assert user_message(busy, "list configs") == (
         "Cannot list configs because the store is not answering"
     )
+
+
+def test_a_core_error_the_table_does_not_know_is_answered_as_its_base_class() -> None:
+    class ReadOnlyStoreError(StoreUnavailableError):
+        code = "READ_ONLY"  # type: ignore[assignment]  # a code added before the table learns it
+
+    assert "READ_ONLY" not in ERROR_TABLE
+    assert exit_status_for(ReadOnlyStoreError("ro")) is ExitStatus.UNAVAILABLE
