@@ -78,6 +78,9 @@ class Endpoint:
     request_model: type | None = None
     request_headers: tuple[Header, ...] = ()
     description: str = ""
+    #: The operationId when it is not the one `operation_id` derives: the old service's names,
+    #: braces and all, which generated clients call.
+    legacy_operation_id: str = ""
 
     @property
     def template(self) -> str:
@@ -142,6 +145,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         errors=(*_MAC_ERRORS, ErrorCode.CORRUPT_DOCUMENT),
         action="get config",
         admin=True,
+        legacy_operation_id="get__api_configs_{mac_address}",
     ),
     Endpoint(
         "put_config",
@@ -168,6 +172,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         request_model=PutConfigRequest,
         request_headers=(IF_MATCH, IF_NONE_MATCH_WRITE),
         description="`allow_overwrite: false` refuses to replace an existing config (409).",
+        legacy_operation_id="put__api_configs_{mac_address}",
     ),
     Endpoint(
         "delete_config",
@@ -185,6 +190,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         action="delete config",
         admin=True,
         request_headers=(IF_MATCH,),
+        legacy_operation_id="delete__api_configs_{mac_address}",
     ),
     Endpoint(
         "device_config",
@@ -300,13 +306,17 @@ def path_parameters(rule: str) -> list[str]:
     return [DOCUMENTED_NAMES.get(name, name) for name in _PARAM.findall(rule)]
 
 
-def operation_id(method: str, rule: str) -> str:
-    """The old service's operationId style: ``get__api_configs_{mac_address}``.
+def operation_id(endpoint: Endpoint) -> str:
+    """The operationId: the old service's style (``get__api_health``), as a plain identifier.
 
-    Characters other than letters, digits, ``_`` and the braces of a parameter become ``_``, so
-    ``.json`` paths still give names that client generators accept.
+    Parameter braces are dropped and any other character that is not a letter, digit or ``_``
+    (``/``, ``.``) becomes ``_``, so every generator can use it as a function name:
+    ``get__esp32_config_mac_address_json``.
     """
-    return method.lower() + "_" + re.sub(r"[^0-9A-Za-z_{}]", "_", openapi_path(rule))
+    if endpoint.legacy_operation_id:
+        return endpoint.legacy_operation_id
+    path = openapi_path(endpoint.rule).replace("{", "").replace("}", "")
+    return endpoint.method.lower() + "_" + re.sub(r"\W", "_", path, flags=re.ASCII)
 
 
 def rules() -> list[str]:

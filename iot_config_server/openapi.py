@@ -234,7 +234,7 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
         responses[str(reply.status)] = answer
     responses.update(_error_responses(endpoint, builder))
     operation: dict[str, Any] = {
-        "operationId": operation_id(endpoint.method, endpoint.rule),
+        "operationId": operation_id(endpoint),
         "summary": endpoint.summary,
         "tags": [endpoint.tag],
         "responses": responses,

@@ -21,6 +21,7 @@ from iot_config_server.api_models import (
     HealthyReport,
     UnhealthyReport,
 )
+from iot_config_server.endpoints import ENDPOINTS
 from iot_config_server.http_errors import ERROR_TABLE, ApiErrorCode
 
 MAC = "aa-bb-cc-dd-ee-ff"
@@ -71,14 +72,17 @@ def test_documents_exactly_the_routes_the_app_serves(
     assert ("/esp32/config/{mac_address}.json", "get") in served
 
 
-def test_operation_ids_are_unique_identifiers_but_for_parameter_braces(
+def test_operation_ids_are_unique_identifiers_but_the_old_services(
     document: dict[str, Any],
 ) -> None:
     ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
     assert len(ids) == len(set(ids))
-    for operation_id in ids:
-        assert re.fullmatch(r"[a-z]+__[A-Za-z0-9_{}]+", operation_id), operation_id
-    assert "get__esp32_config_{mac_address}_json" in ids
+    legacy = {endpoint.legacy_operation_id for endpoint in ENDPOINTS} - {""}
+    assert legacy == {f"{m}__api_configs_{{mac_address}}" for m in ("get", "put", "delete")}
+    for operation_id in set(ids) - legacy:
+        assert re.fullmatch(r"[a-z]+__[A-Za-z0-9_]+", operation_id), operation_id
+    assert "get__esp32_config_mac_address_json" in ids
+    assert "get__api_health" in ids
 
 
 def test_error_headers_come_from_the_error_table(
