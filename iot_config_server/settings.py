@@ -129,7 +129,7 @@ class Settings:
     #: Seconds with store calls in flight and none completing after which the store counts as
     #: hung and store requests are shed (see `iot_config_server.store_gate`).
     store_stall_seconds: float = attrs.field(
-        default=0.5, converter=float, validator=_positive_seconds("store_stall_seconds")
+        default=1.0, converter=float, validator=_positive_seconds("store_stall_seconds")
     )
     #: One log line per request (method, route, status, duration, request id).
     access_log: bool = False

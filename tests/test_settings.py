@@ -30,7 +30,7 @@ def test_defaults() -> None:
         1,
     )
     assert settings.max_document_bytes == DocumentLimits().max_bytes == 1048576
-    assert settings.store_stall_seconds == 0.5
+    assert settings.store_stall_seconds == 1.0
     assert not settings.access_log
     assert settings.cors_origins == ()
     assert settings.admin_tokens == ()
