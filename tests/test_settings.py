@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from iot_config_core import DocumentLimits
 from iot_config_server.logging_setup import configure_logging
 from iot_config_server.request_ids import current_request_id
-from iot_config_core import DocumentLimits
 from iot_config_server.settings import Settings, SettingsError, default_threads
 
 
