@@ -554,3 +554,45 @@ def test_bursts_of_writes_are_never_shed(server: Server, store: Path) -> None:
     assert set(statuses) <= {200, 201}, sorted(set(statuses))
     assert len(list(store.glob("*.json"))) == 201
     assert "STORE_BUSY" not in server.log()
+
+
+# -- the access log ------------------------------------------------------------------------------
+
+
+def test_access_log_one_json_line_per_request(tmp_path: Path, store: Path) -> None:
+    """Method, route template (not the raw path), status, duration and the request's id."""
+    port = free_port()
+    env = child_env(IOT_CONFIG_ACCESS_LOG="on", IOT_CONFIG_LOG_FORMAT="json")
+    with running(["--store", str(store), "--port", str(port)], tmp_path, port, env) as srv:
+        body = json.dumps({"content": {"deviceName": "logged"}}).encode()
+        sent = [
+            ("PUT", f"/api/configs/{MAC}", body, "rid-put"),
+            ("GET", f"/esp32/config/{MAC}.json", None, "rid-device"),
+            ("GET", "/esp32/config/not-a-mac.json", None, "rid-bad-mac"),
+            ("GET", "/no/such/route", None, "rid-unmatched"),
+            ("DELETE", "/api/health/live", None, "rid-wrong-method"),
+        ]
+        for method, path, payload, rid in sent:
+            headers = {"X-Request-ID": rid, "Content-Type": "application/json"}
+            request(port, method, path, payload, headers)
+        assert srv.terminate() == 0
+        lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
+    access = {
+        line["request_id"]: line for line in lines if line["logger"] == "iot_config_server.access"
+    }
+    expected = {
+        "rid-put": ("PUT", "/api/configs/<mac>", 200),
+        "rid-device": ("GET", "/esp32/config/<mac>.json", 200),
+        "rid-bad-mac": ("GET", "/esp32/config/<mac>.json", 400),
+        "rid-unmatched": ("GET", "-", 404),
+        "rid-wrong-method": ("DELETE", "-", 405),
+    }
+    logged = {rid: (a["method"], a["route"], a["status"]) for rid, a in access.items()}
+    assert {rid: logged.get(rid) for rid in expected} == expected
+    assert all(isinstance(a["duration_ms"], float) for a in access.values())
+    assert not any("not-a-mac" in line["message"] for line in access.values())
+
+
+def test_access_log_is_off_by_default(server: Server) -> None:
+    request(server.port, "GET", "/api/health/live")
+    assert "iot_config_server.access" not in server.log()
