@@ -8,10 +8,11 @@ gunicorn and cheroot); and on SIGTERM it stops accepting, lets in-flight request
 0 (waitress-serve dropped the request in flight, cheroot hung).
 
 Granian runs the app in worker processes (one by default) under a small supervisor process that
-owns the listening socket, which we bind ourselves (see `listen`) so that a port is never shared. Each worker builds its own app from the `Settings` it is handed (no
-global state crosses the fork), and several workers on one store are safe because the core's
-compare-and-swap holds across processes. This module imports neither Bottle nor the app, so the
-supervisor stays small; workers import them when they build the app.
+owns the listening socket, which we bind ourselves (see `listen`) so that a port is never shared.
+Each worker builds its own app from the `Settings` it is handed (no global state crosses the
+fork), and several workers on one store are safe because the core's compare-and-swap holds
+across processes. This module imports neither Bottle nor the app, so the supervisor stays small;
+workers import them when they build the app.
 """
 
 from __future__ import annotations

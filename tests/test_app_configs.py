@@ -451,7 +451,8 @@ def test_malformed_chunking_is_400(small_app: tuple[webtest.TestApp, ConfigStore
 
 def test_invalid_content_length_is_400(small_app: tuple[webtest.TestApp, ConfigStore]) -> None:
     _, store = small_app
-    app = webtest.TestApp(create_app(store, Settings(max_document_bytes=1000)), lint=False)  # lint rejects the header
+    settings = Settings(max_document_bytes=1000)
+    app = webtest.TestApp(create_app(store, settings), lint=False)  # lint rejects the header
     request = webtest.TestRequest.blank(
         f"/api/configs/{MAC}", method="PUT", headers={"Content-Type": "application/json"}
     )
