@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -194,11 +195,10 @@ def run_wsgi(
             self._ssp = None
             # Granian's attributes are declared as None until it fills them itself.
             self._sfd = sock.fileno()  # type: ignore[assignment]
-            self._shd = SocketHolder(  # type: ignore[call-arg,assignment]
-                sock.fileno(),
-                False,  # noqa: FBT003 -- not a Unix socket
-                BACKLOG,
-            )
+            # Linux and FreeBSD holders also take the backlog (they listen in each worker).
+            extra = (BACKLOG,) if sys.platform.startswith(("linux", "freebsd")) else ()
+            holder = SocketHolder(sock.fileno(), False, *extra)  # type: ignore[call-arg]  # noqa: FBT003
+            self._shd = holder  # type: ignore[assignment]
             self._sso = sock
 
     server = _Server(

@@ -167,13 +167,16 @@ class Settings:
             "://" not in url and os.path.normpath(url) == os.path.normpath(DEFAULT_STORE_URL)
         )
 
-    def open_store(self) -> ConfigStore:
+    def open_store(self, *, create: bool = False) -> ConfigStore:
         """The store these settings name, with their document limits; used by every entry point.
 
-        Creates only the default directory (see `creates_store`). Raises the core's `ConfigError`
-        subclasses, like `iot_config_core.open_store`.
+        Creates the default directory (see `creates_store`), any other store only when ``create``
+        (an operator's explicit ``--create-store``). Raises the core's `ConfigError` subclasses,
+        like `iot_config_core.open_store`.
         """
-        return open_store(self.store_url, create=self.creates_store, limits=self.document_limits)
+        return open_store(
+            self.store_url, create=create or self.creates_store, limits=self.document_limits
+        )
 
     @property
     def auth_enabled(self) -> bool:

@@ -146,8 +146,10 @@ def test_settings_open_their_store_with_their_limits(
     assert Settings(store_url="iot-configs/.").creates_store
     Settings().open_store()
     assert (tmp_path / "iot-configs").is_dir()  # only the default store is ever created
-    elsewhere = Settings(store_url=str(tmp_path / "typo"))
+    elsewhere = Settings(store_url=str(tmp_path / "elsewhere"))
     assert not elsewhere.creates_store
+    elsewhere.open_store(create=True)  # the CLI's --create-store
+    assert (tmp_path / "elsewhere").is_dir()
 
 
 def test_tokens_never_in_repr_or_errors() -> None:
