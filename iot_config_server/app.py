@@ -72,9 +72,16 @@ _STARTED_KEY = "iot_config.started"
 def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     """A new Bottle app serving ``store``; nothing global, so apps on two stores coexist.
 
-    Document size limits are the store's own (``store.limits``): open the store with
-    ``DocumentLimits(max_bytes=settings.max_document_bytes)`` for the setting to apply.
+    Document size limits are the store's own, and must be the ones ``settings`` ask for: open the
+    store with `Settings.open_store` (or ``limits=settings.document_limits``). A mismatch raises
+    `ValueError` rather than silently serving a limit nobody configured.
     """
+    if store.limits.max_bytes != settings.max_document_bytes:
+        raise ValueError(
+            f"the store's document limit ({store.limits.max_bytes} bytes) is not the settings' "
+            f"max_document_bytes ({settings.max_document_bytes}): open it with "
+            "Settings.open_store()"
+        )
     app = _ConfigApp()
     # No JSON/template plugins: every handler returns the bytes it encoded.
     app.uninstall(True)  # noqa: FBT003
@@ -82,7 +89,9 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     app.config[METRICS_CONFIG_KEY] = metrics
     cors = CorsPolicy(settings.cors_origins)
     auth = BearerAuth(settings.admin_tokens)
-    routes = _Routes(app, store, metrics, StoreGate(settings.threads))
+    routes = _Routes(
+        app, store, metrics, StoreGate(settings.threads, stall_after=settings.store_stall_seconds)
+    )
     app.install(_RequestPlugin(metrics, cors, auth))
     for endpoint in ENDPOINTS:
         app.route(
@@ -532,9 +541,9 @@ class _Routes:
 
         return raw_config
 
-    def _operate(self, name: str, action: Callable[[], Any]) -> Any:
+    def _operate(self, name: str, action: Callable[[], Any], *, write: bool = False) -> Any:
         op = self._ops[name]
-        self._gate.enter()
+        self._gate.enter(write=write)
         try:
             result = action()
         except ConfigError as exc:
@@ -573,6 +582,7 @@ class _Routes:
                 if_none_match=if_none_match,
                 create_only=not put.allow_overwrite,
             ),
+            write=True,
         )
         log.info("stored config %s (etag %s)", stored.mac_address, stored.etag)
         return _config_answer(stored)
@@ -581,7 +591,7 @@ class _Routes:
         environ = bottle.request.environ
         address = MacAddress.parse(mac)
         if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
-        self._operate("delete", lambda: self._store.delete(address, if_match=if_match))
+        self._operate("delete", lambda: self._store.delete(address, if_match=if_match), write=True)
         log.info("deleted config %s", address)
         bottle.response.status = 204
         return b""

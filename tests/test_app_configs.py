@@ -359,7 +359,7 @@ def test_put_invalid_mac_is_400_before_the_body_is_looked_at(app: webtest.TestAp
 @pytest.fixture
 def small_app(tmp_path: Path) -> tuple[webtest.TestApp, ConfigStore]:
     store = open_store(str(tmp_path / "small"), create=True, limits=DocumentLimits(max_bytes=1000))
-    return webtest.TestApp(create_app(store, Settings())), store
+    return webtest.TestApp(create_app(store, Settings(max_document_bytes=1000))), store
 
 
 def test_document_over_the_core_limit_is_413(
@@ -458,7 +458,8 @@ def test_malformed_chunking_is_400(small_app: tuple[webtest.TestApp, ConfigStore
 
 def test_invalid_content_length_is_400(small_app: tuple[webtest.TestApp, ConfigStore]) -> None:
     _, store = small_app
-    app = webtest.TestApp(create_app(store, Settings()), lint=False)  # lint rejects the header
+    settings = Settings(max_document_bytes=1000)
+    app = webtest.TestApp(create_app(store, settings), lint=False)  # lint rejects the header
     request = webtest.TestRequest.blank(
         f"/api/configs/{MAC}", method="PUT", headers={"Content-Type": "application/json"}
     )
