@@ -29,13 +29,11 @@ from iot_config_core import (
     ConfigSummary,
     CorruptDocumentError,
     DocumentLimits,
-    InvalidETagError,
     InvalidMacError,
     MacAddress,
     NotFoundError,
     PreconditionFailedError,
     StoreUnavailableError,
-    UnsupportedStoreError,
     __version__,
     decode_document,
     encode_document,
@@ -44,6 +42,7 @@ from iot_config_core import (
 from iot_config_core.legacy import Checked, FileReport, LegacyDirectory, Outcome, read_document
 from iot_config_core.posix_backend import sync_directory, write_file_atomically
 from iot_config_core.wire import summary_to_wire
+from iot_config_server.http_errors import ExitStatus, exit_status_for  # no Bottle either
 from iot_config_server.settings import Settings, SettingsError  # plain attrs: no Bottle
 
 __all__ = [
@@ -58,13 +57,11 @@ __all__ = [
 ]
 
 PROG = "iot-config"
-EXIT_OK = 0
-#: A document, a precondition or a lookup failed: not found, stale ETag, exists, invalid, corrupt.
-EXIT_FAILED = 1
-#: The command line itself was wrong (argparse uses 2 as well).
-EXIT_USAGE = 2
-#: The store could not be reached or failed; retrying later may succeed.
-EXIT_UNAVAILABLE = 3
+# One table decides the exit status of each error code (`http_errors.ERROR_TABLE`).
+EXIT_OK = int(ExitStatus.OK)
+EXIT_FAILED = int(ExitStatus.FAILED)
+EXIT_USAGE = int(ExitStatus.USAGE)
+EXIT_UNAVAILABLE = int(ExitStatus.UNAVAILABLE)
 
 
 EXIT_STATUS_HELP = """\
@@ -128,6 +125,13 @@ def _store_url(text: str) -> str:
     return text
 
 
+def _mac(text: str) -> MacAddress:
+    try:
+        return MacAddress.parse(text)
+    except InvalidMacError as exc:  # argparse's error then comes with the subcommand's usage
+        raise argparse.ArgumentTypeError(f"{exc.message} [{exc.code}]") from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -140,11 +144,22 @@ def _positive_int(text: str) -> int:
 
 @attrs.frozen
 class _Context:
-    """What every subcommand needs: where the store is, its limits, and the server's settings."""
+    """What every subcommand needs: the server's settings, with the command line's store and limit.
 
-    store_url: str
-    limits: DocumentLimits
+    Stores are opened with the settings' limits but never created unasked: unlike ``serve``
+    (`Settings.open_store`), no subcommand creates even the default ``./iot-configs``, so a
+    command run in the wrong directory fails instead of answering from a new, empty fleet.
+    """
+
     settings: Settings
+
+    @property
+    def store_url(self) -> str:
+        return self.settings.store_url
+
+    @property
+    def limits(self) -> DocumentLimits:
+        return self.settings.document_limits
 
     def open(self, *, create: bool = False) -> ConfigStore:
         if self.store_url.startswith("memory://"):
@@ -319,7 +334,7 @@ def cmd_get(ctx: _Context, args: argparse.Namespace) -> int:
 
 def cmd_put(ctx: _Context, args: argparse.Namespace) -> int:
     """Validate a document and store it; print the new ETag."""
-    mac = MacAddress.parse(args.mac)
+    mac: MacAddress = args.mac
     content, _ = _validated(_read_input(args.file, ctx.limits), ctx.limits)
     store = ctx.open(create=args.create_store)
     stored = store.put(mac, content, if_match=args.if_match, create_only=args.create_only)
@@ -329,7 +344,7 @@ def cmd_put(ctx: _Context, args: argparse.Namespace) -> int:
 
 def cmd_delete(ctx: _Context, args: argparse.Namespace) -> int:
     """Delete one config, optionally only at a known version."""
-    mac = MacAddress.parse(args.mac)
+    mac: MacAddress = args.mac
     ctx.open().delete(mac, if_match=args.if_match)
     _err(f"deleted {mac}")
     return EXIT_OK
@@ -501,17 +516,9 @@ def cmd_validate(ctx: _Context, args: argparse.Namespace) -> int:
 
 def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
     """Run the HTTP server in the foreground until SIGTERM (the only subcommand needing Bottle)."""
-    overrides: dict[str, Any] = {"store_url": ctx.store_url}
-    for option in ("host", "port", "threads", "workers", "log_level", "log_format"):
-        value = getattr(args, option)
-        if value is not None:
-            overrides[option] = value
-    if args.max_document_bytes is not None:
-        overrides["max_document_bytes"] = args.max_document_bytes
-    try:
-        settings = attrs.evolve(ctx.settings, **overrides)
-    except SettingsError as exc:
-        raise UsageError(str(exc)) from None
+    options = ("host", "port", "threads", "workers", "log_level", "log_format")
+    overrides = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
+    settings = _evolve(ctx.settings, overrides)
     missing_extra = "serve needs the server extra (in a checkout: pip install '.[server]')"
     try:
         # Imported here, not at the top, so every other subcommand works without Bottle.
@@ -592,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler, parser=sub)
         return sub
 
-    defaults = attrs.fields(Settings)
+    defaults = Settings()  # some defaults depend on the machine (threads: its CPUs)
     sub = add(
         "serve",
         cmd_serve,
@@ -601,21 +608,19 @@ def build_parser() -> argparse.ArgumentParser:
         "IOT_CONFIG_* environment variables.",
     )
     sub.add_argument(
-        "--host", help=f"address to bind (default {defaults.host.default}; 0.0.0.0 in containers)"
+        "--host", help=f"address to bind (default {defaults.host}; 0.0.0.0 in containers)"
     )
-    sub.add_argument(
-        "--port", type=_positive_int, help=f"port to bind (default {defaults.port.default})"
-    )
+    sub.add_argument("--port", type=_positive_int, help=f"port to bind (default {defaults.port})")
     sub.add_argument(
         "--threads",
         type=_positive_int,
         help="request threads per worker "
-        f"(default $IOT_CONFIG_THREADS or {defaults.threads.default})",
+        f"(default $IOT_CONFIG_THREADS or {defaults.threads} on this machine)",
     )
     sub.add_argument(
         "--workers",
         type=_positive_int,
-        help=f"worker processes (default $IOT_CONFIG_WORKERS or {defaults.workers.default})",
+        help=f"worker processes (default $IOT_CONFIG_WORKERS or {defaults.workers})",
     )
     sub.add_argument("--log-level", help="debug, info, warning or error (default info)")
     sub.add_argument("--log-format", help="text or json (default text)")
@@ -629,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
         "print one config",
         "Write a config to stdout exactly as stored (the bytes devices receive).",
     )
-    sub.add_argument("mac", metavar="MAC", help=MAC_HELP)
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
     sub.add_argument("--etag", action="store_true", help="also print the ETag, alone on stderr")
 
     sub = add(
@@ -638,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         "validate and store one config",
         "Validate a JSON document and store it as the config of MAC; print the new ETag.",
     )
-    sub.add_argument("mac", metavar="MAC", help=MAC_HELP)
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
     sub.add_argument(
         "file",
         metavar="FILE",
@@ -655,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub = add("delete", cmd_delete, "delete one config", "Delete the config of MAC.")
-    sub.add_argument("mac", metavar="MAC", help=MAC_HELP)
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
     sub.add_argument("--if-match", metavar="ETAG", help="delete only if the stored ETag is ETAG")
 
     sub = add(
@@ -740,20 +745,31 @@ def _library_logging(debug: bool) -> Iterator[None]:
 
 
 def _exit_status(exc: ConfigError | UsageError) -> int:
-    """The exit status of a failed command: the one table behind ``EXIT_STATUS_HELP``."""
-    if isinstance(exc, StoreUnavailableError) or (isinstance(exc, FileError) and exc.unavailable):
+    """The exit status of a failed command (``EXIT_STATUS_HELP``).
+
+    Core errors take theirs from the one error table, beside their HTTP status; the CLI's own
+    errors are usage errors, except a local write that failed underneath.
+    """
+    if isinstance(exc, FileError) and exc.unavailable:
         return EXIT_UNAVAILABLE
-    if isinstance(exc, UsageError | InvalidMacError | InvalidETagError | UnsupportedStoreError):
+    if isinstance(exc, UsageError):
         return EXIT_USAGE
-    return EXIT_FAILED
+    return int(exit_status_for(exc))
+
+
+def _evolve(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
+    try:
+        return attrs.evolve(settings, **overrides)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _context(args: argparse.Namespace, environ: Mapping[str, str]) -> _Context:
-    settings = _env_settings(environ)
     if args.command == "validate" and args.store is not None:
         raise UsageError("validate checks files without a store: leave --store out")
-    max_bytes = args.max_document_bytes or settings.max_document_bytes
-    return _Context(args.store or settings.store_url, DocumentLimits(max_bytes=max_bytes), settings)
+    options = {"store_url": args.store, "max_document_bytes": args.max_document_bytes}
+    overrides = {name: value for name, value in options.items() if value is not None}
+    return _Context(_evolve(_env_settings(environ), overrides))
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -793,11 +809,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         message = f"{exc.filename or ''}: {exc.strerror or exc} [{FileError.code}]"
     if args.debug:
         traceback.print_exception(failure, file=sys.stderr)
-    if status == EXIT_USAGE:  # like argparse's own usage errors: the subcommand's usage first
-        args.parser.print_usage(sys.stderr)
-        _err(f"{args.parser.prog}: error: {message}")
-    else:
-        _err(f"{PROG}: error: {message}")
+    _err(f"{PROG}: error: {message}")
     return status
 
 
