@@ -20,7 +20,9 @@ __all__ = [
     "InvalidMacError",
     "NotFoundError",
     "PreconditionFailedError",
+    "StoreMissingError",
     "StoreUnavailableError",
+    "StoredDocumentTooLargeError",
     "UnsupportedStoreError",
 ]
 
@@ -122,3 +124,21 @@ class UnsupportedStoreError(ConfigError, ValueError):
     """A store URL whose backend cannot give the store's guarantees (atomic, conditional writes)."""
 
     code = "UNSUPPORTED_STORE"
+
+
+class StoreMissingError(StoreUnavailableError):
+    """The store's root (directory, bucket) does not exist (``details``: ``store``).
+
+    An outage rather than an empty fleet, with the same code as `StoreUnavailableError`; its
+    message says how to create the root, so the CLI and the server print it as it is.
+    """
+
+
+class StoredDocumentTooLargeError(CorruptDocumentError):
+    """A stored file over the configured size limit (``details``: ``size``, ``limit``).
+
+    Not a client's upload (that is `DocumentTooLargeError`): the file was put there by hand or
+    under a larger limit. It is reported, never served; overwriting it repairs it.
+    """
+
+    code = "STORED_DOCUMENT_TOO_LARGE"
