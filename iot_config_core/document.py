@@ -14,7 +14,6 @@ import math
 import re
 import sys
 from collections.abc import Mapping
-from json.decoder import scanstring
 from typing import Any, NoReturn
 
 import attrs
@@ -137,6 +136,8 @@ def _too_deep(max_depth: int, pointer: str) -> NoReturn:
 
 
 # Any JSON scalar that is not a string: what follows a value position when it is not {, [ or ".
+# Decodes the one string at an offset (``raw_decode``), with the escapes the decoder knows.
+_STRING = json.JSONDecoder()
 _NON_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
 _SCALAR_TOKEN = re.compile(r"-?Infinity|NaN|true|false|null|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
@@ -168,7 +169,7 @@ def _locate(text: str, max_depth: int) -> InvalidDocumentError | None:
             i += 1
             continue
         if top is not None and top[1] is not None and top[3]:  # a key
-            key, after = scanstring(text, i + 1)
+            key, after = _STRING.raw_decode(text, i)
             if not _encodable(key):  # the key cannot be in the pointer (nor in any UTF-8 answer)
                 return _located("lone_surrogate", _SURROGATE, text, i, top[0])
             if key in top[1]:
@@ -191,7 +192,7 @@ def _locate(text: str, max_depth: int) -> InvalidDocumentError | None:
             i += 1
             continue
         if char == '"':
-            string, after = scanstring(text, i + 1)
+            string, after = _STRING.raw_decode(text, i)
             if not _encodable(string):
                 return _located("lone_surrogate", _SURROGATE, text, i, where)
             i = after
@@ -203,7 +204,7 @@ def _locate(text: str, max_depth: int) -> InvalidDocumentError | None:
         is_int = token.lstrip("-").isdigit()
         is_float = token[-1].isdigit() and not is_int
         if token in _NON_FINITE or (is_float and math.isinf(float(token))):
-            what = f"{token} is not a finite JSON number"
+            what = f"non-finite number {token}"
             return _located("non_finite_number", what, text, i, where, value=token)
         if is_int and 0 < sys.get_int_max_str_digits() < len(token.lstrip("-")):
             what = f"integer of {len(token.lstrip('-'))} digits is too long"
