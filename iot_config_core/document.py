@@ -84,7 +84,7 @@ def _reject_constant(name: str) -> NoReturn:
 _DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
 
 # Tuples, not ``dict | list`` unions: a union written inside the loop is rebuilt for every item,
-# which made the walk cost three times the JSON decode itself.
+# which made the walk cost several times the JSON decode itself.
 _CONTAINERS = (dict, list)
 _SCALARS = (str, int, float, type(None))
 

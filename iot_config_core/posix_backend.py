@@ -110,15 +110,15 @@ class PosixBackend(Backend):
         return f"file://{self.root}"
 
     def _path(self, name: str) -> str:
-        # Concatenation, not os.path.join (~0.5 us, a tenth of a cached device read): names are
-        # plain file names, never paths.
+        # Concatenation, not os.path.join (a noticeable share of a cached device read): names
+        # are plain file names, never paths.
         return self._dir + name
 
     def scan(self) -> list[tuple[str, Hashable]]:
         # The stat per file is the floor (an in-place edit changes nothing but the file's own
         # inode), so everything else per file is kept to building the token: names from
         # listdir (no DirEntry objects) and stats relative to the open directory (no path walk),
-        # ~15% less than scandir + DirEntry.stat() on 10,000 files.
+        # measurably cheaper than scandir + DirEntry.stat() on a large fleet.
         found: list[tuple[str, Hashable]] = []
         append = found.append
         is_regular = stat_module.S_ISREG

@@ -193,7 +193,7 @@ class _Parsed:
     """What the cache remembers about one version of one file.
 
     One per config for the life of the store, so it holds nothing derivable (the ETag is in the
-    summary) and no weakref slot: 56 bytes instead of 72.
+    summary) and no weakref slot, which would add a pointer per config.
     """
 
     token: Hashable
