@@ -135,10 +135,10 @@ def _too_deep(max_depth: int, pointer: str) -> NoReturn:
     _invalid("too_deep", message, limit=max_depth, pointer=pointer)
 
 
-# Any JSON scalar that is not a string: what follows a value position when it is not {, [ or ".
 # Decodes the one string at an offset (``raw_decode``), with the escapes the decoder knows.
 _STRING = json.JSONDecoder()
 _NON_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
+# Any JSON scalar that is not a string: what follows a value position when it is not {, [ or ".
 _SCALAR_TOKEN = re.compile(r"-?Infinity|NaN|true|false|null|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
@@ -155,17 +155,12 @@ def _locate(text: str, max_depth: int) -> InvalidDocumentError | None:
     i, end = 0, len(text)
     while i < end:
         char = text[i]
-        if char in " \t\n\r:":
-            i += 1
-            continue
         top = frames[-1] if frames else None
-        if char == ",":
-            if top is not None and top[1] is not None:
-                top[3] = True
-            i += 1
-            continue
-        if char in "}]":
-            frames.pop()
+        if char in " \t\n\r:,}]":
+            if char == "," and top is not None and top[1] is not None:
+                top[3] = True  # a key comes next
+            elif char in "}]":
+                frames.pop()
             i += 1
             continue
         if top is not None and top[1] is not None and top[3]:  # a key
@@ -200,16 +195,22 @@ def _locate(text: str, max_depth: int) -> InvalidDocumentError | None:
         match = _SCALAR_TOKEN.match(text, i)
         if match is None:
             return None
-        token = match.group()
-        is_int = token.lstrip("-").isdigit()
-        is_float = token[-1].isdigit() and not is_int
-        if token in _NON_FINITE or (is_float and math.isinf(float(token))):
-            what = f"non-finite number {token}"
-            return _located("non_finite_number", what, text, i, where, value=token)
-        if is_int and 0 < sys.get_int_max_str_digits() < len(token.lstrip("-")):
-            what = f"integer of {len(token.lstrip('-'))} digits is too long"
-            return _located("invalid_number", what, text, i, where)
+        problem = _scalar_problem(match.group())
+        if problem is not None:
+            return _located(*problem, text, i, where)
         i = match.end()
+    return None
+
+
+def _scalar_problem(token: str) -> tuple[str, str] | None:
+    """``(reason, what)`` when a number token cannot be decoded to a finite JSON number."""
+    digits = token.lstrip("-")
+    if token in _NON_FINITE or (
+        token[-1].isdigit() and not digits.isdigit() and math.isinf(float(token))
+    ):
+        return "non_finite_number", f"non-finite number {token}"
+    if digits.isdigit() and 0 < sys.get_int_max_str_digits() < len(digits):
+        return "invalid_number", f"integer of {len(digits)} digits is too long"
     return None
 
 
