@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import attrs
+import fsspec
 
 from .backend import ABSENT, ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict
 from .document import (
@@ -91,11 +92,11 @@ def local_store_root(url: str) -> str | None:
     A plain path, ``file://PATH`` or ``local://PATH``; a relative path (also after ``file://``)
     is taken from the current directory.
     """
-    scheme = store_scheme(url)
-    if scheme is None:
+    match = _SCHEME.match(url)
+    if match is None:
         return os.path.abspath(url)
-    if scheme in _LOCAL_SCHEMES:
-        return os.path.abspath(url[len(scheme) + 3 :] or "/")
+    if match.group(1).lower() in _LOCAL_SCHEMES:
+        return os.path.abspath(url[match.end() :] or "/")
     return None
 
 
@@ -114,8 +115,6 @@ def _memory(url: str, _options: Mapping[str, Any]) -> Backend:
 
 def _s3(url: str, options: Mapping[str, Any]) -> Backend:
     try:
-        import fsspec  # noqa: PLC0415 - only object stores need fsspec's URL handling
-
         from .s3_backend import S3Backend  # noqa: PLC0415 - optional extra, imported when used
 
         fs, root = fsspec.url_to_fs(url, **options)
@@ -157,6 +156,8 @@ def open_store(
     operations fail with `StoreMissingError`. A ``memory://`` store is private to its
     `ConfigStore` and starts empty and ready.
     """
+    if not url.strip():
+        raise UnsupportedStoreError("the store URL is empty: give a path or a URL", url=url)
     scheme = store_scheme(url) or "file"
     factory = BACKENDS.get(scheme)
     if factory is None:
@@ -342,16 +343,13 @@ class ConfigStore:
     def _decode(self, mac: MacAddress, blob: Blob, etag: str) -> dict[str, Any]:
         try:
             return _decode_stored(blob, self.limits)
-        except DocumentTooLargeError as exc:
-            raise StoredDocumentTooLargeError(
-                f"stored config for {mac} is too large to serve: {exc.message}",
-                mac_address=str(mac),
-                etag=etag,
-                **exc.details,
-            ) from exc
         except InvalidDocumentError as exc:
-            raise CorruptDocumentError(
-                f"stored config for {mac} is not a valid document: {exc.message}",
+            error: type[CorruptDocumentError] = CorruptDocumentError
+            problem = "is not a valid document"
+            if isinstance(exc, DocumentTooLargeError):
+                error, problem = StoredDocumentTooLargeError, "is too large to serve"
+            raise error(
+                f"stored config for {mac} {problem}: {exc.message}",
                 mac_address=str(mac),
                 etag=etag,
                 **exc.details,

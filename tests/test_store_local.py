@@ -136,6 +136,12 @@ def test_unsupported_scheme_is_refused_before_any_connection(url: str) -> None:
         assert supported in info.value.message
 
 
+@pytest.mark.parametrize("url", ["", "  "])
+def test_empty_store_url_is_refused(url: str) -> None:
+    with pytest.raises(UnsupportedStoreError, match="empty"):
+        open_store(url)
+
+
 def test_a_registered_backend_makes_a_scheme_supported(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
