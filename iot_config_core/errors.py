@@ -129,8 +129,9 @@ class UnsupportedStoreError(ConfigError, ValueError):
 class StoreMissingError(StoreUnavailableError):
     """The store's root (directory, bucket) does not exist (``details``: ``store``).
 
-    An outage rather than an empty fleet, with the same code as `StoreUnavailableError`; its
-    message says how to create the root, so the CLI and the server print it as it is.
+    An outage rather than an empty fleet, with the same code as `StoreUnavailableError`. Its
+    message names the store and the command-line way to create it (``--create-store``), so the
+    CLI and the server print it as it is; in code, `ConfigStore.create_root` creates it.
     """
 
 

@@ -320,8 +320,7 @@ class ConfigStore:
     def _missing_store(self) -> StoreMissingError:
         """The one error for a store whose root is not there, wherever it is noticed."""
         return StoreMissingError(
-            f"store {self.description} does not exist; create it with --create-store "
-            "(or ConfigStore.create_root())",
+            f"store {self.description} does not exist; create it with --create-store",
             store=self.description,
         )
 

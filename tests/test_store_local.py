@@ -176,8 +176,7 @@ def test_missing_directory_names_itself_and_the_fix(tmp_path: Path) -> None:
     with pytest.raises(StoreMissingError) as info:
         open_store(str(missing)).list()
     assert info.value.message == (
-        f"store file://{missing} does not exist; create it with --create-store "
-        "(or ConfigStore.create_root())"
+        f"store file://{missing} does not exist; create it with --create-store"
     )
     assert info.value.details == {"store": f"file://{missing}"}
     assert not missing.exists()  # opening and failing created nothing

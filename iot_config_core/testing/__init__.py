@@ -1,19 +1,25 @@
-"""The contract every `ConfigStore` backend must honour, as a reusable pytest suite.
+"""Test support shipped with the library: the store contract suite, its state machine, strategies.
+
+- `iot_config_core.testing.strategies`: Hypothesis strategies (MAC spellings, JSON values) and
+  sample values;
+- `iot_config_core.testing.contract`: `StoreContract`, the contract every `ConfigStore` backend
+  must honour, as a reusable pytest suite;
+- `iot_config_core.testing.stateful`: `StoreModelMachine`, which checks a store against a dict.
 
 One suite proves memory, local disk, CephFS and S3 alike (the habit of Kinto's
 ``storage/testing.py``): a backend's test module subclasses `StoreContract`, says how to make a
 fresh store and how to touch its files behind the store's back, and inherits every test.
 
-This module needs the ``test`` extra (``pip install 'iot-config[test]'``: pytest and hypothesis);
+This package needs the ``test`` extra (``pip install 'iot-config[test]'``: pytest and hypothesis);
 the library itself never imports it.
 
-Running the contract against your own fsspec backend::
+Running the contract against your own `iot_config_core.Backend`::
 
     import pytest
     from iot_config_core import ConfigStore, open_store, register_backend
     from iot_config_core.testing import StoreContract
 
-    register_backend("myfs", my_backend_factory)  # if open_store does not know it yet
+    register_backend("myfs", lambda url, options: MyBackend(url, **options))
 
     class TestMyStore(StoreContract):
         @pytest.fixture(autouse=True)
