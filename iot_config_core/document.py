@@ -147,8 +147,17 @@ def _locate(text: str, max_depth: int) -> InvalidDocumentError | None:
 
     The decoder's hooks see values, not offsets, so when one of them refuses a document this
     walks the text once more (iteratively, so depth is no problem) to say where: line, column and
-    JSON pointer. Only called on documents already refused. ``None`` when nothing is found.
+    JSON pointer. Only called on documents already refused. ``None`` when nothing is found, also
+    when the walk meets text that is not JSON (then the caller's own error stands).
     """
+    try:
+        return _walk(text, max_depth)
+    except (ValueError, IndexError):
+        return None
+
+
+def _walk(text: str, max_depth: int) -> InvalidDocumentError | None:
+    """`_locate` proper, on text that is valid JSON up to the problem it looks for."""
     # One frame per open container: its pointer, the keys seen (None for an array), the current
     # key or next index, and whether a key comes next.
     frames: list[list[Any]] = []
@@ -164,6 +173,8 @@ def _locate(text: str, max_depth: int) -> InvalidDocumentError | None:
             i += 1
             continue
         if top is not None and top[1] is not None and top[3]:  # a key
+            if char != '"':
+                return None
             key, after = _STRING.raw_decode(text, i)
             if not _encodable(key):  # the key cannot be in the pointer (nor in any UTF-8 answer)
                 return _located("lone_surrogate", _SURROGATE, text, i, top[0])
