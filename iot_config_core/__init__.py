@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
+from .backend import Backend
 from .document import DocumentLimits, compute_etag, decode_document, encode_document
 from .errors import (
     AlreadyExistsError,
@@ -25,13 +26,15 @@ from .errors import (
     InvalidMacError,
     NotFoundError,
     PreconditionFailedError,
+    StoredDocumentTooLargeError,
+    StoreMissingError,
     StoreUnavailableError,
     UnsupportedStoreError,
 )
 from .etags import EntityTag, ETagCondition
 from .mac import MacAddress
 from .model import ConfigSummary, RawDocument, StoredConfig
-from .store import ConfigStore, Listing, open_store, register_backend
+from .store import ConfigStore, Listing, local_store_root, open_store, register_backend
 
 try:
     #: The installed distribution's version: pyproject.toml is its one source.
@@ -41,6 +44,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that was n
 
 __all__ = [
     "AlreadyExistsError",
+    "Backend",
     "ConfigError",
     "ConfigStore",
     "ConfigSummary",
@@ -58,13 +62,16 @@ __all__ = [
     "NotFoundError",
     "PreconditionFailedError",
     "RawDocument",
+    "StoreMissingError",
     "StoreUnavailableError",
     "StoredConfig",
+    "StoredDocumentTooLargeError",
     "UnsupportedStoreError",
     "__version__",
     "compute_etag",
     "decode_document",
     "encode_document",
+    "local_store_root",
     "open_store",
     "register_backend",
 ]

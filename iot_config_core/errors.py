@@ -22,7 +22,9 @@ __all__ = [
     "InvalidMacError",
     "NotFoundError",
     "PreconditionFailedError",
+    "StoreMissingError",
     "StoreUnavailableError",
+    "StoredDocumentTooLargeError",
     "UnsupportedStoreError",
 ]
 
@@ -39,6 +41,7 @@ class ErrorCode(StrEnum):
     ALREADY_EXISTS = "ALREADY_EXISTS"
     PRECONDITION_FAILED = "PRECONDITION_FAILED"
     CORRUPT_DOCUMENT = "CORRUPT_DOCUMENT"
+    STORED_DOCUMENT_TOO_LARGE = "STORED_DOCUMENT_TOO_LARGE"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     UNSUPPORTED_STORE = "UNSUPPORTED_STORE"
 
@@ -140,3 +143,22 @@ class UnsupportedStoreError(ConfigError, ValueError):
     """A store URL whose backend cannot give the store's guarantees (atomic, conditional writes)."""
 
     code = ErrorCode.UNSUPPORTED_STORE
+
+
+class StoreMissingError(StoreUnavailableError):
+    """The store's root (directory, bucket) does not exist (``details``: ``store``).
+
+    An outage rather than an empty fleet, with the same code as `StoreUnavailableError`. Its
+    message names the store and the command-line way to create it (``--create-store``), so the
+    CLI and the server print it as it is; in code, `ConfigStore.create_root` creates it.
+    """
+
+
+class StoredDocumentTooLargeError(CorruptDocumentError):
+    """A stored file over the configured size limit (``details``: ``size``, ``limit``).
+
+    Not a client's upload (that is `DocumentTooLargeError`): the file was put there by hand or
+    under a larger limit. It is reported, never served; overwriting it repairs it.
+    """
+
+    code = ErrorCode.STORED_DOCUMENT_TOO_LARGE

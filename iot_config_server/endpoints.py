@@ -109,7 +109,8 @@ _RAW_REPLIES = (
     ),
     Reply(304, "Not modified: the If-None-Match tag is current.", headers=(ETAG, CACHE_CONTROL)),
 )
-_RAW_ERRORS = (*_MAC_ERRORS, ErrorCode.CORRUPT_DOCUMENT, ApiErrorCode.INVALID_HEADER)
+_STORED_ERRORS = (ErrorCode.CORRUPT_DOCUMENT, ErrorCode.STORED_DOCUMENT_TOO_LARGE)
+_RAW_ERRORS = (*_MAC_ERRORS, *_STORED_ERRORS, ApiErrorCode.INVALID_HEADER)
 
 #: Every route of the app except the generated OPTIONS (CORS preflight) routes.
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -142,7 +143,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "One config with its summary fields",
         "configs",
         (Reply(200, "The config.", ConfigWire, headers=(ETAG,)),),
-        errors=(*_MAC_ERRORS, ErrorCode.CORRUPT_DOCUMENT),
+        errors=(*_MAC_ERRORS, *_STORED_ERRORS),
         action="get config",
         admin=True,
         legacy_operation_id="get__api_configs_{mac_address}",

@@ -118,6 +118,12 @@ ERROR_TABLE: Mapping[Code, ErrorRule] = {
         "CORRUPT_DOCUMENT",
         cause="the stored file is damaged ({message}); saving a valid config repairs it",
     ),
+    ErrorCode.STORED_DOCUMENT_TOO_LARGE: ErrorRule(
+        422,
+        "STORED_DOCUMENT_TOO_LARGE",
+        cause="the stored file is {size} bytes, over the limit of {limit} bytes; saving a "
+        "valid config repairs it",
+    ),
     ErrorCode.STORE_UNAVAILABLE: ErrorRule(
         503,
         "STORE_UNAVAILABLE",

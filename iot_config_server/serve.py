@@ -20,16 +20,15 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 import socket
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from iot_config_core import ConfigError
+from iot_config_core import ConfigError, StoreMissingError, StoreUnavailableError
 
 from .logging_setup import configure_logging
-from .settings import DEFAULT_STORE_URL, Settings
+from .settings import Settings
 
 __all__ = [
     "EXIT_OK",
@@ -125,20 +124,17 @@ def _prepare_store(settings: Settings) -> str | None:
     Returns the store's description for the start-up log line, or ``None`` (after logging why)
     when the server must not start.
     """
-    url = settings.store_url
     try:
         store = settings.open_store()
-    except ConfigError as exc:
-        log.error("cannot open store %s: %s", url, exc.message)  # noqa: TRY400 -- no traceback
+        store.check()
+    except StoreMissingError as exc:  # only the default store is created automatically
+        log.error("%s", exc.message)  # noqa: TRY400 -- one line, no traceback
         return None
-    local_root = url.removeprefix("file://").removeprefix("local://")
-    if "://" not in local_root and not os.path.isdir(local_root):
-        log.error(
-            "store directory %s does not exist; create it (only the default %s is created "
-            "automatically)",
-            store.description,
-            DEFAULT_STORE_URL,
-        )
+    except StoreUnavailableError as exc:  # an outage: serve, and let readiness report it
+        log.warning("store %s is not answering yet: %s", settings.store_url, exc.message)
+        return settings.store_url
+    except ConfigError as exc:
+        log.error("cannot open store %s: %s", settings.store_url, exc.message)  # noqa: TRY400
         return None
     return store.description
 

@@ -289,7 +289,7 @@ def test_put_ignores_unknown_envelope_keys(app: webtest.TestApp) -> None:
         (b'{"content": {"a": 1e400}}', "INVALID_DOCUMENT", "non_finite_number", "non-finite"),
         (b'{"content": {"a": "\\ud800"}}', "INVALID_DOCUMENT", "lone_surrogate", "surrogate"),
         (
-            b'{"content": ' + b'{"a": ' * 40 + b"1" + b"}" * 41,
+            b'{"content": ' + b'{"a": ' * 70 + b"1" + b"}" * 71,
             "INVALID_DOCUMENT",
             "too_deep",
             "deeper",

@@ -31,7 +31,7 @@ def build_app(settings: Settings, root: str, delay: float) -> Any:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     slow: Any = importlib.import_module("slow_backend")  # a sibling file, run as a script
     backend = slow.SlowBackend(PosixBackend(root), delay)
-    store = ConfigStore.from_backend(backend, limits=settings.document_limits)
+    store = ConfigStore(backend, limits=settings.document_limits)
     return create_app(store, settings)
 
 
