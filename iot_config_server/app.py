@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 import bottle
@@ -154,6 +155,11 @@ class _ConfigApp(bottle.Bottle):  # type: ignore[misc]  # bottle has no type hin
 
 #: The device routes' fixed text after the MAC (the rules `.../<mac>.json` of `ENDPOINTS`).
 _DEVICE_SUFFIX = ".json"
+_SUFFIX_LENGTH = len(_DEVICE_SUFFIX)
+# The device answers' constant headers, built once.
+_NO_CACHE = ("Cache-Control", "no-cache")
+_JSON_TYPE = ("Content-Type", JSON)
+_NOSNIFF = ("X-Content-Type-Options", "nosniff")
 _DEVICE_ENDPOINTS = ("raw_config", "device_config")
 
 
@@ -186,13 +192,12 @@ class _DeviceEndpoint:
         if method != "GET" and method != "HEAD":  # noqa: PLR1714 -- cheaper than a set here
             return None
         path: str = environ.get("PATH_INFO") or ""
-        if not path.endswith(_DEVICE_SUFFIX) or not path.isascii():
-            return None
         for prefix, route in self._prefixes:
             if path.startswith(prefix):
-                mac = path[len(prefix) : -len(_DEVICE_SUFFIX)]
-                if mac and "/" not in mac:
+                mac = path[len(prefix) : -_SUFFIX_LENGTH]
+                if mac and "/" not in mac and path.endswith(_DEVICE_SUFFIX) and path.isascii():
                     return mac, route
+                return None
         return None
 
     def answer(
@@ -203,31 +208,45 @@ class _DeviceEndpoint:
         route: RouteMetrics,
     ) -> list[bytes]:
         """The WSGI answer to a GET or HEAD of ``mac``'s document."""
-        started = time.perf_counter()
+        started = perf_counter()
         method = environ["REQUEST_METHOD"]
         rid = request_id_from_environ(environ)
+        origin = environ.get("HTTP_ORIGIN")
+        cors = self._no_origin_cors if origin is None else self._cors.headers(origin)
         token = current_request_id.set(rid)
         try:
             doc, etag, not_modified = self._read(mac, environ.get("HTTP_IF_NONE_MATCH"))
-        except Exception as exc:  # noqa: BLE001 -- answered as every route answers it
-            status, headers, body = self._failure(exc, rid, method, route)
+        except Exception as exc:
+            status_line, headers, body = self._failure(exc, rid, method, route)
         else:
-            headers = [("ETag", etag), ("Cache-Control", "no-cache")]
             if not_modified:
-                status, body = "304 Not Modified", b""
-            else:
-                status, body = "200 OK", doc.data
-                headers.append(("Content-Type", JSON))
+                start_response(
+                    "304 Not Modified",
+                    [("ETag", etag), _NO_CACHE, (REQUEST_ID_HEADER, rid), _NOSNIFF, *cors],
+                )
+                route.observe(method, 304, perf_counter() - started)
+                return []
+            data = doc.data
+            start_response(
+                "200 OK",
+                [
+                    ("ETag", etag),
+                    _NO_CACHE,
+                    _JSON_TYPE,
+                    (REQUEST_ID_HEADER, rid),
+                    _NOSNIFF,
+                    *cors,
+                    ("Content-Length", str(len(data))),
+                ],
+            )
+            route.observe(method, 200, perf_counter() - started)
+            return [] if method == "HEAD" else [data]
         finally:
             current_request_id.reset(token)
-        headers.append((REQUEST_ID_HEADER, rid))
-        headers.append(("X-Content-Type-Options", "nosniff"))
-        origin = environ.get("HTTP_ORIGIN")
-        headers.extend(self._no_origin_cors if origin is None else self._cors.headers(origin))
-        if not status.startswith("304"):
-            headers.append(("Content-Length", str(len(body))))
-        start_response(status, headers)
-        route.observe(method, int(status[:3]), time.perf_counter() - started)
+        headers += [(REQUEST_ID_HEADER, rid), _NOSNIFF, *cors]
+        headers.append(("Content-Length", str(len(body))))
+        start_response(status_line, headers)
+        route.observe(method, int(status_line[:3]), perf_counter() - started)
         return [] if method == "HEAD" else [body]
 
     @staticmethod
@@ -236,7 +255,7 @@ class _DeviceEndpoint:
     ) -> tuple[str, list[tuple[str, str]], bytes]:
         answer = bottle.BaseResponse()
         body = _failure_answer(answer, exc, rid, method, route.template)
-        return answer.status_line, answer.headerlist, body
+        return answer.status_line, list(answer.headerlist), body
 
     def route_callback(self, route: RouteMetrics) -> Handler:
         """The Bottle callback of a device rule: the same answer, for a parent app that mounts ours.
@@ -311,7 +330,7 @@ def _failure_answer(
     """
     if isinstance(exc, ConfigError | ApiError):
         body = _error_answer(resp, exc, rid)
-        if resp.status_code >= 500:  # noqa: PLR2004
+        if resp.status_code >= 500:
             log.error("%s %s failed: %s", method, template, exc)
         return body
     log.error("unexpected error in %s %s", method, template, exc_info=exc)

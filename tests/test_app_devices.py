@@ -245,7 +245,9 @@ def test_non_ascii_path_is_an_invalid_mac(store: ConfigStore) -> None:
     wsgiref.util.setup_testing_defaults(environ)
     environ["PATH_INFO"] = "/esp32/config/\xc3\xa9.json"
     started: list[str] = []
-    body = create_app(store, Settings())(environ, lambda status, _headers, _exc=None: started.append(status))
+    body = create_app(store, Settings())(
+        environ, lambda status, _headers, _exc=None: started.append(status)
+    )
     assert started == ["400 Bad Request"]
     assert json.loads(b"".join(body))["code"] == "INVALID_OPERATION"
 
@@ -254,7 +256,7 @@ def test_non_ascii_path_is_an_invalid_mac(store: ConfigStore) -> None:
 def test_behind_a_prefix_or_mounted_in_a_parent_app(
     store: ConfigStore, headers: dict[str, str]
 ) -> None:
-    """Behind a proxy (SCRIPT_NAME) and merged into a parent Bottle app, the answers are the same."""
+    """Behind a proxy (SCRIPT_NAME) or merged into a parent Bottle app, the answers are alike."""
     store.put(MAC, {"v": 1})
     direct = webtest.TestApp(create_app(store, Settings()))
     proxied = webtest.TestApp(create_app(store, Settings()), extra_environ={"SCRIPT_NAME": "/p"})

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
+import test_e2e_serve as e2e  # the real-server helpers
 import webtest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from iot_config_core import ConfigStore, open_store
@@ -105,7 +112,7 @@ def test_operations_by_outcome_and_store_errors(tmp_path: Path) -> None:
 def test_config_count_is_the_store_now(
     app: webtest.TestApp, store: ConfigStore, tmp_path: Path
 ) -> None:
-    """Writes by anyone (this app, another replica, the CLI, a hand edit) show in the next scrape."""
+    """Writes by anyone (this app, another replica, the CLI, by hand) show in the next scrape."""
     assert samples(app)[("iot_config_configs", ())] == 0
     for i in range(3):
         store.put(f"00-00-00-00-00-0{i}", {})  # another writer on the same directory
@@ -171,3 +178,97 @@ def test_invented_methods_do_not_add_series(store: ConfigStore) -> None:
     assert "BAR" not in text
     assert requests(app, "OTHER", "<unmatched>", 405) == 3
     assert requests(app, "OTHER", "<unmatched>", 404) == 3
+
+
+# -- several worker processes ---------------------------------------------------------------------
+
+DEVICE_ROUTE = (("method", "GET"), ("route", "/esp32/config/<mac>.json"), ("status", "200"))
+
+
+def scraped_device_gets(port: int) -> float:
+    status, _, body = e2e.request(port, "GET", "/metrics")
+    assert status == 200
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            labels = tuple(sorted(sample.labels.items()))
+            if sample.name == "iot_config_http_requests_total" and labels == DEVICE_ROUTE:
+                return sample.value
+    return 0.0
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    pids: set[int] = set()
+    for task in Path(f"/proc/{supervisor}/task").iterdir():
+        pids.update(int(pid) for pid in (task / "children").read_text().split())
+    return pids
+
+
+def get_devices(port: int, count: int) -> None:
+    for _ in range(count):  # a new connection each: the kernel spreads them over the workers
+        assert e2e.request(port, "GET", f"/esp32/config/{MAC}.json")[0] == 200
+
+
+def counted_by(directory: Path, pid: int) -> float:
+    """The device GETs one worker counted, from its own file alone."""
+    alone = directory.parent / f"alone-{pid}"
+    alone.mkdir()
+    shutil.copy(directory / f"counter_{pid}.db", alone)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
+    labels = dict(DEVICE_ROUTE)
+    value = registry.get_sample_value("iot_config_http_requests_total", labels)
+    shutil.rmtree(alone)
+    return value or 0.0
+
+
+def wait_for_workers(supervisor: int, count: int, unlike: set[int]) -> set[int]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pids = worker_pids(supervisor)
+        if len(pids) == count and not pids & unlike:
+            return pids
+        time.sleep(0.05)
+    pytest.fail(f"workers of {supervisor}: {worker_pids(supervisor)}")
+
+
+@pytest.mark.slow
+def test_two_workers_scrape_exact_totals_and_a_killed_worker_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "store"
+    open_store(str(store), create=True).put(MAC, {})
+    files = tmp_path / "metrics"
+    files.mkdir()
+    (files / "counter_1.db").write_bytes(b"left by an earlier run")  # removed at start
+    port = e2e.free_port()
+    args = ["--store", str(store), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    env = e2e.child_env(PROMETHEUS_MULTIPROC_DIR=str(files))
+    with e2e.running(args, tmp_path, port, env) as server:
+        workers = wait_for_workers(server.proc.pid, 2, set())
+        sent = 0
+        # Until both workers served some (bounded): scrapes must then agree whichever answers.
+        while sent < 400 and not all(counted_by(files, pid) for pid in workers):
+            get_devices(port, 10)
+            sent += 10
+        assert all(counted_by(files, pid) for pid in workers)
+        assert [scraped_device_gets(port) for _ in range(8)] == [sent] * 8
+
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        respawned = wait_for_workers(server.proc.pid, 2, {victim})
+        get_devices(port, 10)
+        assert [scraped_device_gets(port) for _ in range(8)] == [sent + 10] * 8
+        assert sum(counted_by(files, pid) for pid in workers | respawned) == sent + 10
+    assert not (files / "counter_1.db").exists()
+
+
+@pytest.mark.slow
+def test_two_workers_without_a_configured_directory(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    open_store(str(store), create=True).put(MAC, {})
+    port = e2e.free_port()
+    args = ["--store", str(store), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    with e2e.running(args, tmp_path, port, e2e.child_env()) as server:
+        wait_for_workers(server.proc.pid, 2, set())
+        get_devices(port, 30)
+        assert [scraped_device_gets(port) for _ in range(8)] == [30.0] * 8
