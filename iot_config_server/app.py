@@ -7,7 +7,6 @@ plugin, so it also applies when the app is mounted into a parent Bottle app.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -35,7 +34,7 @@ from .cors import CorsPolicy
 from .endpoints import ENDPOINTS, Endpoint, allowed_methods, rules
 from .http_errors import ApiError, error_body_bytes, http_error_for
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import UNMATCHED_ROUTE, AppMetrics, RouteMetrics
+from .metrics import UNMATCHED_ROUTE, AppMetrics, FreshValue, RouteMetrics
 from .request_body import ENVELOPE_ALLOWANCE, parse_put_request, read_body, require_json
 from .request_ids import HEADER as REQUEST_ID_HEADER
 from .request_ids import current_request_id, request_id_from_environ
@@ -67,12 +66,13 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     app = _ConfigApp()
     # No JSON/template plugins: every handler returns the bytes it encoded.
     app.uninstall(True)  # noqa: FBT003
-    gate = StoreGate(settings.threads)
-    metrics = AppMetrics(functools.partial(_config_count, store, gate))
+    # The listing re-reads only files whose version changed since the last one, so a scrape costs
+    # one metadata scan and counts every write, whoever made it (replicas, CLI, hand edits).
+    metrics = AppMetrics(FreshValue(lambda: len(store.listing().summaries), "the config count"))
     app.config[METRICS_CONFIG_KEY] = metrics
     cors = CorsPolicy(settings.cors_origins)
     auth = BearerAuth(settings.admin_tokens)
-    routes = _Routes(app, store, metrics, gate)
+    routes = _Routes(app, store, metrics, StoreGate(settings.threads))
     devices = _DeviceEndpoint(routes.device_read, metrics, cors)
     app.install(_RequestPlugin(metrics, cors, auth))
     for endpoint in ENDPOINTS:
@@ -106,23 +106,6 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
         app.error_handler[status] = route_error
     app.dispatch_devices_to(devices)
     return app
-
-
-def _config_count(store: ConfigStore, gate: StoreGate) -> int | None:
-    """Valid configs in the store now, for the metrics scrape; None when the store fails.
-
-    The store's listing re-reads only files whose version changed since the last one, so a
-    scrape costs one metadata scan and sees every write, whoever made it.
-    """
-    try:
-        gate.enter()
-        try:
-            return len(store.listing().summaries)
-        finally:
-            gate.leave()
-    except (ConfigError, ApiError) as exc:
-        log.warning("cannot count the configs for /metrics: %s", exc.message)
-        return None
 
 
 class _ConfigApp(bottle.Bottle):  # type: ignore[misc]  # bottle has no type hints

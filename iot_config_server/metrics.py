@@ -20,10 +20,12 @@ no per-process gauge to aggregate and nothing to clean up when a worker exits (p
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +41,7 @@ __all__ = [
     "MULTIPROCESS_ENV",
     "UNMATCHED_ROUTE",
     "AppMetrics",
+    "FreshValue",
     "OperationMetrics",
     "RouteMetrics",
     "multiprocess_directory",
@@ -50,6 +53,12 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The route label of requests that matched no route (404/405), so typos cannot add series.
 UNMATCHED_ROUTE = "<unmatched>"
 NAMESPACE = "iot_config"
+log = logging.getLogger(__name__)
+
+#: How long a scrape waits for the config count; a slower (or hung) store gets the last count.
+#: Below Prometheus' default 10 s scrape timeout by far, and short enough that a hung store
+#: leaves ``/metrics`` answering quickly.
+SCRAPE_WAIT_SECONDS = 0.1
 # Device polls answer in well under a millisecond from cache; writes fsync and take milliseconds.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -98,6 +107,50 @@ def _use_file_backed_values() -> None:
     """
     if values.ValueClass is values.MutexValue:
         values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+class FreshValue:
+    """A value computed anew for each scrape, in the background, waited for a bounded time.
+
+    Computing it reads the store, which may hang (a stalled mount): the scrape waits at most
+    `SCRAPE_WAIT_SECONDS`, then answers with the last value computed (None before the first, or
+    while the store fails). At most one computation runs at a time, so a hung store holds one
+    thread, not one per scrape; a scrape arriving while one runs waits for that one.
+    """
+
+    def __init__(self, compute: Callable[[], int], what: str) -> None:
+        self._compute = compute
+        self._what = what
+        self._value: int | None = None
+        self._failing = False
+        self._lock = threading.Lock()
+        self._running: threading.Event | None = None
+
+    def __call__(self) -> int | None:
+        """The value computed for this scrape, or the last one if that takes too long."""
+        with self._lock:
+            done = self._running
+            if done is None:
+                done = self._running = threading.Event()
+                threading.Thread(
+                    target=self._refresh, args=(done,), name=f"metrics: {self._what}", daemon=True
+                ).start()
+        done.wait(SCRAPE_WAIT_SECONDS)
+        return self._value
+
+    def _refresh(self, done: threading.Event) -> None:
+        try:
+            self._value = self._compute()
+            self._failing = False
+        except Exception as exc:  # reported once per outage; the store's errors are counted too
+            self._value = None
+            if not self._failing:
+                log.warning("cannot compute %s for /metrics: %s", self._what, exc)
+            self._failing = True
+        finally:
+            with self._lock:
+                self._running = None
+            done.set()
 
 
 class RouteMetrics:

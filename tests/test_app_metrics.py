@@ -17,7 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from iot_config_core import ConfigStore, open_store
-from iot_config_server import Settings, create_app
+from iot_config_server import Settings, create_app, metrics
 
 MAC = "aa-bb-cc-dd-ee-ff"
 
@@ -109,6 +109,13 @@ def test_operations_by_outcome_and_store_errors(tmp_path: Path) -> None:
     assert values[("iot_config_store_errors_total", (("operation", "put"),))] == 0
 
 
+@pytest.fixture
+def patient_scrapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scrapes that wait for the count however loaded the machine (the default is short)."""
+    monkeypatch.setattr(metrics, "SCRAPE_WAIT_SECONDS", 30.0)
+
+
+@pytest.mark.usefixtures("patient_scrapes")
 def test_config_count_is_the_store_now(
     app: webtest.TestApp, store: ConfigStore, tmp_path: Path
 ) -> None:
@@ -125,6 +132,7 @@ def test_config_count_is_the_store_now(
     assert samples(app)[("iot_config_configs", ())] == 3
 
 
+@pytest.mark.usefixtures("patient_scrapes")
 def test_unreadable_store_leaves_the_count_out_and_the_scrape_working(tmp_path: Path) -> None:
     root = tmp_path / "configs"
     store = open_store(str(root), create=True)
@@ -272,3 +280,31 @@ def test_two_workers_without_a_configured_directory(tmp_path: Path) -> None:
         wait_for_workers(server.proc.pid, 2, set())
         get_devices(port, 30)
         assert [scraped_device_gets(port) for _ in range(8)] == [30.0] * 8
+
+
+def test_a_hung_store_holds_neither_the_scrape_nor_more_than_one_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+    calls: list[int] = []
+
+    def count() -> int:
+        calls.append(1)
+        if len(calls) == 2:  # the store hangs during the second scrape's count
+            release.wait(30)
+        return len(calls)
+
+    fresh = metrics.FreshValue(count, "a test count")
+    monkeypatch.setattr(metrics, "SCRAPE_WAIT_SECONDS", 30.0)
+    assert fresh() == 1
+    monkeypatch.setattr(metrics, "SCRAPE_WAIT_SECONDS", 0.05)
+    started = time.monotonic()
+    assert [fresh(), fresh(), fresh()] == [1, 1, 1]  # the last count, without waiting long
+    assert time.monotonic() - started < 10
+    assert len(calls) == 2  # the scrapes shared the one hung computation
+    release.set()
+    monkeypatch.setattr(metrics, "SCRAPE_WAIT_SECONDS", 30.0)
+    deadline = time.monotonic() + 30
+    while fresh() != 3 and time.monotonic() < deadline:  # the hung one ends, the next is fresh
+        pass
+    assert fresh() in (3, 4)
