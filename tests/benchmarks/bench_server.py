@@ -16,7 +16,8 @@ gthread, cheroot, granian st/mt) on the bare route, plus robustness probes (SIGT
 in flight, 50 header-trickling clients, RSS): how the production server was chosen.
 
 Run: ``python tests/benchmarks/bench_server.py [--quick] [--device-only] [--json PATH]
-[--compare-servers]``; ``--quick --device-only`` gives the device GET vs bare ratio soonest.
+[--scrape-only] [--compare-servers]``; ``--quick --device-only`` gives the device GET vs bare
+ratio soonest.
 Needs ``wrk`` and ``nginx`` (Debian: ``apt-get install -y wrk nginx``); parts that need a missing
 tool are skipped with a message.
 """
@@ -495,6 +496,17 @@ def fmt_ratio(value: float) -> str:
     return f"{value:.2f}x"
 
 
+def bench_scrape(args: Any, workdir: Path) -> Table:
+    """Only the warm ``/metrics`` scrape of a 10,000-config store, beside its stat floor."""
+    table = Table("scrape", {"configs": 10_000})
+    store = workdir / "store"
+    fill_store(store, 10_000)
+    server = app_server(free_port(), store, workdir, 8)
+    with running(server, "/api/health/live"):
+        table.add(scrape_line(server.port, store, 10_000, 10 if args.quick else 30))
+    return table
+
+
 def bench(args: Any, workdir: Path) -> Table:
     quick: bool = args.quick
     seconds = 3.0 if quick else 8.0
@@ -818,6 +830,9 @@ def main() -> int:
         action="store_true",
         help="stop after the device GET against its baselines (the quickest ratio)",
     )
+    parser.add_argument(
+        "--scrape-only", action="store_true", help="only /metrics on a store of 10,000 configs"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench_server: wrk is not installed, skipping (Debian: apt-get install -y wrk nginx)")
@@ -827,7 +842,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-server-", dir=args.dir) as scratch:
         workdir = Path(scratch)
         workdir.chmod(0o755)  # nginx workers run as an unprivileged user
-        table = compare_servers(args, workdir) if args.compare_servers else bench(args, workdir)
+        if args.compare_servers:
+            table = compare_servers(args, workdir)
+        elif args.scrape_only:
+            table = bench_scrape(args, workdir)
+        else:
+            table = bench(args, workdir)
     table.print()
     if args.json:
         table.write_json(args.json)
