@@ -2,7 +2,9 @@
 
 Handlers only parse, call the store and shape the answer; every rule lives in the core. What all
 routes share (request id, error bodies, security and CORS headers, auth, metrics) is one Bottle
-plugin, so it also applies when the app is mounted into a parent Bottle app.
+plugin, so it also applies when the app is mounted into a parent Bottle app. The device endpoint,
+polled far more than the rest, is the exception: `_DeviceEndpoint` builds its whole answer itself
+(with the same error answers) and is reached before Bottle's routing.
 """
 
 from __future__ import annotations

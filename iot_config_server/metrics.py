@@ -83,6 +83,7 @@ def multiprocess_directory(workers: int) -> Iterator[str | None]:
     """
     configured = os.environ.get(MULTIPROCESS_ENV)
     if configured:
+        Path(configured).mkdir(parents=True, exist_ok=True)
         for stale in Path(configured).glob("*.db"):
             stale.unlink(missing_ok=True)
         yield configured
