@@ -16,6 +16,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
+import attrs
 import bottle
 
 from iot_config_core import (
@@ -34,7 +35,7 @@ from .api_models import HealthyReport, UnhealthyReport, api_converter
 from .auth import BearerAuth
 from .cors import CorsPolicy
 from .endpoints import ENDPOINTS, Endpoint, allowed_methods, rules
-from .http_errors import ApiError, error_body_bytes, http_error_for
+from .http_errors import ApiError, ApiErrorCode, error_body_bytes, http_error_for, user_message
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import UNMATCHED_ROUTE, AppMetrics, FreshValue, RouteMetrics
 from .request_body import ENVELOPE_ALLOWANCE, parse_put_request, read_body, require_json
@@ -62,9 +63,16 @@ DeviceRead = Callable[[str, str | None], tuple[RawDocument, str, bool]]
 def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     """A new Bottle app serving ``store``; nothing global, so apps on two stores coexist.
 
-    Document size limits are the store's own (``store.limits``): open the store with
-    ``DocumentLimits(max_bytes=settings.max_document_bytes)`` for the setting to apply.
+    Document size limits are the store's own, and must be the ones ``settings`` ask for: open the
+    store with `Settings.open_store` (or ``limits=settings.document_limits``). A mismatch raises
+    `ValueError` rather than silently serving a limit nobody configured.
     """
+    if store.limits.max_bytes != settings.max_document_bytes:
+        raise ValueError(
+            f"the store's document limit ({store.limits.max_bytes} bytes) is not the settings' "
+            f"max_document_bytes ({settings.max_document_bytes}): open it with "
+            "Settings.open_store()"
+        )
     app = _ConfigApp()
     # No JSON/template plugins: every handler returns the bytes it encoded.
     app.uninstall(True)  # noqa: FBT003
@@ -74,12 +82,14 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     app.config[METRICS_CONFIG_KEY] = metrics
     cors = CorsPolicy(settings.cors_origins)
     auth = BearerAuth(settings.admin_tokens)
-    routes = _Routes(app, store, metrics, StoreGate(settings.threads))
+    routes = _Routes(
+        app, store, metrics, StoreGate(settings.threads, stall_after=settings.store_stall_seconds)
+    )
     devices = _DeviceEndpoint(routes.device_read, metrics, cors)
     app.install(_RequestPlugin(metrics, cors, auth))
     for endpoint in ENDPOINTS:
         if endpoint.name in _DEVICE_ENDPOINTS:
-            callback = devices.route_callback(metrics.route(endpoint.template))
+            callback = devices.route_callback(devices.route_of(endpoint.rule))
             skip = True  # the endpoint answers whole: request id, headers, metrics
         else:
             callback, skip = getattr(routes, endpoint.name), None
@@ -148,6 +158,14 @@ _NOSNIFF = ("X-Content-Type-Options", "nosniff")
 _DEVICE_ENDPOINTS = ("raw_config", "device_config")
 
 
+@attrs.frozen
+class _DeviceRoute:
+    """What differs between the device rules: their metrics and the action errors name."""
+
+    metrics: RouteMetrics
+    action: str
+
+
 class _DeviceEndpoint:
     """GET and HEAD of a device document (``/esp32/config/<mac>.json``): a WSGI answer of its own.
 
@@ -160,14 +178,15 @@ class _DeviceEndpoint:
         self._read = read
         self._cors = cors
         self._no_origin_cors = cors.headers(None)
-        self._prefixes: list[tuple[str, RouteMetrics]] = []
+        self._prefixes: list[tuple[str, _DeviceRoute]] = []
         for endpoint in ENDPOINTS:
             if endpoint.name in _DEVICE_ENDPOINTS:
                 prefix, suffix = endpoint.rule.split("<mac>")
                 assert suffix == _DEVICE_SUFFIX, endpoint.rule
-                self._prefixes.append((prefix, metrics.route(endpoint.template)))
+                route = _DeviceRoute(metrics.route(endpoint.template), endpoint.action)
+                self._prefixes.append((prefix, route))
 
-    def match(self, environ: dict[str, Any]) -> tuple[str, RouteMetrics] | None:
+    def match(self, environ: dict[str, Any]) -> tuple[str, _DeviceRoute] | None:
         """The MAC and route metrics of a device GET/HEAD, or None for anything else.
 
         Matches exactly the paths Bottle's ``<mac>`` (one non-empty segment) would; non-ASCII
@@ -190,7 +209,7 @@ class _DeviceEndpoint:
         environ: dict[str, Any],
         start_response: StartResponse,
         mac: str,
-        route: RouteMetrics,
+        route: _DeviceRoute,
     ) -> list[bytes]:
         """The WSGI answer to a GET or HEAD of ``mac``'s document."""
         started = perf_counter()
@@ -209,7 +228,7 @@ class _DeviceEndpoint:
                     "304 Not Modified",
                     [("ETag", etag), _NO_CACHE, (REQUEST_ID_HEADER, rid), _NOSNIFF, *cors],
                 )
-                route.observe(method, 304, perf_counter() - started)
+                route.metrics.observe(method, 304, perf_counter() - started)
                 return []
             data = doc.data
             start_response(
@@ -224,25 +243,32 @@ class _DeviceEndpoint:
                     ("Content-Length", str(len(data))),
                 ],
             )
-            route.observe(method, 200, perf_counter() - started)
+            route.metrics.observe(method, 200, perf_counter() - started)
             return [] if method == "HEAD" else [data]
         finally:
             current_request_id.reset(token)
         headers += [(REQUEST_ID_HEADER, rid), _NOSNIFF, *cors]
         headers.append(("Content-Length", str(len(body))))
         start_response(status_line, headers)
-        route.observe(method, int(status_line[:3]), perf_counter() - started)
+        route.metrics.observe(method, int(status_line[:3]), perf_counter() - started)
         return [] if method == "HEAD" else [body]
 
     @staticmethod
     def _failure(
-        exc: Exception, rid: str, method: str, route: RouteMetrics
+        exc: Exception, rid: str, method: str, route: _DeviceRoute
     ) -> tuple[str, list[tuple[str, str]], bytes]:
         answer = bottle.BaseResponse()
-        body = _failure_answer(answer, exc, rid, method, route.template)
+        body = _failure_answer(
+            answer, exc, rid, method=method, template=route.metrics.template, action=route.action
+        )
         return answer.status_line, list(answer.headerlist), body
 
-    def route_callback(self, route: RouteMetrics) -> Handler:
+    def route_of(self, rule: str) -> _DeviceRoute:
+        """The route of a device rule (``/esp32/config/<mac>.json``)."""
+        prefix = rule.split("<mac>", maxsplit=1)[0]
+        return next(route for known, route in self._prefixes if known == prefix)
+
+    def route_callback(self, route: _DeviceRoute) -> Handler:
         """The Bottle callback of a device rule: the same answer, for a parent app that mounts ours.
 
         Installed with every plugin skipped: this answer carries its own request id, headers and
@@ -286,27 +312,39 @@ def _common_headers(
             resp.set_header(name, value)
 
 
-def _error_answer(resp: bottle.BaseResponse, error: ConfigError | ApiError, rid: str) -> bytes:
-    """Turn a typed error into its status and JSON body (headers of a half-done answer dropped)."""
-    mapped = http_error_for(error)
-    resp.status = mapped.status
+def _error_answer(
+    resp: bottle.BaseResponse, error: ConfigError | ApiError, rid: str, action: str = ""
+) -> bytes:
+    """Turn a typed error into its status, headers and JSON body (a half-done answer's dropped).
+
+    ``action`` is the route's `Endpoint.action`, for the message's "Cannot <action> because".
+    """
+    rule = http_error_for(error)
+    resp.status = rule.status
     for name in ("ETag", "Cache-Control", "Content-Length"):
         if name in resp:
             del resp[name]
     resp.content_type = JSON
-    if mapped.status == 401:
-        resp.set_header("WWW-Authenticate", 'Bearer realm="iot-config"')
-    if mapped.status == 503:
-        resp.set_header("Retry-After", "1")
-    return error_body_bytes(error.message, mapped.wire_code, error.details, rid)
+    for name, value in rule.headers:
+        resp.set_header(name, value)
+    return error_body_bytes(user_message(error, action), rule, error.details, rid)
 
 
-def _internal_error(resp: bottle.BaseResponse, rid: str) -> bytes:
-    return _error_answer(resp, ApiError("INTERNAL_ERROR", "internal server error"), rid)
+def _internal_error() -> ApiError:
+    return ApiError(
+        ApiErrorCode.INTERNAL_ERROR,
+        "an unexpected error happened in the server (the correlationId identifies it in the log)",
+    )
 
 
 def _failure_answer(
-    resp: bottle.BaseResponse, exc: Exception, rid: str, method: str, template: str
+    resp: bottle.BaseResponse,
+    exc: Exception,
+    rid: str,
+    *,
+    method: str,
+    template: str,
+    action: str,
 ) -> bytes:
     """The answer to a request whose handler raised ``exc``, logged as what it is.
 
@@ -314,12 +352,12 @@ def _failure_answer(
     other exception is a bug: logged with its traceback and answered as a bare JSON 500.
     """
     if isinstance(exc, ConfigError | ApiError):
-        body = _error_answer(resp, exc, rid)
+        body = _error_answer(resp, exc, rid, action)
         if resp.status_code >= 500:
             log.error("%s %s failed: %s", method, template, exc)
         return body
     log.error("unexpected error in %s %s", method, template, exc_info=exc)
-    return _internal_error(resp, rid)
+    return _error_answer(resp, _internal_error(), rid, action)
 
 
 class _RequestPlugin:
@@ -340,6 +378,7 @@ class _RequestPlugin:
         template = route.rule if endpoint is None else endpoint.template
         observe = self._metrics.route(template).observe
         admin = endpoint is not None and endpoint.admin
+        action = "" if endpoint is None else endpoint.action
         check_auth = self._auth.check if admin and self._auth.enabled else None
         cors = self._cors
         request = bottle.request
@@ -358,7 +397,14 @@ class _RequestPlugin:
                         check_auth(environ.get("HTTP_AUTHORIZATION"))
                     body = callback(**kwargs)
                 except (ConfigError, ApiError) as exc:
-                    body = _failure_answer(response, exc, rid, environ["REQUEST_METHOD"], template)
+                    body = _failure_answer(
+                        response,
+                        exc,
+                        rid,
+                        method=environ["REQUEST_METHOD"],
+                        template=template,
+                        action=action,
+                    )
                 except bottle.HTTPError as exc:  # bottle.abort() in a route added to the app
                     status = exc.status_code
                     raise  # answered as JSON by _route_error
@@ -366,7 +412,14 @@ class _RequestPlugin:
                     answer.apply(response)
                     body = answer.body
                 except Exception as exc:  # the error boundary: log it, answer a bare JSON 500
-                    body = _failure_answer(response, exc, rid, environ["REQUEST_METHOD"], template)
+                    body = _failure_answer(
+                        response,
+                        exc,
+                        rid,
+                        method=environ["REQUEST_METHOD"],
+                        template=template,
+                        action=action,
+                    )
                 _common_headers(response, rid, cors, environ.get("HTTP_ORIGIN"))
                 return body
             finally:
@@ -390,23 +443,28 @@ def _route_error(error: bottle.HTTPError, cors: CorsPolicy, unmatched: Any) -> b
             allow.add("HEAD")
         response.set_header("Allow", ", ".join(sorted(allow)))
         api_error = ApiError(
-            "METHOD_NOT_ALLOWED",
-            f"method {environ.get('REQUEST_METHOD')} not allowed here",
+            ApiErrorCode.METHOD_NOT_ALLOWED,
+            f"method {environ.get('REQUEST_METHOD', '')[:20]} is not allowed here "
+            f"(allowed: {', '.join(sorted(allow))})",
             allowed=sorted(allow),
         )
     elif status == 404:
+        path = environ.get("PATH_INFO", "")[:200]
         api_error = ApiError(
-            "ROUTE_NOT_FOUND", "no such route", path=environ.get("PATH_INFO", "")[:200]
+            ApiErrorCode.ROUTE_NOT_FOUND, f"there is no API route at {path!r}", path=path
         )
     elif status == 400:
-        api_error = ApiError("BAD_REQUEST", str(error.body)[:200])
+        api_error = ApiError(
+            ApiErrorCode.BAD_REQUEST,
+            f"the request is malformed ({str(error.body)[:200]})",
+        )
     else:
         token = current_request_id.set(rid)
         try:
             log.error("unhandled error", exc_info=error.exception)
         finally:
             current_request_id.reset(token)
-        api_error = ApiError("INTERNAL_ERROR", "internal server error")
+        api_error = _internal_error()
     body = _error_answer(response, api_error, rid)
     _common_headers(response, rid, cors, environ.get("HTTP_ORIGIN"))
     if "bottle.route" not in environ:  # errors raised inside a route were counted by the plugin
@@ -442,7 +500,11 @@ def _parse_condition(value: str, header: str) -> ETagCondition:
     try:
         return ETagCondition.parse(value)
     except InvalidETagError as exc:
-        raise ApiError("INVALID_HEADER", f"{header}: {exc.message}", header=header) from None
+        raise ApiError(
+            ApiErrorCode.INVALID_HEADER,
+            f"the {header} header is malformed ({exc.message})",
+            header=header,
+        ) from None
 
 
 def _condition(environ: dict[str, Any], key: str, header: str) -> ETagCondition | None:
@@ -518,9 +580,9 @@ class _Routes:
 
         return read
 
-    def _operate(self, name: str, action: Callable[[], Any]) -> Any:
+    def _operate(self, name: str, action: Callable[[], Any], *, write: bool = False) -> Any:
         op = self._ops[name]
-        self._gate.enter()
+        self._gate.enter(write=write)
         try:
             result = action()
         except ConfigError as exc:
@@ -559,6 +621,7 @@ class _Routes:
                 if_none_match=if_none_match,
                 create_only=not put.allow_overwrite,
             ),
+            write=True,
         )
         log.info("stored config %s (etag %s)", stored.mac_address, stored.etag)
         return _config_answer(stored)
@@ -567,7 +630,7 @@ class _Routes:
         environ = bottle.request.environ
         address = MacAddress.parse(mac)
         if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
-        self._operate("delete", lambda: self._store.delete(address, if_match=if_match))
+        self._operate("delete", lambda: self._store.delete(address, if_match=if_match), write=True)
         log.info("deleted config %s", address)
         bottle.response.status = 204
         return b""
@@ -608,8 +671,14 @@ class _Routes:
         bottle.response.content_type = JSON
         return self._openapi.document(_base_path(self._app, bottle.request.environ))
 
+    def openapi_at_docs(self) -> bytes:
+        return self.openapi()
+
     def docs(self) -> bytes:
         return self._docs.page(bottle.response)
+
+    def docs_slash(self) -> bytes:
+        return self._docs.page(bottle.response, trailing_slash=True)
 
     def docs_asset(self, name: str) -> bytes:
         return self._docs.asset(name, bottle.response)
