@@ -396,22 +396,13 @@ class _RequestPlugin:
                     if check_auth is not None:
                         check_auth(environ.get("HTTP_AUTHORIZATION"))
                     body = callback(**kwargs)
-                except (ConfigError, ApiError) as exc:
-                    body = _failure_answer(
-                        response,
-                        exc,
-                        rid,
-                        method=environ["REQUEST_METHOD"],
-                        template=template,
-                        action=action,
-                    )
                 except bottle.HTTPError as exc:  # bottle.abort() in a route added to the app
                     status = exc.status_code
                     raise  # answered as JSON by _route_error
                 except bottle.HTTPResponse as answer:  # e.g. bottle.redirect()
                     answer.apply(response)
                     body = answer.body
-                except Exception as exc:  # the error boundary: log it, answer a bare JSON 500
+                except Exception as exc:  # typed errors by their code, anything else a bare 500
                     body = _failure_answer(
                         response,
                         exc,
