@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 #: Below Prometheus' default 10 s scrape timeout by far, and short enough that a hung store
 #: leaves ``/metrics`` answering quickly.
 SCRAPE_WAIT_SECONDS = 0.1
-# Device polls answer in well under a millisecond from cache; writes fsync and take milliseconds.
+# Fine buckets at the low end: device polls answer from cache, far faster than writes that fsync.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -143,7 +143,7 @@ class FreshValue:
         try:
             self._value = self._compute()
             self._failing = False
-        except Exception as exc:  # reported once per outage; the store's errors are counted too
+        except Exception as exc:  # logged once per outage (readiness reports it as well)
             self._value = None
             if not self._failing:
                 log.warning("cannot compute %s for /metrics: %s", self._what, exc)
