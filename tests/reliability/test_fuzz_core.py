@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import PYTHON, child_env
 
 from iot_config_core import (
     DocumentLimits,
@@ -30,7 +31,7 @@ from iot_config_core import (
 )
 
 from .conftest import Figure
-from .support import PYTHON, python_env, scaled
+from .support import scaled
 
 FUZZER = Path(__file__).with_name("fuzz_core.py")
 
@@ -99,7 +100,7 @@ def test_atheris_fuzz(target: str, tmp_path: Path, figure: Figure) -> None:
     if target == "document":
         args.insert(3, f"-dict={dictionary}")
     done = subprocess.run(
-        args, capture_output=True, text=True, timeout=seconds + 60, env=python_env(), check=False
+        args, capture_output=True, text=True, timeout=seconds + 60, env=child_env(), check=False
     )
     tail = done.stderr[-3000:]
     assert done.returncode == 0, f"fuzzer found a failure (crash file in {tmp_path}):\n{tail}"

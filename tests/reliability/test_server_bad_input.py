@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import JSON_HEADERS, Answer, ServerProcess, put_body
 
 from .conftest import Figure
-from .support import JSON_HEADERS, Answer, ServerProcess, put_body, snapshot
+from .support import QUIET, snapshot
 
 MAC = "02-00-00-00-00-01"
 SANE_ID = re.compile(r"[A-Za-z0-9._:+/=@-]{1,128}")
@@ -36,7 +37,9 @@ def server(area: Path) -> Iterator[ServerProcess]:
     store = area / "configs"
     store.mkdir()
     (area / "secret.json").write_text('{"secret": true}\n')
-    proc = ServerProcess(store, area.parent / "bad-input-server.log")
+    proc = ServerProcess(
+        "--store", str(store), log_path=area.parent / "bad-input-server.log", env=QUIET
+    )
     status, _, _ = proc.request(
         "PUT", f"/api/configs/{MAC}", put_body({"deviceName": "one"}), JSON_HEADERS
     )
