@@ -37,7 +37,7 @@ from iot_config_core import (
     __version__,
     decode_document,
     encode_document,
-    open_store,
+    store_scheme,
 )
 from iot_config_core.legacy import Checked, FileReport, LegacyDirectory, Outcome, read_document
 from iot_config_core.posix_backend import sync_directory, write_file_atomically
@@ -146,9 +146,9 @@ def _positive_int(text: str) -> int:
 class _Context:
     """What every subcommand needs: the server's settings, with the command line's store and limit.
 
-    Stores are opened with the settings' limits but never created unasked: unlike ``serve``
-    (`Settings.open_store`), no subcommand creates even the default ``./iot-configs``, so a
-    command run in the wrong directory fails instead of answering from a new, empty fleet.
+    Stores are opened by `Settings.open_store` but never created unasked: unlike ``serve``, no
+    subcommand creates even the default ``./iot-configs``, so a command run in the wrong
+    directory fails instead of answering from a new, empty fleet.
     """
 
     settings: Settings
@@ -162,12 +162,12 @@ class _Context:
         return self.settings.document_limits
 
     def open(self, *, create: bool = False) -> ConfigStore:
-        if self.store_url.startswith("memory://"):
+        if store_scheme(self.store_url) == "memory":
             _err(
                 f"{PROG}: note: {self.store_url} is in this process only: nothing is kept "
                 "after the command ends"
             )
-        return open_store(self.store_url, create=create, limits=self.limits)
+        return self.settings.open_store(create=create)
 
 
 # -- output helpers -------------------------------------------------------------------------------

@@ -22,16 +22,6 @@ from iot_config_server import Settings, create_app, metrics
 MAC = "aa-bb-cc-dd-ee-ff"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ConfigStore:
-    return open_store(str(tmp_path / "configs"), create=True)
-
-
-@pytest.fixture
-def app(store: ConfigStore) -> webtest.TestApp:
-    return webtest.TestApp(create_app(store, Settings()))
-
-
 def samples(app: webtest.TestApp) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     response = app.get("/metrics")
     assert response.content_type == "text/plain"

@@ -52,7 +52,7 @@ from support import PYTHON, free_port, tool  # noqa: E402
 WRK = tool("wrk")
 TOKEN = "bench-admin-token"
 HOT_MAC = "aa-bb-cc-00-00-01"
-# A typical device config: ~300 bytes of JSON.
+# A typical device config.
 HOT_CONTENT: dict[str, Any] = {
     "deviceName": "kitchen-sensor",
     "deviceEntityId": "sensor.kitchen",
@@ -413,25 +413,12 @@ def write_floor(directory: Path, repeat: int) -> float:
     from iot_config_core import encode_document  # noqa: PLC0415
 
     data = encode_document({**HOT_CONTENT, "counter": 1})
-    target = directory / "floor.json"
-    temp = directory / ".floor.tmp"
 
-    def durable_write() -> None:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, target)
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    def floor() -> None:
+        _harness.durable_write(directory, "floor.json", data)
 
-    timing = _harness.measure({"floor": durable_write}, repeat=repeat)["floor"]
-    target.unlink(missing_ok=True)
+    timing = _harness.measure({"floor": floor}, repeat=repeat)["floor"]
+    (directory / "floor.json").unlink(missing_ok=True)
     return timing.median
 
 
