@@ -30,6 +30,7 @@ from . import docs, openapi
 from .api_models import HealthyReport, UnhealthyReport, api_converter
 from .auth import BearerAuth
 from .cors import CorsPolicy
+from .device_auth import Authorize, DeviceAuth
 from .endpoints import ENDPOINTS, Endpoint, allowed_methods, rules
 from .http_errors import ApiError, error_body_bytes, http_error_for
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -82,7 +83,9 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     app.config[METRICS_CONFIG_KEY] = metrics
     cors = CorsPolicy(settings.cors_origins)
     auth = BearerAuth(settings.admin_tokens)
-    routes = _Routes(app, store, metrics, StoreGate(settings.threads))
+    device_auth = DeviceAuth.from_settings(settings, store, auth, metrics.registry)
+    authorize = device_auth.check if device_auth.active else None
+    routes = _Routes(app, store, metrics, StoreGate(settings.threads), authorize)
     app.install(_RequestPlugin(metrics, cors, auth))
     for endpoint in ENDPOINTS:
         app.route(
@@ -107,7 +110,7 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
 
     for status in (400, 404, 405, 500):
         app.error_handler[status] = route_error
-    app.use_fast_path(_device_fast_path(routes.device_read, metrics, cors))
+    app.use_fast_path(_device_fast_path(routes.device_read, metrics, cors, authorize))
     return app
 
 
@@ -160,7 +163,9 @@ class _ConfigApp(bottle.Bottle):  # type: ignore[misc]  # bottle has no type hin
 _DEVICE_SUFFIX = ".json"
 
 
-def _device_fast_path(read: DeviceRead, metrics: AppMetrics, cors: CorsPolicy) -> FastPath:
+def _device_fast_path(
+    read: DeviceRead, metrics: AppMetrics, cors: CorsPolicy, authorize: Authorize | None
+) -> FastPath:
     """The whole answer to a GET/HEAD of a device route whose read succeeds, as Bottle gives it.
 
     Headers, their order, the status line, metrics and the request id are exactly those of the
@@ -206,6 +211,8 @@ def _device_fast_path(read: DeviceRead, metrics: AppMetrics, cors: CorsPolicy) -
         rid = request_id_from_environ(environ)
         token = set_request_id(rid)
         try:
+            if authorize is not None:
+                authorize(mac, environ)
             doc, etag, not_modified = read(mac, environ.get("HTTP_IF_NONE_MATCH"))
         except Exception as exc:  # answered by the Bottle route, exactly as if it had read
             environ[_DEFERRED_KEY] = (mac, exc)
@@ -445,7 +452,12 @@ class _Routes:
     """The handlers of one app, bound to its store and metrics."""
 
     def __init__(
-        self, app: bottle.Bottle, store: ConfigStore, metrics: AppMetrics, gate: StoreGate
+        self,
+        app: bottle.Bottle,
+        store: ConfigStore,
+        metrics: AppMetrics,
+        gate: StoreGate,
+        authorize: Authorize | None = None,
     ) -> None:
         self._app = app
         self._store = store
@@ -458,6 +470,7 @@ class _Routes:
         self._body_cap = store.limits.max_bytes + ENVELOPE_ALLOWANCE
         self._openapi = openapi.OpenApiCache()
         self._docs = docs.DocsAssets()
+        self._authorize = authorize
         self.device_read = self._device_read()
         self.raw_config = self._raw_handler()
         self.device_config = self.raw_config
@@ -496,6 +509,7 @@ class _Routes:
 
     def _raw_handler(self) -> Handler:
         read = self.device_read
+        authorize = self._authorize
         request = bottle.request
         response = bottle.response
 
@@ -504,6 +518,8 @@ class _Routes:
             deferred = environ.pop(_DEFERRED_KEY, None)
             if deferred is not None and deferred[0] == mac:
                 raise deferred[1]  # the fast path's read of this very request failed
+            if authorize is not None:
+                authorize(mac, environ)
             doc, etag, not_modified = read(mac, environ.get("HTTP_IF_NONE_MATCH"))
             headers = response._headers  # noqa: SLF001 (see _common_headers)
             headers[_ETAG_KEY] = [etag]

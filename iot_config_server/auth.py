@@ -36,12 +36,16 @@ class BearerAuth:
         scheme, _, credentials = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
             raise ApiError("UNAUTHORIZED", "Authorization must be 'Bearer <token>'")
+        if not self.accepts(credentials.strip()):
+            raise ApiError("UNAUTHORIZED", "invalid admin token")
+
+    def accepts(self, credentials: str) -> bool:
+        """Whether ``credentials`` is one of the tokens (always ``False`` when none is set)."""
         try:
-            presented = credentials.strip().encode("ascii")
+            presented = credentials.encode("ascii")
         except UnicodeEncodeError:
             presented = b""
         matched = False
         for token in self._tokens:
             matched |= hmac.compare_digest(presented, token)
-        if not matched:
-            raise ApiError("UNAUTHORIZED", "invalid admin token")
+        return matched
