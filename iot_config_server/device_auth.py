@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from iot_config_core import ConfigStore, MacAddress
 from iot_config_core.device_tokens import (
     DeviceKeyring,
+    DeviceSecretError,
     InvalidDeviceTokenError,
     RevocationList,
     load_keyring,
@@ -43,7 +44,7 @@ from .auth import BearerAuth
 from .http_errors import ApiError
 from .settings import Settings
 
-__all__ = ["FAILURE_REASONS", "QUERY_PARAMETER", "DeviceAuth", "LogBudget"]
+__all__ = ["FAILURE_REASONS", "QUERY_PARAMETER", "DeviceAuth", "LogBudget", "settings_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,21 @@ class DeviceAuth:
                 f" ({held} similar lines held back)" if held else "",
                 extra={"mac_address": str(mac)},
             )
+
+
+def settings_problem(settings: Settings) -> str | None:
+    """Why the device auth settings cannot work (the secret file), or ``None``.
+
+    Checked once before serving, so a bad file stops the server at start instead of failing
+    every worker.
+    """
+    if settings.device_auth == "off" or settings.device_secret_file is None:
+        return None
+    try:
+        load_keyring(settings.device_secret_file)
+    except DeviceSecretError as exc:
+        return exc.message
+    return None
 
 
 def _credential(environ: dict[str, Any]) -> tuple[str | None, bool]:

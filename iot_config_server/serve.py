@@ -24,6 +24,7 @@ from typing import Any
 
 from iot_config_core import ConfigError, DocumentLimits, open_store
 
+from .device_auth import settings_problem
 from .logging_setup import configure_logging
 from .settings import Settings
 
@@ -155,6 +156,10 @@ def serve(settings: Settings) -> int:
     Returns 3 without serving when the store cannot be used or the port cannot be bound.
     """
     configure_logging(settings)
+    problem = settings_problem(settings)
+    if problem is not None:
+        log.error("device auth %s: %s", settings.device_auth, problem)
+        return EXIT_UNAVAILABLE
     description = _prepare_store(settings)
     if description is None:
         return EXIT_UNAVAILABLE
