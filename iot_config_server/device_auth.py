@@ -14,7 +14,8 @@ Tokens come from ``Authorization: Bearer <token>`` or, for HTTP clients that can
 the ``access_token`` query parameter (RFC 6750's name). No log line here contains a token or a
 query string; the server logs paths without their query.
 
-Metrics stay bounded: failures are counted by reason, unauthenticated reads in one counter, and
+Metrics stay bounded: failures are counted by reason, accepted tokens by secret version (so a
+rotation's progress shows), unauthenticated reads in one counter, and
 the number of distinct MACs read without a token is a gauge; which MACs they are is told in a log
 line once per MAC and interval (``iot_config_device_unauthenticated_devices`` says how many, the
 log says who), instead of one series per device.
@@ -132,6 +133,16 @@ class DeviceAuth:
             namespace="iot_config",
             registry=registry,
         )
+        accepted = Counter(
+            "device_auth_accepted",
+            "Device endpoint requests accepted with a device token, by the token's secret "
+            "version (a rotation is done when the old version stops growing).",
+            ["key_version"],
+            namespace="iot_config",
+            registry=registry,
+        )
+        versions = () if keyring is None else tuple(keyring.secrets)
+        self._accepted = {version: accepted.labels(f"v{version}") for version in versions}
         Gauge(
             "device_unauthenticated_devices",
             "Distinct MACs read without a device token since start (mode optional); the log "
@@ -186,6 +197,7 @@ class DeviceAuth:
             self._refuse(address, str(exc.details.get("reason", "mismatch")))
         if revocations.is_revoked(address, version):
             self._refuse(address, "revoked")
+        self._accepted[version].inc()
 
     def _refuse(self, mac: MacAddress, reason: str) -> NoReturn:
         self._failures.labels(reason).inc()

@@ -232,6 +232,10 @@ def test_rotation_two_secret_versions_then_retiring_the_old(fleet: Fleet) -> Non
     with fleet.serve("required") as server:  # during the rotation: both verify
         assert get(server, MAC_A, bearer(old_token))[0] == 200
         assert get(server, MAC_A, bearer(new_token))[0] == 200
+        assert get(server, MAC_B, bearer(fleet.token(MAC_B)))[0] == 200
+        # How far the rotation got: accepted tokens by secret version.
+        assert metric(server, 'iot_config_device_auth_accepted_total{key_version="v1"}') == 1
+        assert metric(server, 'iot_config_device_auth_accepted_total{key_version="v2"}') == 2
         # A stolen v1 token is revoked; the re-provisioned device's v2 token is not.
         assert fleet.cli(MAC_A, "--revoke", "--key-version", "1").returncode == 0
         assert wait_for_status(server, MAC_A, bearer(old_token), 401) == 401
