@@ -550,8 +550,13 @@ def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
 def cmd_device_token(ctx: _Context, args: argparse.Namespace) -> int:
     """Print a device's token, revoke or re-admit it, list revocations, or make a new secret."""
     path = args.secret_file or ctx.settings.device_secret_file
+    # `--new-secret > FILE` runs with FILE already created empty by the shell: that is version 0.
     try:
-        keyring: DeviceKeyring | None = None if path is None else load_keyring(path)
+        keyring: DeviceKeyring | None = (
+            None
+            if path is None or (args.new_secret and _is_empty_or_missing(path))
+            else load_keyring(path)
+        )
     except DeviceSecretError as exc:
         raise UsageError(f"{exc.message} [{exc.code}]") from None
     if args.new_secret:
@@ -612,6 +617,13 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 
 Handler = Callable[[_Context, argparse.Namespace], int]
+
+
+def _is_empty_or_missing(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except FileNotFoundError:
+        return True
 
 
 def _device_token_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
