@@ -54,6 +54,7 @@ class Fleet:
             IOT_CONFIG_DEVICE_AUTH=mode,
             IOT_CONFIG_DEVICE_SECRET_FILE=str(self.secret_file),
             IOT_CONFIG_ADMIN_TOKENS=ADMIN,
+            IOT_CONFIG_LOG_LEVEL="DEBUG",  # so "never logged" covers every level
         )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
