@@ -43,7 +43,6 @@ __all__ = [
     "InvalidDeviceTokenError",
     "Revocation",
     "RevocationList",
-    "RevokedDeviceTokenError",
     "load_keyring",
     "new_secret_line",
     "parse_keyring",
@@ -79,12 +78,6 @@ class InvalidDeviceTokenError(DeviceTokenError):
     code = "INVALID_DEVICE_TOKEN"
 
 
-class RevokedDeviceTokenError(DeviceTokenError):
-    """A genuine token for this MAC whose key version was revoked for it."""
-
-    code = "REVOKED_DEVICE_TOKEN"
-
-
 class DeviceSecretError(DeviceTokenError, ValueError):
     """The secret file is missing, unreadable or malformed (``details``: ``path``, ``line``)."""
 
@@ -113,6 +106,7 @@ class DeviceKeyring:
 
     secrets: Mapping[int, bytes] = attrs.field(converter=_sorted_secrets)
     _keys: Mapping[int, Any] = attrs.field(init=False)
+    _prefixes: Mapping[str, tuple[int, Any]] = attrs.field(init=False)
     # The expected token per (version, MAC) of devices seen: a poll then costs no HMAC. It is
     # derived from the secrets, so it is exactly as sensitive as they are, and lives as long.
     _expected: dict[tuple[int, int], bytes] = attrs.field(init=False)
@@ -134,6 +128,8 @@ class DeviceKeyring:
     def __attrs_post_init__(self) -> None:
         keys = {v: hmac.new(s, digestmod=hashlib.sha256) for v, s in self.secrets.items()}
         object.__setattr__(self, "_keys", keys)
+        # "v<N>" -> (N, key): a token's version prefix is found without parsing it.
+        object.__setattr__(self, "_prefixes", {f"v{v}": (v, k) for v, k in keys.items()})
         object.__setattr__(self, "_expected", {})
 
     def __repr__(self) -> str:
@@ -165,15 +161,16 @@ class DeviceKeyring:
         The comparison is `hmac.compare_digest` over the whole token, so timing reveals nothing
         about how much of a guess was right. The message never contains the token.
         """
-        match = _TOKEN.fullmatch(token)
-        version = int(match.group(1)) if match else 0
-        key = self._keys.get(version)
-        if key is None:
+        prefix, dot, _ = token.partition(".")
+        found = self._prefixes.get(prefix) if dot else None
+        if found is None:
+            malformed = _TOKEN.fullmatch(token) is None
             raise InvalidDeviceTokenError(
-                "malformed device token" if match is None else "unknown device key version",
+                "malformed device token" if malformed else "unknown device key version",
                 mac_address=str(mac),
-                reason="malformed" if match is None else "unknown_version",
+                reason="malformed" if malformed else "unknown_version",
             )
+        version, key = found
         cache_key = (version, mac.value)
         expected = self._expected.get(cache_key)
         cached = expected is not None
@@ -350,7 +347,10 @@ class RevocationList:
 
     def is_revoked(self, mac: MacAddress, version: int) -> bool:
         """Whether ``mac``'s token of key ``version`` is revoked."""
-        entry = self._current().get(mac)
+        entries = self._current()
+        if not entries:
+            return False
+        entry = entries.get(mac)
         return entry is not None and version <= entry.through_version
 
     def entries(self) -> list[Revocation]:

@@ -26,11 +26,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from iot_config_core import ConfigStore, MacAddress
 from iot_config_core.device_tokens import (
@@ -93,6 +95,52 @@ class LogBudget:
             return held
 
 
+class _ThreadCounts(Collector):
+    """Counters on the device hot path: per-thread dicts summed at scrape, no lock per request.
+
+    prometheus_client's counters take a lock on every increment, a measurable share of an
+    authenticated poll; each thread here writes only its own dict (one per thread that ever
+    counted: the server runs a fixed pool).
+    """
+
+    def __init__(self, families: dict[str, tuple[str, str | None]]) -> None:
+        self._families = families  # name -> (help, label name or None)
+        self._declared: dict[str, set[str]] = {name: set() for name in families}
+        self._local = threading.local()
+        self._shards: list[dict[tuple[str, str], int]] = []
+        self._lock = threading.Lock()
+
+    def declare(self, name: str, label: str) -> None:
+        """Show ``name{label}`` at 0 before its first increment."""
+        self._declared[name].add(label)
+
+    def add(self, name: str, label: str = "") -> None:
+        try:
+            shard: dict[tuple[str, str], int] = self._local.shard
+        except AttributeError:
+            shard = self._local.shard = {}
+            with self._lock:
+                self._shards.append(shard)
+        key = (name, label)
+        shard[key] = shard.get(key, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        totals: dict[tuple[str, str], int] = {}
+        with self._lock:
+            shards = list(self._shards)
+        for shard in shards:
+            for key, value in dict(shard).items():
+                totals[key] = totals.get(key, 0) + value
+        for name, (documentation, label_name) in self._families.items():
+            family = CounterMetricFamily(
+                f"iot_config_{name}", documentation, labels=[label_name] if label_name else None
+            )
+            labels = self._declared[name] | {label for n, label in totals if n == name}
+            for label in sorted(labels) if label_name else [""]:
+                family.add_metric([label] if label_name else [], totals.get((name, label), 0))
+            yield family
+
+
 class DeviceAuth:
     """The device endpoints' access check of one app (see the module docstring)."""
 
@@ -127,22 +175,26 @@ class DeviceAuth:
         )
         for reason in FAILURE_REASONS:
             self._failures.labels(reason)
-        self._unauthenticated = Counter(
-            "device_unauthenticated_reads",
-            "Device endpoint requests served without a device token (mode optional).",
-            namespace="iot_config",
-            registry=registry,
+        self._hot = _ThreadCounts(
+            {
+                "device_auth_accepted": (
+                    (
+                        "Device endpoint requests accepted with a device token, by the token's "
+                        "secret version (a rotation is done when the old version stops growing)."
+                    ),
+                    "key_version",
+                ),
+                "device_unauthenticated_reads": (
+                    "Device endpoint requests served without a device token (mode optional).",
+                    None,
+                ),
+            }
         )
-        accepted = Counter(
-            "device_auth_accepted",
-            "Device endpoint requests accepted with a device token, by the token's secret "
-            "version (a rotation is done when the old version stops growing).",
-            ["key_version"],
-            namespace="iot_config",
-            registry=registry,
-        )
-        versions = () if keyring is None else tuple(keyring.secrets)
-        self._accepted = {version: accepted.labels(f"v{version}") for version in versions}
+        registry.register(self._hot)
+        self._version_labels: dict[int, str] = {}
+        for version in () if keyring is None else keyring.secrets:
+            self._version_labels[version] = label = f"v{version}"
+            self._hot.declare("device_auth_accepted", label)
         Gauge(
             "device_unauthenticated_devices",
             "Distinct MACs read without a device token since start (mode optional); the log "
@@ -197,7 +249,7 @@ class DeviceAuth:
             self._refuse(address, str(exc.details.get("reason", "mismatch")))
         if revocations.is_revoked(address, version):
             self._refuse(address, "revoked")
-        self._accepted[version].inc()
+        self._hot.add("device_auth_accepted", self._version_labels[version])
 
     def _refuse(self, mac: MacAddress, reason: str) -> NoReturn:
         self._failures.labels(reason).inc()
@@ -213,7 +265,7 @@ class DeviceAuth:
         raise ApiError("UNAUTHORIZED", _REFUSAL)
 
     def _count_unauthenticated(self, mac: MacAddress) -> None:
-        self._unauthenticated.inc()
+        self._hot.add("device_unauthenticated_reads")
         now = self._clock()
         seen = self._unauthenticated_seen
         last = seen.get(mac.value)
@@ -255,6 +307,8 @@ def _credential(environ: dict[str, Any]) -> tuple[str | None, bool]:
     """
     header = environ.get("HTTP_AUTHORIZATION")
     if header:
+        if header.startswith("Bearer "):  # what every device sends: no further parsing
+            return header[7:].strip(), True
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() == "bearer":
             return value.strip(), True
