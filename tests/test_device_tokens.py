@@ -5,13 +5,17 @@ from __future__ import annotations
 import hmac
 import os
 import threading
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from s3_server import ACCESS_KEY, SECRET_KEY, S3Server, moto_server, storage_options
 
-from iot_config_core import MacAddress, StoreUnavailableError, open_store
+from iot_config_core import ConfigStore, MacAddress, StoreUnavailableError, open_store
 from iot_config_core.device_tokens import (
     MIN_SECRET_BYTES,
     REVOCATIONS_NAME,
@@ -187,16 +191,41 @@ def test_new_secret_lines_are_random_and_long_enough() -> None:
 # -- revocation ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["disk", "memory"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return str(tmp_path / "store") if request.param == "disk" else "memory://revocations"
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with moto_server() as server:
+        boto3.client(
+            "s3",
+            endpoint_url=server.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        ).create_bucket(Bucket="revocations")
+        yield server
 
 
-def test_revocation_round_trip_is_seen_by_another_replica(store_url: str) -> None:
-    store = open_store(store_url, create=True)
+#: Two clients of one store root, as two replicas would have.
+Replicas = tuple[ConfigStore, ConfigStore]
+
+
+@pytest.fixture(params=["disk", "memory", "s3"])
+def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> Replicas:
+    if request.param == "disk":
+        return open_store(str(tmp_path), create=True), open_store(str(tmp_path))
+    if request.param == "memory":  # one process: memory stores are private, so share one
+        store = open_store("memory://revocations", create=True)
+        return store, store
+    server: S3Server = request.getfixturevalue("s3")
+    url = f"s3://revocations/{uuid.uuid4().hex}"
+    first = open_store(url, create=True, **storage_options(server))
+    return first, open_store(url, skip_instance_cache=True, **storage_options(server))
+
+
+def test_revocation_round_trip_is_seen_by_another_replica(replicas: Replicas) -> None:
+    store, other = replicas
     store.put(MAC_A, {"ssid": "x"})
     mine = RevocationList(store.backend, refresh_seconds=0)
-    theirs = RevocationList(store.backend, refresh_seconds=0)  # another replica, same root
+    theirs = RevocationList(other.backend, refresh_seconds=0)  # another replica, same root
     assert not theirs.is_revoked(MAC_A, 1)
     entry = mine.revoke(MAC_A, 2)
     assert entry.through_version == 2
@@ -225,11 +254,11 @@ def test_revocations_are_cached_between_refreshes(tmp_path: Path) -> None:
     assert cached.is_revoked(MAC_A, 1)
 
 
-def test_concurrent_revocations_are_all_kept(tmp_path: Path) -> None:
-    store = open_store(str(tmp_path), create=True)
-    macs_to_revoke = [MacAddress(0xAABBCC000000 + i) for i in range(24)]
+def test_concurrent_revocations_are_all_kept(replicas: Replicas) -> None:
+    macs_to_revoke = [MacAddress(0xAABBCC000000 + i) for i in range(12)]
 
     def revoke(mac: MacAddress) -> None:
+        store = replicas[mac.value % 2]
         RevocationList(store.backend).revoke(mac, 1)  # each thread its own replica's view
 
     threads = [threading.Thread(target=revoke, args=(mac,)) for mac in macs_to_revoke]
@@ -237,7 +266,7 @@ def test_concurrent_revocations_are_all_kept(tmp_path: Path) -> None:
         thread.start()
     for thread in threads:
         thread.join(30)
-    entries = RevocationList(store.backend).entries()
+    entries = RevocationList(replicas[0].backend).entries()
     assert [e.mac_address for e in entries] == macs_to_revoke
 
 
