@@ -162,7 +162,9 @@ class DeviceAuth:
         self._keyring = keyring
         self._revocations = revocations
         self._admin = admin
-        self._budget = log_budget or LogBudget(lines=20, interval=60.0)
+        # Separate budgets: a fleet not provisioned yet must not crowd out the failure lines.
+        self._failure_budget = log_budget or LogBudget(lines=20, interval=60.0)
+        self._unauthenticated_budget = LogBudget(lines=20, interval=60.0)
         self._remind = remind_seconds
         self._clock = clock
         self._unauthenticated_seen: dict[int, float] = {}
@@ -185,7 +187,7 @@ class DeviceAuth:
                     "key_version",
                 ),
                 "device_unauthenticated_reads": (
-                    "Device endpoint requests served without a device token (mode optional).",
+                    "Device endpoint requests without a device token (mode optional).",
                     None,
                 ),
             }
@@ -197,8 +199,8 @@ class DeviceAuth:
             self._hot.declare("device_auth_accepted", label)
         Gauge(
             "device_unauthenticated_devices",
-            "Distinct MACs read without a device token since start (mode optional); the log "
-            "names them.",
+            "Distinct MACs requested without a device token since start (mode optional), with "
+            "or without a config; the log names them.",
             namespace="iot_config",
             registry=registry,
         ).set_function(lambda: float(len(self._unauthenticated_seen)))
@@ -253,7 +255,7 @@ class DeviceAuth:
 
     def _refuse(self, mac: MacAddress, reason: str) -> NoReturn:
         self._failures.labels(reason).inc()
-        held = self._budget.take()
+        held = self._failure_budget.take()
         if held is not None:
             log.warning(
                 "device auth failed for %s: %s%s",
@@ -274,7 +276,7 @@ class DeviceAuth:
         if last is None and len(seen) >= _MAX_TRACKED_DEVICES:
             return
         seen[mac.value] = now
-        held = self._budget.take()
+        held = self._unauthenticated_budget.take()
         if held is not None:
             log.info(
                 "device %s read its config without a device token%s",
