@@ -11,27 +11,32 @@ The library behind the ``iot-config`` server and CLI, usable on its own::
 
 from __future__ import annotations
 
+from .backend import Backend
 from .document import DocumentLimits, compute_etag, decode_document, encode_document
 from .errors import (
     AlreadyExistsError,
     ConfigError,
     CorruptDocumentError,
     DocumentTooLargeError,
+    ErrorCode,
     InvalidDocumentError,
     InvalidETagError,
     InvalidMacError,
     NotFoundError,
     PreconditionFailedError,
+    StoredDocumentTooLargeError,
+    StoreMissingError,
     StoreUnavailableError,
     UnsupportedStoreError,
 )
 from .etags import EntityTag, ETagCondition
 from .mac import MacAddress
 from .model import ConfigSummary, RawDocument, StoredConfig
-from .store import ConfigStore, Listing, open_store, register_backend
+from .store import ConfigStore, Listing, local_store_root, open_store, register_backend
 
 __all__ = [
     "AlreadyExistsError",
+    "Backend",
     "ConfigError",
     "ConfigStore",
     "ConfigSummary",
@@ -40,6 +45,7 @@ __all__ = [
     "DocumentTooLargeError",
     "ETagCondition",
     "EntityTag",
+    "ErrorCode",
     "InvalidDocumentError",
     "InvalidETagError",
     "InvalidMacError",
@@ -48,12 +54,15 @@ __all__ = [
     "NotFoundError",
     "PreconditionFailedError",
     "RawDocument",
+    "StoreMissingError",
     "StoreUnavailableError",
     "StoredConfig",
+    "StoredDocumentTooLargeError",
     "UnsupportedStoreError",
     "compute_etag",
     "decode_document",
     "encode_document",
+    "local_store_root",
     "open_store",
     "register_backend",
 ]

@@ -26,12 +26,12 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
 from .backend import ABSENT, Absent, Backend, VersionConflict
-from .errors import ConfigError, StoreUnavailableError
+from .errors import ConfigError, ErrorCode, StoreUnavailableError
 from .mac import MacAddress
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "REVOCATIONS_NAME",
     "DeviceKeyring",
     "DeviceSecretError",
-    "DeviceTokenError",
     "InvalidDeviceTokenError",
     "Revocation",
     "RevocationList",
@@ -66,22 +65,16 @@ _MAX_WRITE_ATTEMPTS = 16
 _EXPECTED_CACHE_SIZE = 200_000
 
 
-class DeviceTokenError(ConfigError):
-    """Base of the device credential errors."""
-
-    code: ClassVar[str] = "DEVICE_TOKEN_ERROR"
-
-
-class InvalidDeviceTokenError(DeviceTokenError):
+class InvalidDeviceTokenError(ConfigError):
     """A token that is malformed, of an unknown key version, or not the token of this MAC."""
 
-    code = "INVALID_DEVICE_TOKEN"
+    code = ErrorCode.INVALID_DEVICE_TOKEN
 
 
-class DeviceSecretError(DeviceTokenError, ValueError):
+class DeviceSecretError(ConfigError, ValueError):
     """The secret file is missing, unreadable or malformed (``details``: ``path``, ``line``)."""
 
-    code = "INVALID_DEVICE_SECRET"
+    code = ErrorCode.INVALID_DEVICE_SECRET
 
 
 def _sorted_secrets(secrets: Mapping[int, bytes]) -> dict[int, bytes]:

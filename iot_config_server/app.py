@@ -32,7 +32,7 @@ from .auth import BearerAuth
 from .cors import CorsPolicy
 from .device_auth import Authorize, DeviceAuth
 from .endpoints import ENDPOINTS, Endpoint, allowed_methods, rules
-from .http_errors import ApiError, error_body_bytes, http_error_for
+from .http_errors import ApiError, ApiErrorCode, error_body_bytes, http_error_for, user_message
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import UNMATCHED_ROUTE, AppMetrics
 from .request_body import ENVELOPE_ALLOWANCE, parse_put_request, read_body, require_json
@@ -73,9 +73,16 @@ _STARTED_KEY = "iot_config.started"
 def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     """A new Bottle app serving ``store``; nothing global, so apps on two stores coexist.
 
-    Document size limits are the store's own (``store.limits``): open the store with
-    ``DocumentLimits(max_bytes=settings.max_document_bytes)`` for the setting to apply.
+    Document size limits are the store's own, and must be the ones ``settings`` ask for: open the
+    store with `Settings.open_store` (or ``limits=settings.document_limits``). A mismatch raises
+    `ValueError` rather than silently serving a limit nobody configured.
     """
+    if store.limits.max_bytes != settings.max_document_bytes:
+        raise ValueError(
+            f"the store's document limit ({store.limits.max_bytes} bytes) is not the settings' "
+            f"max_document_bytes ({settings.max_document_bytes}): open it with "
+            "Settings.open_store()"
+        )
     app = _ConfigApp()
     # No JSON/template plugins: every handler returns the bytes it encoded.
     app.uninstall(True)  # noqa: FBT003
@@ -85,7 +92,13 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     auth = BearerAuth(settings.admin_tokens)
     device_auth = DeviceAuth.from_settings(settings, store, auth, metrics.registry)
     authorize = device_auth.check if device_auth.active else None
-    routes = _Routes(app, store, metrics, StoreGate(settings.threads), authorize)
+    routes = _Routes(
+        app,
+        store,
+        metrics,
+        StoreGate(settings.threads, stall_after=settings.store_stall_seconds),
+        authorize,
+    )
     app.install(_RequestPlugin(metrics, cors, auth))
     for endpoint in ENDPOINTS:
         app.route(
@@ -276,23 +289,29 @@ def _common_headers(
             resp.set_header(name, value)
 
 
-def _error_answer(resp: bottle.BaseResponse, error: ConfigError | ApiError, rid: str) -> bytes:
-    """Turn a typed error into its status and JSON body (headers of a half-done answer dropped)."""
-    mapped = http_error_for(error)
-    resp.status = mapped.status
+def _error_answer(
+    resp: bottle.BaseResponse, error: ConfigError | ApiError, rid: str, action: str = ""
+) -> bytes:
+    """Turn a typed error into its status, headers and JSON body (a half-done answer's dropped).
+
+    ``action`` is the route's `Endpoint.action`, for the message's "Cannot <action> because".
+    """
+    rule = http_error_for(error)
+    resp.status = rule.status
     for name in ("ETag", "Cache-Control", "Content-Length"):
         if name in resp:
             del resp[name]
     resp.content_type = JSON
-    if mapped.status == 401:
-        resp.set_header("WWW-Authenticate", 'Bearer realm="iot-config"')
-    if mapped.status == 503:
-        resp.set_header("Retry-After", "1")
-    return error_body_bytes(error.message, mapped.wire_code, error.details, rid)
+    for name, value in rule.headers:
+        resp.set_header(name, value)
+    return error_body_bytes(user_message(error, action), rule, error.details, rid)
 
 
-def _internal_error(resp: bottle.BaseResponse, rid: str) -> bytes:
-    return _error_answer(resp, ApiError("INTERNAL_ERROR", "internal server error"), rid)
+def _internal_error() -> ApiError:
+    return ApiError(
+        ApiErrorCode.INTERNAL_ERROR,
+        "an unexpected error happened in the server (the correlationId identifies it in the log)",
+    )
 
 
 class _RequestPlugin:
@@ -313,6 +332,7 @@ class _RequestPlugin:
         template = route.rule if endpoint is None else endpoint.template
         observe = self._metrics.route(template).observe
         admin = endpoint is not None and endpoint.admin
+        action = "" if endpoint is None else endpoint.action
         check_auth = self._auth.check if admin and self._auth.enabled else None
         cors = self._cors
         request = bottle.request
@@ -331,7 +351,7 @@ class _RequestPlugin:
                         check_auth(environ.get("HTTP_AUTHORIZATION"))
                     body = callback(**kwargs)
                 except (ConfigError, ApiError) as exc:
-                    body = _error_answer(response, exc, rid)
+                    body = _error_answer(response, exc, rid, action)
                     if response.status_code >= 500:  # an outage, not a bug: no traceback
                         log.error(  # noqa: TRY400
                             "%s %s failed: %s", environ["REQUEST_METHOD"], template, exc
@@ -344,7 +364,7 @@ class _RequestPlugin:
                     body = answer.body
                 except Exception:  # the error boundary: log it, answer a bare JSON 500
                     log.exception("unexpected error in %s %s", environ["REQUEST_METHOD"], template)
-                    body = _internal_error(response, rid)
+                    body = _error_answer(response, _internal_error(), rid, action)
                 _common_headers(response, rid, cors, environ.get("HTTP_ORIGIN"))
                 return body
             finally:
@@ -368,23 +388,28 @@ def _route_error(error: bottle.HTTPError, cors: CorsPolicy, unmatched: Any) -> b
             allow.add("HEAD")
         response.set_header("Allow", ", ".join(sorted(allow)))
         api_error = ApiError(
-            "METHOD_NOT_ALLOWED",
-            f"method {environ.get('REQUEST_METHOD')} not allowed here",
+            ApiErrorCode.METHOD_NOT_ALLOWED,
+            f"method {environ.get('REQUEST_METHOD', '')[:20]} is not allowed here "
+            f"(allowed: {', '.join(sorted(allow))})",
             allowed=sorted(allow),
         )
     elif status == 404:
+        path = environ.get("PATH_INFO", "")[:200]
         api_error = ApiError(
-            "ROUTE_NOT_FOUND", "no such route", path=environ.get("PATH_INFO", "")[:200]
+            ApiErrorCode.ROUTE_NOT_FOUND, f"there is no API route at {path!r}", path=path
         )
     elif status == 400:
-        api_error = ApiError("BAD_REQUEST", str(error.body)[:200])
+        api_error = ApiError(
+            ApiErrorCode.BAD_REQUEST,
+            f"the request is malformed ({str(error.body)[:200]})",
+        )
     else:
         token = current_request_id.set(rid)
         try:
             log.error("unhandled error", exc_info=error.exception)
         finally:
             current_request_id.reset(token)
-        api_error = ApiError("INTERNAL_ERROR", "internal server error")
+        api_error = _internal_error()
     body = _error_answer(response, api_error, rid)
     _common_headers(response, rid, cors, environ.get("HTTP_ORIGIN"))
     if "bottle.route" not in environ:  # errors raised inside a route were counted by the plugin
@@ -420,7 +445,11 @@ def _parse_condition(value: str, header: str) -> ETagCondition:
     try:
         return ETagCondition.parse(value)
     except InvalidETagError as exc:
-        raise ApiError("INVALID_HEADER", f"{header}: {exc.message}", header=header) from None
+        raise ApiError(
+            ApiErrorCode.INVALID_HEADER,
+            f"the {header} header is malformed ({exc.message})",
+            header=header,
+        ) from None
 
 
 def _condition(environ: dict[str, Any], key: str, header: str) -> ETagCondition | None:
@@ -532,9 +561,9 @@ class _Routes:
 
         return raw_config
 
-    def _operate(self, name: str, action: Callable[[], Any]) -> Any:
+    def _operate(self, name: str, action: Callable[[], Any], *, write: bool = False) -> Any:
         op = self._ops[name]
-        self._gate.enter()
+        self._gate.enter(write=write)
         try:
             result = action()
         except ConfigError as exc:
@@ -573,6 +602,7 @@ class _Routes:
                 if_none_match=if_none_match,
                 create_only=not put.allow_overwrite,
             ),
+            write=True,
         )
         log.info("stored config %s (etag %s)", stored.mac_address, stored.etag)
         return _config_answer(stored)
@@ -581,7 +611,7 @@ class _Routes:
         environ = bottle.request.environ
         address = MacAddress.parse(mac)
         if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
-        self._operate("delete", lambda: self._store.delete(address, if_match=if_match))
+        self._operate("delete", lambda: self._store.delete(address, if_match=if_match), write=True)
         log.info("deleted config %s", address)
         bottle.response.status = 204
         return b""
@@ -622,8 +652,14 @@ class _Routes:
         bottle.response.content_type = JSON
         return self._openapi.document(_base_path(self._app, bottle.request.environ))
 
+    def openapi_at_docs(self) -> bytes:
+        return self.openapi()
+
     def docs(self) -> bytes:
         return self._docs.page(bottle.response)
+
+    def docs_slash(self) -> bytes:
+        return self._docs.page(bottle.response, trailing_slash=True)
 
     def docs_asset(self, name: str) -> bytes:
         return self._docs.asset(name, bottle.response)

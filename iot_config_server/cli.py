@@ -30,13 +30,11 @@ from iot_config_core import (
     DocumentLimits,
     DocumentTooLargeError,
     InvalidDocumentError,
-    InvalidETagError,
     InvalidMacError,
     MacAddress,
     NotFoundError,
     PreconditionFailedError,
     StoreUnavailableError,
-    UnsupportedStoreError,
     compute_etag,
     decode_document,
     encode_document,
@@ -51,6 +49,7 @@ from iot_config_core.device_tokens import (
 )
 from iot_config_core.posix_backend import sync_directory, write_file_atomically
 from iot_config_core.wire import summary_to_wire
+from iot_config_server.http_errors import ExitStatus, exit_status_for  # no Bottle either
 from iot_config_server.settings import Settings, SettingsError  # plain attrs: no Bottle
 
 __all__ = [
@@ -64,13 +63,11 @@ __all__ = [
 ]
 
 PROG = "iot-config"
-EXIT_OK = 0
-#: A document, a precondition or a lookup failed: not found, stale ETag, exists, invalid, corrupt.
-EXIT_FAILED = 1
-#: The command line itself was wrong (argparse uses 2 as well).
-EXIT_USAGE = 2
-#: The store could not be reached or failed; retrying later may succeed.
-EXIT_UNAVAILABLE = 3
+# One table decides the exit status of each error code (`http_errors.ERROR_TABLE`).
+EXIT_OK = int(ExitStatus.OK)
+EXIT_FAILED = int(ExitStatus.FAILED)
+EXIT_USAGE = int(ExitStatus.USAGE)
+EXIT_UNAVAILABLE = int(ExitStatus.UNAVAILABLE)
 
 
 EXIT_STATUS_HELP = """\
@@ -805,14 +802,6 @@ def _library_logging(debug: bool) -> Iterator[None]:
         logger.setLevel(old_level)
 
 
-def _exit_status(exc: ConfigError) -> int:
-    if isinstance(exc, StoreUnavailableError):
-        return EXIT_UNAVAILABLE
-    if isinstance(exc, InvalidMacError | InvalidETagError | UnsupportedStoreError):
-        return EXIT_USAGE
-    return EXIT_FAILED
-
-
 def _context(args: argparse.Namespace, environ: Mapping[str, str]) -> _Context:
     settings = _env_settings(environ)
     max_bytes = args.max_document_bytes or settings.max_document_bytes
@@ -838,7 +827,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except UsageError as exc:
         failure, status, message = exc, EXIT_USAGE, str(exc)
     except ConfigError as exc:
-        failure, status, message = exc, _exit_status(exc), _describe(exc)
+        failure, status, message = exc, int(exit_status_for(exc)), _describe(exc)
     except KeyboardInterrupt as exc:
         failure, status, message = exc, 130, "interrupted"
     except BrokenPipeError:  # `iot-config list | head`: the reader left, nothing to report

@@ -44,7 +44,7 @@ from iot_config_core.device_tokens import (
 )
 
 from .auth import BearerAuth
-from .http_errors import ApiError
+from .http_errors import ApiError, ApiErrorCode
 from .settings import Settings
 
 __all__ = ["FAILURE_REASONS", "QUERY_PARAMETER", "DeviceAuth", "LogBudget", "settings_problem"]
@@ -264,7 +264,7 @@ class DeviceAuth:
                 f" ({held} similar lines held back)" if held else "",
                 extra={"mac_address": str(mac), "reason": reason},
             )
-        raise ApiError("UNAUTHORIZED", _REFUSAL)
+        raise ApiError(ApiErrorCode.UNAUTHORIZED, _REFUSAL)
 
     def _count_unauthenticated(self, mac: MacAddress) -> None:
         self._hot.add("device_unauthenticated_reads")

@@ -23,6 +23,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from iot_config_core import ConfigError
+
 __all__ = [
     "CONTENT_TYPE",
     "UNMATCHED_ROUTE",
@@ -246,8 +248,16 @@ class OperationMetrics:
         )
 
 
+def _count_or_nan(config_count: Callable[[], int]) -> float:
+    """The count, or NaN when the store cannot say: a scrape must answer during an outage."""
+    try:
+        return float(config_count())
+    except ConfigError:
+        return float("nan")
+
+
 class AppMetrics:
-    """All metrics of one app; ``config_count`` is read at scrape time, without store I/O."""
+    """All metrics of one app; ``config_count`` is read at scrape time (a metadata scan)."""
 
     def __init__(self, config_count: Callable[[], int], *, namespace: str = "iot_config") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -255,11 +265,11 @@ class AppMetrics:
         self.registry.register(self.stats)
         self.configs = Gauge(
             "configs",
-            "Valid configs in the most recent listing of the store.",
+            "Valid configs in the store when scraped (NaN while the store is unavailable).",
             namespace=namespace,
             registry=self.registry,
         )
-        self.configs.set_function(lambda: float(config_count()))
+        self.configs.set_function(lambda: _count_or_nan(config_count))
         self.build = Info(
             "build", "Version of the running server.", namespace=namespace, registry=self.registry
         )

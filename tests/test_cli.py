@@ -286,15 +286,16 @@ def test_help_on_every_subcommand_documents_exit_statuses(cli: Cli, command: str
     assert "3  store unavailable" in result.out
 
 
-def test_unsupported_store_url_is_a_usage_error_and_unreachable_is_3(cli: Cli) -> None:
-    # http:// opens without connecting; the store refuses it (no conditional writes there).
-    unsupported = cli("--store", "http://127.0.0.1:1/configs", "list")
-    assert unsupported.status == EXIT_USAGE
-    assert "UNSUPPORTED_STORE" in unsupported.err
-    # ftp:// connects when opened; nothing listens on port 1 of the loopback.
-    unreachable = cli("--store", "ftp://127.0.0.1:1/configs", "list")
-    assert unreachable.status == EXIT_UNAVAILABLE
-    assert "STORE_UNAVAILABLE" in unreachable.err
+def test_unsupported_store_url_is_a_usage_error_and_missing_is_3(cli: Cli, tmp_path: Path) -> None:
+    # Refused before any connection is made, naming the schemes that are supported.
+    for url in ("http://127.0.0.1:1/configs", "ftp://127.0.0.1:1/configs"):
+        unsupported = cli("--store", url, "list")
+        assert unsupported.status == EXIT_USAGE
+        assert "UNSUPPORTED_STORE" in unsupported.err
+        assert "s3://" in unsupported.err
+    missing = cli("--store", str(tmp_path / "nowhere"), "list")
+    assert missing.status == EXIT_UNAVAILABLE
+    assert "--create-store" in missing.err
 
 
 # -- list -----------------------------------------------------------------------------------------

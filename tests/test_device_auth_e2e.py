@@ -55,6 +55,7 @@ class Fleet:
             IOT_CONFIG_DEVICE_SECRET_FILE=str(self.secret_file),
             IOT_CONFIG_ADMIN_TOKENS=ADMIN,
             IOT_CONFIG_LOG_LEVEL="DEBUG",  # so "never logged" covers every level
+            IOT_CONFIG_ACCESS_LOG="true",  # and the access log
         )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -179,8 +180,9 @@ def test_required_gives_one_answer_for_existing_and_absent_macs(
         assert status == 401
         assert headers["www-authenticate"] == 'Bearer realm="iot-config"'
         assert body == {
-            "error": "a valid device token for this MAC is required",
+            "error": "Cannot get config because a valid device token for this MAC is required",
             "code": "UNAUTHORIZED",
+            "status": 401,
             "details": {},
         }
 
