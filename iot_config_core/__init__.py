@@ -11,6 +11,8 @@ The library behind the ``iot-config`` server and CLI, usable on its own::
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from .backend import Backend
 from .document import DocumentLimits, compute_etag, decode_document, encode_document
 from .errors import (
@@ -33,6 +35,12 @@ from .etags import EntityTag, ETagCondition
 from .mac import MacAddress
 from .model import ConfigSummary, RawDocument, StoredConfig
 from .store import ConfigStore, Listing, local_store_root, open_store, register_backend
+
+try:
+    #: The installed distribution's version: pyproject.toml is its one source.
+    __version__ = _metadata.version("iot-config")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AlreadyExistsError",
@@ -59,6 +67,7 @@ __all__ = [
     "StoredConfig",
     "StoredDocumentTooLargeError",
     "UnsupportedStoreError",
+    "__version__",
     "compute_etag",
     "decode_document",
     "encode_document",

@@ -38,6 +38,7 @@ from .errors import (
     CorruptDocumentError,
     DocumentTooLargeError,
     InvalidDocumentError,
+    InvalidMacError,
     NotFoundError,
     PreconditionFailedError,
     StoredDocumentTooLargeError,
@@ -469,7 +470,7 @@ class ConfigStore:
                 if parsed is None or parsed.token != token:
                     mac = MacAddress.from_file_name(name)
                     if mac is None:
-                        self._warn_once(name, token, "not a <canonical-mac>.json file name")
+                        self._warn_once(name, token, self._why_not_a_config(name))
                         skipped.append(name)
                         continue
                     parsed = self._parse(mac, name, token)
@@ -521,6 +522,21 @@ class ConfigStore:
             parsed = _Parsed(meta.token, summary, None)
         self._parsed[name] = parsed
         return parsed
+
+    def _why_not_a_config(self, name: str) -> str:
+        """Why ``name`` is not served, and the fix when it is a legacy spelling of a MAC."""
+        try:
+            mac = MacAddress.from_legacy_file_name(name)
+        except InvalidMacError:
+            return "not a <canonical-mac>.json file name"
+        # Hand-copied from the old share: devices ask for the canonical name and get 404.
+        root = local_store_root(self.description)
+        if root is None:
+            return f"devices ask for {mac.file_name}; store it under that name"
+        return (
+            f"devices ask for {mac.file_name}; store it under that name with "
+            f"'iot-config --store {root} import {root}', then remove this file"
+        )
 
     def _warn_once(self, name: str, token: Hashable, why: str) -> None:
         key = (name, token)

@@ -15,10 +15,9 @@ the ``access_token`` query parameter (RFC 6750's name). No log line here contain
 query string; the server logs paths without their query.
 
 Metrics stay bounded: failures are counted by reason, accepted tokens by secret version (so a
-rotation's progress shows), unauthenticated reads in one counter, and
-the number of distinct MACs read without a token is a gauge; which MACs they are is told in a log
-line once per MAC and interval (``iot_config_device_unauthenticated_devices`` says how many, the
-log says who), instead of one series per device.
+rotation's progress shows), and unauthenticated reads in one counter. Which devices read without
+a token is told in a log line once per MAC and hour (the counter says how much, the log says
+who), instead of one series per device.
 """
 
 from __future__ import annotations
@@ -26,13 +25,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NoReturn
 from urllib.parse import parse_qs
-
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from iot_config_core import ConfigStore, MacAddress
 from iot_config_core.device_tokens import (
@@ -45,6 +40,7 @@ from iot_config_core.device_tokens import (
 
 from .auth import BearerAuth
 from .http_errors import ApiError, ApiErrorCode
+from .metrics import AppMetrics
 from .settings import Settings
 
 __all__ = ["FAILURE_REASONS", "QUERY_PARAMETER", "DeviceAuth", "LogBudget", "settings_problem"]
@@ -57,7 +53,8 @@ FAILURE_REASONS = ("missing", "malformed", "unknown_version", "mismatch", "revok
 #: One answer for every failure, so the body tells a caller nothing about why (or whether the MAC
 #: exists); the reason goes to the metric and the log.
 _REFUSAL = "a valid device token for this MAC is required"
-# Distinct MACs remembered as read without a token; past it the gauge saturates (documented).
+# MACs remembered as logged for reading without a token; past it the memory starts afresh (each
+# is then logged once more), so a scan of invented MACs cannot grow it without bound.
 _MAX_TRACKED_DEVICES = 100_000
 
 Authorize = Callable[[str, dict[str, Any]], None]
@@ -95,52 +92,6 @@ class LogBudget:
             return held
 
 
-class _ThreadCounts(Collector):
-    """Counters on the device hot path: per-thread dicts summed at scrape, no lock per request.
-
-    prometheus_client's counters take a lock on every increment, a measurable share of an
-    authenticated poll; each thread here writes only its own dict (one per thread that ever
-    counted: the server runs a fixed pool).
-    """
-
-    def __init__(self, families: dict[str, tuple[str, str | None]]) -> None:
-        self._families = families  # name -> (help, label name or None)
-        self._declared: dict[str, set[str]] = {name: set() for name in families}
-        self._local = threading.local()
-        self._shards: list[dict[tuple[str, str], int]] = []
-        self._lock = threading.Lock()
-
-    def declare(self, name: str, label: str) -> None:
-        """Show ``name{label}`` at 0 before its first increment."""
-        self._declared[name].add(label)
-
-    def add(self, name: str, label: str = "") -> None:
-        try:
-            shard: dict[tuple[str, str], int] = self._local.shard
-        except AttributeError:
-            shard = self._local.shard = {}
-            with self._lock:
-                self._shards.append(shard)
-        key = (name, label)
-        shard[key] = shard.get(key, 0) + 1
-
-    def collect(self) -> Iterator[Metric]:
-        totals: dict[tuple[str, str], int] = {}
-        with self._lock:
-            shards = list(self._shards)
-        for shard in shards:
-            for key, value in dict(shard).items():
-                totals[key] = totals.get(key, 0) + value
-        for name, (documentation, label_name) in self._families.items():
-            family = CounterMetricFamily(
-                f"iot_config_{name}", documentation, labels=[label_name] if label_name else None
-            )
-            labels = self._declared[name] | {label for n, label in totals if n == name}
-            for label in sorted(labels) if label_name else [""]:
-                family.add_metric([label] if label_name else [], totals.get((name, label), 0))
-            yield family
-
-
 class DeviceAuth:
     """The device endpoints' access check of one app (see the module docstring)."""
 
@@ -150,7 +101,7 @@ class DeviceAuth:
         keyring: DeviceKeyring | None,
         revocations: RevocationList | None,
         admin: BearerAuth,
-        registry: CollectorRegistry,
+        metrics: AppMetrics,
         *,
         log_budget: LogBudget | None = None,
         remind_seconds: float = 3600.0,
@@ -168,42 +119,24 @@ class DeviceAuth:
         self._remind = remind_seconds
         self._clock = clock
         self._unauthenticated_seen: dict[int, float] = {}
-        self._failures = Counter(
+        failures = metrics.counter(
             "device_auth_failures",
             "Device endpoint requests refused for their credentials, by reason.",
-            ["reason"],
-            namespace="iot_config",
-            registry=registry,
+            ("reason",),
         )
-        for reason in FAILURE_REASONS:
-            self._failures.labels(reason)
-        self._hot = _ThreadCounts(
-            {
-                "device_auth_accepted": (
-                    (
-                        "Device endpoint requests accepted with a device token, by the token's "
-                        "secret version (a rotation is done when the old version stops growing)."
-                    ),
-                    "key_version",
-                ),
-                "device_unauthenticated_reads": (
-                    "Device endpoint requests without a device token (mode optional).",
-                    None,
-                ),
-            }
+        self._failures = {reason: failures.labels(reason) for reason in FAILURE_REASONS}
+        accepted = metrics.counter(
+            "device_auth_accepted",
+            "Device endpoint requests accepted with a device token, by the token's secret "
+            "version (a rotation is done when the old version stops growing).",
+            ("key_version",),
         )
-        registry.register(self._hot)
-        self._version_labels: dict[int, str] = {}
-        for version in () if keyring is None else keyring.secrets:
-            self._version_labels[version] = label = f"v{version}"
-            self._hot.declare("device_auth_accepted", label)
-        Gauge(
-            "device_unauthenticated_devices",
-            "Distinct MACs requested without a device token since start (mode optional), with "
-            "or without a config; the log names them.",
-            namespace="iot_config",
-            registry=registry,
-        ).set_function(lambda: float(len(self._unauthenticated_seen)))
+        versions = () if keyring is None else tuple(keyring.secrets)
+        self._accepted = {version: accepted.labels(f"v{version}") for version in versions}
+        self._unauthenticated = metrics.counter(
+            "device_unauthenticated_reads",
+            "Device endpoint requests without a device token (mode optional).",
+        )
 
     @classmethod
     def from_settings(
@@ -211,15 +144,15 @@ class DeviceAuth:
         settings: Settings,
         store: ConfigStore,
         admin: BearerAuth,
-        registry: CollectorRegistry,
+        metrics: AppMetrics,
     ) -> DeviceAuth:
         """The check ``settings`` ask for; `DeviceSecretError` when the secret file is unusable."""
         if settings.device_auth == "off" or settings.device_secret_file is None:
-            return cls("off", None, None, admin, registry)
+            return cls("off", None, None, admin, metrics)
         keyring = load_keyring(settings.device_secret_file)
         revocations = RevocationList(store.backend)
         log.info("device auth %s, secret versions %s", settings.device_auth, list(keyring.secrets))
-        return cls(settings.device_auth, keyring, revocations, admin, registry)
+        return cls(settings.device_auth, keyring, revocations, admin, metrics)
 
     @property
     def active(self) -> bool:
@@ -251,10 +184,10 @@ class DeviceAuth:
             self._refuse(address, str(exc.details.get("reason", "mismatch")))
         if revocations.is_revoked(address, version):
             self._refuse(address, "revoked")
-        self._hot.add("device_auth_accepted", self._version_labels[version])
+        self._accepted[version].inc()
 
     def _refuse(self, mac: MacAddress, reason: str) -> NoReturn:
-        self._failures.labels(reason).inc()
+        self._failures[reason].inc()
         held = self._failure_budget.take()
         if held is not None:
             log.warning(
@@ -267,14 +200,14 @@ class DeviceAuth:
         raise ApiError(ApiErrorCode.UNAUTHORIZED, _REFUSAL)
 
     def _count_unauthenticated(self, mac: MacAddress) -> None:
-        self._hot.add("device_unauthenticated_reads")
+        self._unauthenticated.inc()
         now = self._clock()
         seen = self._unauthenticated_seen
         last = seen.get(mac.value)
         if last is not None and now - last < self._remind:
             return
         if last is None and len(seen) >= _MAX_TRACKED_DEVICES:
-            return
+            seen.clear()
         seen[mac.value] = now
         held = self._unauthenticated_budget.take()
         if held is not None:

@@ -13,12 +13,11 @@ import types
 import typing
 from collections.abc import Mapping
 from datetime import datetime
-from importlib import metadata
 from typing import Any, Literal, Union
 
 import attrs
 
-from iot_config_core import ConfigSummary, MacAddress
+from iot_config_core import ConfigSummary, MacAddress, __version__
 from iot_config_core.mac import CANONICAL_PATTERN, SPELLINGS_PATTERN
 from iot_config_core.wire import SUMMARY_FILE_FIELDS
 
@@ -266,13 +265,6 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
     return operation
 
 
-def _version() -> str:
-    try:
-        return metadata.version("iot-config")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
-
-
 def build_document(base_path: str = "/") -> dict[str, Any]:
     """The whole OpenAPI document for an app whose routes start at ``base_path``."""
     builder = _SchemaBuilder()
@@ -285,7 +277,7 @@ def build_document(base_path: str = "/") -> dict[str, Any]:
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "iot-config",
-            "version": _version(),
+            "version": __version__,
             "description": (
                 "Configs of ESP32 devices, keyed by MAC address. Devices poll the raw document "
                 "endpoints; admins and the web UI use /api/configs. Every error answer is an "

@@ -21,7 +21,7 @@ __all__ = ["ENVELOPE_ALLOWANCE", "parse_put_request", "read_body", "require_json
 ENVELOPE_ALLOWANCE = 64 * 1024
 _CHUNK = 64 * 1024
 # Reasons of `InvalidDocumentError` that are about the request's JSON text, not the content rules.
-_SYNTAX_REASONS = frozenset({"syntax", "invalid_utf8", "byte_order_mark", "not_an_object"})
+_SYNTAX_REASONS = frozenset({"empty", "syntax", "invalid_utf8", "byte_order_mark", "not_an_object"})
 
 
 def require_json(environ: dict[str, Any]) -> None:

@@ -271,15 +271,18 @@ def serve(settings: Settings) -> int:
             "no admin tokens are set (IOT_CONFIG_ADMIN_TOKENS): anyone who can reach this port "
             "can change or delete configs"
         )
-    status = run_wsgi(
-        functools.partial(_load_app, settings),
-        host=address,
-        port=port,
-        threads=settings.threads,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        listener=listener,
-    )
+    from .metrics import multiprocess_directory  # noqa: PLC0415 -- prometheus_client: serving only
+
+    with multiprocess_directory(settings.workers):  # workers count into files summed at scrape
+        status = run_wsgi(
+            functools.partial(_load_app, settings),
+            host=address,
+            port=port,
+            threads=settings.threads,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            listener=listener,
+        )
     # Granian's dictConfig closed every existing handler, ours included: reinstall it.
     configure_logging(settings)
     log.info("stopped (exit status %d)", status)

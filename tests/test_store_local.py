@@ -50,6 +50,20 @@ def test_entries_that_are_not_regular_files_are_not_configs(tmp_path: Path) -> N
     assert not store.exists(MAC_B)
 
 
+def test_a_hand_copied_legacy_name_is_skipped_with_its_fix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(str(tmp_path))
+    (tmp_path / "AA-BB-CC-DD-EE-02.json").write_bytes(b'{"deviceName": "x"}')
+    (tmp_path / "notes.json").write_bytes(b"{}")
+    with caplog.at_level("WARNING"):
+        assert store.list() == []
+    legacy, stray = sorted(r.getMessage() for r in caplog.records)
+    assert "devices ask for aa-bb-cc-dd-ee-02.json" in legacy
+    assert f"'iot-config --store {tmp_path} import {tmp_path}'" in legacy
+    assert "not a <canonical-mac>.json file name" in stray
+
+
 def test_symlinked_config_is_served(tmp_path: Path) -> None:
     store = open_store(str(tmp_path))
     (tmp_path / "shared.conf").write_bytes(b'{"deviceName": "shared"}')
