@@ -14,10 +14,11 @@ Tokens come from ``Authorization: Bearer <token>`` or, for HTTP clients that can
 the ``access_token`` query parameter (RFC 6750's name). No log line here contains a token or a
 query string; the server logs paths without their query.
 
-Metrics stay bounded: failures are counted by reason, accepted tokens by secret version (so a
-rotation's progress shows), and unauthenticated reads in one counter. Which devices read without
-a token is told in a log line once per MAC and hour (the counter says how much, the log says
-who), instead of one series per device.
+Metrics stay bounded: failures are counted by reason, accepted tokens of secret versions older
+than the newest by version (a rotation's progress; the steady state counts nothing, so an
+authenticated poll pays for no counter), and unauthenticated reads in one counter. Which devices
+read without a token is told in a log line once per MAC and hour (the counter says how much, the
+log says who), instead of one series per device.
 """
 
 from __future__ import annotations
@@ -125,14 +126,15 @@ class DeviceAuth:
             ("reason",),
         )
         self._failures = {reason: failures.labels(reason) for reason in FAILURE_REASONS}
-        accepted = metrics.counter(
-            "device_auth_accepted",
-            "Device endpoint requests accepted with a device token, by the token's secret "
-            "version (a rotation is done when the old version stops growing).",
+        old_versions = metrics.counter(
+            "device_auth_old_version_accepted",
+            "Device endpoint requests accepted with a token of a secret version older than the "
+            "newest, by version: a rotation is done when these stop growing.",
             ("key_version",),
         )
         versions = () if keyring is None else tuple(keyring.secrets)
-        self._accepted = {version: accepted.labels(f"v{version}") for version in versions}
+        newest = max(versions, default=0)
+        self._old_versions = {v: old_versions.labels(f"v{v}") for v in versions if v != newest}
         self._unauthenticated = metrics.counter(
             "device_unauthenticated_reads",
             "Device endpoint requests without a device token (mode optional).",
@@ -184,7 +186,9 @@ class DeviceAuth:
             self._refuse(address, str(exc.details.get("reason", "mismatch")))
         if revocations.is_revoked(address, version):
             self._refuse(address, "revoked")
-        self._accepted[version].inc()
+        old = self._old_versions.get(version)
+        if old is not None:
+            old.inc()
 
     def _refuse(self, mac: MacAddress, reason: str) -> NoReturn:
         self._failures[reason].inc()
