@@ -44,6 +44,8 @@ class ErrorCode(StrEnum):
     STORED_DOCUMENT_TOO_LARGE = "STORED_DOCUMENT_TOO_LARGE"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     UNSUPPORTED_STORE = "UNSUPPORTED_STORE"
+    INVALID_DEVICE_TOKEN = "INVALID_DEVICE_TOKEN"  # noqa: S105 -- a code, not a password
+    INVALID_DEVICE_SECRET = "INVALID_DEVICE_SECRET"  # noqa: S105 -- a code, not a password
 
 
 class ConfigError(Exception):

@@ -27,6 +27,7 @@ from typing import Any
 
 from iot_config_core import ConfigError, StoreMissingError, StoreUnavailableError
 
+from .device_auth import settings_problem
 from .http_errors import ExitStatus
 from .logging_setup import configure_logging
 from .settings import Settings
@@ -237,6 +238,10 @@ def serve(settings: Settings) -> int:
     except ListenError as exc:
         log.error("%s", exc.message)  # noqa: TRY400 -- one line, no traceback
         return exc.status
+    problem = settings_problem(settings)
+    if problem is not None:
+        log.error("device auth %s: %s", settings.device_auth, problem)
+        return ExitStatus.UNAVAILABLE
     description = _prepare_store(settings)
     if description is None:
         return ExitStatus.UNAVAILABLE

@@ -35,6 +35,8 @@ DEFAULT_STORE_URL = "./iot-configs"
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 LOG_FORMATS = ("text", "json")
+#: ``IOT_CONFIG_DEVICE_AUTH``: who may read a device endpoint (see docs/security.md).
+DEVICE_AUTH_MODES = ("off", "optional", "required")
 
 
 class SettingsError(ValueError):
@@ -106,6 +108,13 @@ def _check_tokens(_: Any, __: attrs.Attribute[tuple[str, ...]], value: tuple[str
             raise SettingsError("admin_tokens", "tokens must not contain commas")
 
 
+def _check_device_auth(_: Any, __: attrs.Attribute[str], value: str) -> None:
+    if value not in DEVICE_AUTH_MODES:
+        raise SettingsError(
+            "device_auth", f"must be one of {', '.join(DEVICE_AUTH_MODES)}, not {value!r}"
+        )
+
+
 def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
@@ -145,6 +154,8 @@ class Settings:
     )
     log_level: str = attrs.field(default="INFO", converter=_upper, validator=_check_log_level)
     log_format: str = attrs.field(default="text", converter=_lower, validator=_check_log_format)
+    device_auth: str = attrs.field(default="off", converter=_lower, validator=_check_device_auth)
+    device_secret_file: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if store_scheme(self.store_url) == "memory" and self.workers > 1:
@@ -152,6 +163,10 @@ class Settings:
                 "workers",
                 f"a memory:// store lives in one process: {self.workers} workers would each "
                 "serve their own empty store; use 1 worker or a shared store",
+            )
+        if self.device_auth != "off" and self.device_secret_file is None:
+            raise SettingsError(
+                "device_secret_file", f"device_auth {self.device_auth!r} needs a secret file"
             )
 
     @property
@@ -229,6 +244,8 @@ class Settings:
             "admin_tokens": ("ADMIN_TOKENS", _list),
             "log_level": ("LOG_LEVEL", _text),
             "log_format": ("LOG_FORMAT", _text),
+            "device_auth": ("DEVICE_AUTH", _text),
+            "device_secret_file": ("DEVICE_SECRET_FILE", _text),
         }
         for field, (name, parse) in fields.items():
             value = raw(name)

@@ -207,13 +207,12 @@ def get_devices(port: int, count: int) -> None:
 
 
 def counted_by(directory: Path, pid: int) -> float:
-    """The device GETs one worker counted, from its own file alone."""
-    source = directory / f"counter_{pid}.db"
-    if not source.exists():  # a worker still loading the app has no metrics yet
+    """The device GETs one worker counted, from its own file alone (none before it has one)."""
+    if not (directory / f"counter_{pid}.db").exists():  # a worker still building its app
         return 0.0
     alone = directory.parent / f"alone-{pid}"
     alone.mkdir()
-    shutil.copy(source, alone)
+    shutil.copy(directory / f"counter_{pid}.db", alone)
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
     labels = dict(DEVICE_ROUTE)
