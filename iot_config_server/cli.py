@@ -600,7 +600,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool, store: b
         metavar="N",
         default=default,
         help="refuse documents larger than N bytes (default: $IOT_CONFIG_MAX_DOCUMENT_BYTES "
-        "or 1 MiB)",
+        f"or {DocumentLimits().max_bytes})",
     )
     parser.add_argument(
         "--debug",
