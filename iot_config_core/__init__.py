@@ -24,8 +24,12 @@ from .errors import (
     InvalidDocumentError,
     InvalidETagError,
     InvalidMacError,
+    InvalidPatchError,
+    InvalidSchemaError,
     NotFoundError,
+    PatchConflictError,
     PreconditionFailedError,
+    SchemaViolationError,
     StoredDocumentTooLargeError,
     StoreMissingError,
     StoreUnavailableError,
@@ -34,6 +38,7 @@ from .errors import (
 from .etags import EntityTag, ETagCondition
 from .mac import MacAddress
 from .model import ConfigSummary, RawDocument, StoredConfig
+from .patching import JsonPatch, MergePatch, Patch, PatchResult, merge_patch, patch_from_json
 from .store import ConfigStore, Listing, local_store_root, open_store, register_backend
 
 try:
@@ -57,11 +62,19 @@ __all__ = [
     "InvalidDocumentError",
     "InvalidETagError",
     "InvalidMacError",
+    "InvalidPatchError",
+    "InvalidSchemaError",
+    "JsonPatch",
     "Listing",
     "MacAddress",
+    "MergePatch",
     "NotFoundError",
+    "Patch",
+    "PatchConflictError",
+    "PatchResult",
     "PreconditionFailedError",
     "RawDocument",
+    "SchemaViolationError",
     "StoreMissingError",
     "StoreUnavailableError",
     "StoredConfig",
@@ -72,6 +85,8 @@ __all__ = [
     "decode_document",
     "encode_document",
     "local_store_root",
+    "merge_patch",
     "open_store",
+    "patch_from_json",
     "register_backend",
 ]

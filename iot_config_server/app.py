@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
+from urllib.parse import parse_qs
 
 import attrs
 import bottle
@@ -38,7 +39,14 @@ from .endpoints import ENDPOINTS, Endpoint, allowed_methods, rules
 from .http_errors import ApiError, ApiErrorCode, error_body_bytes, http_error_for, user_message
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import UNMATCHED_ROUTE, AppMetrics, FreshValue, RouteMetrics
-from .request_body import ENVELOPE_ALLOWANCE, parse_put_request, read_body, require_json
+from .request_body import (
+    ENVELOPE_ALLOWANCE,
+    parse_patch_request,
+    parse_put_request,
+    patch_media_type,
+    read_body,
+    require_json,
+)
 from .request_ids import HEADER as REQUEST_ID_HEADER
 from .request_ids import current_request_id, request_id_from_environ
 from .settings import Settings
@@ -520,6 +528,31 @@ def _config_answer(config: StoredConfig) -> bytes:
     return _json(config_to_wire(config))
 
 
+def _dry_run(environ: dict[str, Any]) -> bool:
+    """The ``dry_run`` query flag: ``true``/``false`` (or ``1``/``0``); anything else is a 400."""
+    values = parse_qs(environ.get("QUERY_STRING") or "", keep_blank_values=True).get("dry_run")
+    if not values:
+        return False
+    value = values[-1].strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0", ""):
+        return False
+    raise ApiError(
+        ApiErrorCode.BAD_REQUEST,
+        f"the dry_run parameter must be true or false, not {value[:20]!r}",
+        parameter="dry_run",
+    )
+
+
+def _dry_run_answer(config: StoredConfig) -> bytes:
+    """What a write would have stored: no ETag, since nothing with that tag exists yet."""
+    response = bottle.response
+    response.set_header("X-Dry-Run", "true")
+    response.content_type = JSON
+    return _json(config_to_wire(config))
+
+
 # -- handlers ---------------------------------------------------------------------------------
 
 
@@ -534,7 +567,8 @@ class _Routes:
         self._metrics = metrics
         self._gate = gate
         self._ops = {
-            name: metrics.operation(name) for name in ("get_raw", "get", "list", "put", "delete")
+            name: metrics.operation(name)
+            for name in ("get_raw", "get", "list", "put", "patch", "delete")
         }
         self._list_cache: tuple[int, bytes] = (-1, b"")
         self._body_cap = store.limits.max_bytes + ENVELOPE_ALLOWANCE
@@ -601,6 +635,7 @@ class _Routes:
         address = MacAddress.parse(mac)
         if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
         if_none_match = _condition(environ, "HTTP_IF_NONE_MATCH", "If-None-Match")
+        dry_run = _dry_run(environ)
         require_json(environ)
         put = parse_put_request(read_body(environ, self._body_cap), self._store.limits)
         stored = self._operate(
@@ -611,11 +646,34 @@ class _Routes:
                 if_match=if_match,
                 if_none_match=if_none_match,
                 create_only=not put.allow_overwrite,
+                dry_run=dry_run,
             ),
-            write=True,
+            write=not dry_run,
         )
+        if dry_run:
+            return _dry_run_answer(stored)
         log.info("stored config %s (etag %s)", stored.mac_address, stored.etag)
         return _config_answer(stored)
+
+    def patch_config(self, mac: str) -> bytes:
+        environ = bottle.request.environ
+        address = MacAddress.parse(mac)
+        if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
+        dry_run = _dry_run(environ)
+        media_type = patch_media_type(environ)
+        patch = parse_patch_request(
+            read_body(environ, self._body_cap), media_type, self._store.limits
+        )
+        result = self._operate(
+            "patch",
+            lambda: self._store.patch(address, patch, if_match=if_match, dry_run=dry_run),
+            write=not dry_run,
+        )
+        if dry_run:
+            return _dry_run_answer(result.config)
+        if result.changed:
+            log.info("patched config %s (etag %s)", address, result.config.etag)
+        return _config_answer(result.config)
 
     def delete_config(self, mac: str) -> bytes:
         environ = bottle.request.environ

@@ -7,6 +7,8 @@ here imports bottle: the table is also the contract the tests compare the app ag
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -20,6 +22,7 @@ __all__ = [
     "ENDPOINTS",
     "Endpoint",
     "Header",
+    "Query",
     "Reply",
     "allowed_methods",
     "openapi_path",
@@ -35,6 +38,15 @@ class Header:
     name: str
     description: str
     required: bool = False
+
+
+@attrs.frozen
+class Query:
+    """A documented query parameter."""
+
+    name: str
+    description: str
+    schema: Mapping[str, Any] = attrs.field(factory=lambda: {"type": "string"})
 
 
 @attrs.frozen
@@ -81,6 +93,9 @@ class Endpoint:
     #: The operationId when it is not the one `operation_id` derives: the old service's names,
     #: braces and all, which generated clients call.
     legacy_operation_id: str = ""
+    #: Request bodies that are not an attrs model: media type -> JSON Schema of the body.
+    request_bodies: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    query: tuple[Query, ...] = ()
 
     @property
     def template(self) -> str:
@@ -110,6 +125,39 @@ _RAW_REPLIES = (
     Reply(304, "Not modified: the If-None-Match tag is current.", headers=(ETAG, CACHE_CONTROL)),
 )
 _STORED_ERRORS = (ErrorCode.CORRUPT_DOCUMENT, ErrorCode.STORED_DOCUMENT_TOO_LARGE)
+DRY_RUN = Query(
+    "dry_run",
+    "`true`: check everything (preconditions, document rules, schema) and answer what would be "
+    "stored, writing nothing (the answer then has `X-Dry-Run: true` and no ETag).",
+    {"type": "boolean", "default": False},
+)
+_WRITE_ERRORS: tuple[Code, ...] = (
+    ErrorCode.INVALID_MAC,
+    ApiErrorCode.INVALID_BODY,
+    ErrorCode.INVALID_DOCUMENT,
+    ApiErrorCode.INVALID_HEADER,
+    ErrorCode.PRECONDITION_FAILED,
+    ApiErrorCode.PAYLOAD_TOO_LARGE,
+    ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    ErrorCode.STORE_UNAVAILABLE,
+    ApiErrorCode.STORE_BUSY,
+    ErrorCode.UNSUPPORTED_STORE,
+)
+_JSON_VALUE: Mapping[str, Any] = {}
+#: RFC 6902 operations, as the OpenAPI document describes a JSON Patch body.
+JSON_PATCH_SCHEMA: Mapping[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["op", "path"],
+        "properties": {
+            "op": {"enum": ["add", "remove", "replace", "move", "copy", "test"]},
+            "path": {"type": "string", "description": "JSON pointer (RFC 6901)"},
+            "from": {"type": "string", "description": "JSON pointer, for move and copy"},
+            "value": _JSON_VALUE,
+        },
+    },
+}
 _RAW_ERRORS = (*_MAC_ERRORS, *_STORED_ERRORS, ApiErrorCode.INVALID_HEADER)
 
 #: Every route of the app except the generated OPTIONS (CORS preflight) routes.
@@ -174,6 +222,36 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         request_headers=(IF_MATCH, IF_NONE_MATCH_WRITE),
         description="`allow_overwrite: false` refuses to replace an existing config (409).",
         legacy_operation_id="put__api_configs_{mac_address}",
+        query=(DRY_RUN,),
+    ),
+    Endpoint(
+        "patch_config",
+        "PATCH",
+        MAC_RULE,
+        "Change part of a config (JSON merge patch or JSON Patch)",
+        "configs",
+        (Reply(200, "What was stored (or would be, on a dry run).", ConfigWire, headers=(ETAG,)),),
+        errors=(
+            *_WRITE_ERRORS,
+            ErrorCode.NOT_FOUND,
+            ErrorCode.INVALID_PATCH,
+            ErrorCode.PATCH_CONFLICT,
+            *_STORED_ERRORS,
+        ),
+        action="patch config",
+        admin=True,
+        request_headers=(IF_MATCH,),
+        description=(
+            "`application/merge-patch+json` (RFC 7396) sets keys, `null` removes one; "
+            "`application/json-patch+json` (RFC 6902) edits array items and can `test` values "
+            "first. Without If-Match the patch is applied to the current version under "
+            "compare-and-swap, so concurrent patches of different keys all land."
+        ),
+        request_bodies={
+            "application/merge-patch+json": {"type": "object"},
+            "application/json-patch+json": JSON_PATCH_SCHEMA,
+        },
+        query=(DRY_RUN,),
     ),
     Endpoint(
         "delete_config",

@@ -215,6 +215,15 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
         }
         for header in endpoint.request_headers
     )
+    parameters.extend(
+        {
+            "name": query.name,
+            "in": "query",
+            "schema": dict(query.schema),
+            "description": query.description,
+        }
+        for query in endpoint.query
+    )
     responses: dict[str, Any] = {}
     for reply in endpoint.replies:
         answer: dict[str, Any] = {
@@ -247,6 +256,14 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
             "required": True,
             "content": {
                 "application/json": {"schema": builder.ref(endpoint.request_model, output=False)}
+            },
+        }
+    if endpoint.request_bodies:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                media_type: {"schema": dict(schema)}
+                for media_type, schema in endpoint.request_bodies.items()
             },
         }
     if endpoint.admin:

@@ -6,15 +6,25 @@ reading when the body is chunked, so an oversized upload costs at most ``cap + 1
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
-from iot_config_core import DocumentLimits, InvalidDocumentError, decode_document
+from iot_config_core import DocumentLimits, InvalidDocumentError, Patch, decode_document
+from iot_config_core.patching import JSON_PATCH, MERGE_PATCH, patch_from_json
 
 from .api_models import PutConfigRequest, api_converter
 from .http_errors import ApiError, ApiErrorCode
 
-__all__ = ["ENVELOPE_ALLOWANCE", "parse_put_request", "read_body", "require_json"]
+__all__ = [
+    "ENVELOPE_ALLOWANCE",
+    "PATCH_MEDIA_TYPES",
+    "parse_patch_request",
+    "parse_put_request",
+    "patch_media_type",
+    "read_body",
+    "require_json",
+]
 
 #: Bytes allowed on top of the document limit for the request envelope (``{"content": ...}``)
 #: and for formatting a client may add that the stored, re-encoded form does not keep.
@@ -226,3 +236,64 @@ def _json_kind(value: object) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+#: The media types PATCH accepts, in the order a 415 names them.
+PATCH_MEDIA_TYPES = (MERGE_PATCH, JSON_PATCH)
+# A patch body is wrapped in an object so the core's strict decoder (duplicate keys, NaN, depth)
+# checks it; the wrapper's line break keeps the body's columns, and its lines are shifted back.
+_PATCH_WRAPPER = (b'{"patch":\n', b"\n}")
+
+
+def patch_media_type(environ: dict[str, Any]) -> str:
+    """The declared patch format, else 415 naming the accepted ones."""
+    declared = environ.get("CONTENT_TYPE") or ""
+    media_type = declared.partition(";")[0].strip().lower()
+    if media_type not in PATCH_MEDIA_TYPES:
+        accepted = " or ".join(PATCH_MEDIA_TYPES)
+        raise ApiError(
+            ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            f"a patch must be sent as {accepted}, not {declared[:100]!r}"
+            if declared
+            else f"the request has no Content-Type header (expected {accepted})",
+            content_type=declared[:100],
+            accepted=list(PATCH_MEDIA_TYPES),
+        )
+    return media_type
+
+
+def parse_patch_request(data: bytes, media_type: str, limits: DocumentLimits) -> Patch:
+    """Decode a PATCH body with the core's strict JSON rules into the patch it declares."""
+    if not data:
+        raise ApiError(ApiErrorCode.INVALID_BODY, "the request body is empty", reason="empty")
+    wrapped_limits = DocumentLimits(
+        max_bytes=limits.max_bytes + ENVELOPE_ALLOWANCE, max_depth=limits.max_depth + 1
+    )
+    try:
+        body = decode_document(_PATCH_WRAPPER[0] + data + _PATCH_WRAPPER[1], wrapped_limits)
+    except InvalidDocumentError as exc:
+        message, details = _unwrapped(exc)
+        if exc.details.get("reason") in _SYNTAX_REASONS:
+            raise ApiError(
+                ApiErrorCode.INVALID_BODY,
+                f"the request body is not valid JSON ({message})",
+                **details,
+            ) from None
+        raise type(exc)(message, **details) from None
+    return patch_from_json(body["patch"], media_type)
+
+
+_LINE = re.compile(r"\bline (\d+)")
+
+
+def _unwrapped(exc: InvalidDocumentError) -> tuple[str, dict[str, Any]]:
+    """The error's message and details as positions in the body itself, not in its wrapper."""
+    details = dict(exc.details)
+    line = details.get("line")
+    if isinstance(line, int):
+        details["line"] = line - 1
+    pointer = details.get("pointer")
+    if isinstance(pointer, str):
+        details["pointer"] = pointer.removeprefix("/patch")
+    message = _LINE.sub(lambda m: f"line {int(m[1]) - 1}", exc.message)
+    return message, details

@@ -10,7 +10,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from iot_config_core import MacAddress, open_store
+from iot_config_core import MacAddress, merge_patch, open_store
 from iot_config_server import Settings, create_app
 
 MACS = [
@@ -29,6 +29,12 @@ contents = st.dictionaries(
     st.sampled_from(["deviceName", "enableOTA", "deviceEntityId", "x", "ü"]),
     json_values,
     max_size=4,
+)
+#: Merge patches: ``null`` removes a key, an object merges into an object, anything else replaces.
+merge_patches = st.dictionaries(
+    st.sampled_from(["deviceName", "enableOTA", "x", "ü", "new"]),
+    st.none() | json_values,
+    max_size=3,
 )
 preconditions = st.sampled_from(
     ["none", "if-match-current", "if-match-stale", "if-match-any", "if-none-match-any"]
@@ -124,6 +130,34 @@ class ApiMachine(RuleBasedStateMachine):
         self.app.delete(f"/api/configs/{mac.with_separator(':')}", headers=headers, status=expected)
         if expected == 204:
             del self.model[mac]
+
+    @rule(
+        mac=st.sampled_from(MACS),
+        patch=merge_patches,
+        precondition=st.sampled_from(["none", "if-match-current", "if-match-stale"]),
+    )
+    def patch(self, mac: MacAddress, patch: dict[str, Any], precondition: str) -> None:
+        headers = {
+            **self._headers(mac, precondition),
+            "Content-Type": "application/merge-patch+json",
+        }
+        if mac not in self.model:
+            expected = 404  # nothing to patch, whatever the precondition
+        elif precondition == "if-match-stale":
+            expected = 412
+        else:
+            expected = 200
+        response = self.app.patch(
+            f"/api/configs/{mac}", json.dumps(patch), headers=headers, status=expected
+        )
+        if expected == 200:
+            before, etag = self.model[mac]
+            content = merge_patch(before, patch)
+            assert response.json["content"] == content
+            new_etag = response.headers["ETag"].strip('"')
+            if json.dumps(content) == json.dumps(before):
+                assert new_etag == etag  # an unchanged config is not rewritten
+            self.model[mac] = (content, new_etag)
 
     @rule(mac=st.sampled_from(MACS))
     def poll(self, mac: MacAddress) -> None:
