@@ -39,6 +39,14 @@ from .etags import EntityTag, ETagCondition
 from .mac import MacAddress
 from .model import ConfigSummary, RawDocument, StoredConfig
 from .patching import JsonPatch, MergePatch, Patch, PatchResult, merge_patch, patch_from_json
+from .schemas import (
+    ConfigViolation,
+    Problem,
+    SchemaReport,
+    SchemaStore,
+    StoredSchema,
+    Validation,
+)
 from .store import ConfigStore, Listing, local_store_root, open_store, register_backend
 
 try:
@@ -53,6 +61,7 @@ __all__ = [
     "ConfigError",
     "ConfigStore",
     "ConfigSummary",
+    "ConfigViolation",
     "CorruptDocumentError",
     "DocumentLimits",
     "DocumentTooLargeError",
@@ -73,13 +82,18 @@ __all__ = [
     "PatchConflictError",
     "PatchResult",
     "PreconditionFailedError",
+    "Problem",
     "RawDocument",
+    "SchemaReport",
+    "SchemaStore",
     "SchemaViolationError",
     "StoreMissingError",
     "StoreUnavailableError",
     "StoredConfig",
     "StoredDocumentTooLargeError",
+    "StoredSchema",
     "UnsupportedStoreError",
+    "Validation",
     "__version__",
     "compute_etag",
     "decode_document",

@@ -53,6 +53,7 @@ from .memory_backend import MemoryBackend
 from .model import ConfigSummary, RawDocument, StoredConfig
 from .patching import Patch, PatchResult
 from .posix_backend import PosixBackend
+from .schemas import ConfigViolation, SchemaReport, SchemaStore, Validation
 
 __all__ = [
     "BACKENDS",
@@ -296,6 +297,8 @@ class ConfigStore:
         self._listing = Listing((), 0)
         self._generation = 0
         self._warned: set[tuple[str, Hashable]] = set()
+        #: The JSON Schemas kept in this store's root; every write is checked against them.
+        self.schemas = SchemaStore(backend, limits, self._guard)
 
     @property
     def description(self) -> str:
@@ -579,6 +582,7 @@ class ConfigStore:
         match = None if if_match is None else ETagCondition.parse(if_match)
         none_match = None if if_none_match is None else ETagCondition.parse(if_none_match)
         data = encode_document(content, self.limits)
+        self.schemas.check(content)
         new_etag = compute_etag(data)
         name = mac.file_name
         if dry_run:
@@ -701,6 +705,33 @@ class ConfigStore:
                 continue  # another write landed since the read: patch that version instead
             return PatchResult(stored, changed=True, dry_run=dry_run)
         raise self._contended(mac, "patch")
+
+    def validate(self, content: Mapping[str, Any]) -> Validation:
+        """Check ``content`` against its schema (see `iot_config_core.schemas`), writing nothing."""
+        return self.schemas.validate(content)
+
+    def schema_report(self) -> SchemaReport:
+        """Every stored config its schema rejects now, relaxed schemas included, by MAC.
+
+        Configs stored before their schema (or under a relaxed one) are served all the same;
+        this is how an admin finds them.
+        """
+        checked = 0
+        found: list[ConfigViolation] = []
+        for summary in self.listing().summaries:
+            try:
+                config = self.get(summary.mac_address)
+            except (NotFoundError, CorruptDocumentError):
+                continue  # deleted or damaged since the listing (damage is the listing's report)
+            checked += 1
+            result = self.schemas.validate(config.content)
+            if result.schema is not None and result.problems:
+                found.append(
+                    ConfigViolation(
+                        config.mac_address, result.schema, result.relaxed, result.problems
+                    )
+                )
+        return SchemaReport(checked, tuple(found))
 
     def delete(self, mac: MacLike, *, if_match: Condition | None = None) -> None:
         """Delete the config of ``mac``; `NotFoundError` when absent."""

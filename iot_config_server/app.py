@@ -28,6 +28,8 @@ from iot_config_core import (
     MacAddress,
     RawDocument,
     StoredConfig,
+    StoredSchema,
+    Validation,
 )
 from iot_config_core.wire import config_to_wire, summaries_to_wire
 
@@ -49,6 +51,7 @@ from .request_body import (
 )
 from .request_ids import HEADER as REQUEST_ID_HEADER
 from .request_ids import current_request_id, request_id_from_environ
+from .schema_api import parse_put_schema, schema_wire
 from .settings import Settings
 from .store_gate import StoreGate
 
@@ -545,12 +548,26 @@ def _dry_run(environ: dict[str, Any]) -> bool:
     )
 
 
-def _dry_run_answer(config: StoredConfig) -> bytes:
-    """What a write would have stored: no ETag, since nothing with that tag exists yet."""
+def _dry_run_answer(config: StoredConfig, validation: Validation) -> bytes:
+    """What a write would have stored: no ETag, since nothing with that tag exists yet.
+
+    The schema that applies and its problem count (only a relaxed schema lets a write with
+    problems through) are headers, so the body stays the config's one shape.
+    """
     response = bottle.response
     response.set_header("X-Dry-Run", "true")
+    if validation.schema is not None:
+        response.set_header("X-Schema", validation.schema)
+        response.set_header("X-Schema-Problems", str(len(validation.problems)))
     response.content_type = JSON
     return _json(config_to_wire(config))
+
+
+def _schema_answer(stored: StoredSchema) -> bytes:
+    response = bottle.response
+    response.set_header("ETag", _quoted(stored.etag))
+    response.content_type = JSON
+    return _json(schema_wire(stored))
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -568,7 +585,7 @@ class _Routes:
         self._gate = gate
         self._ops = {
             name: metrics.operation(name)
-            for name in ("get_raw", "get", "list", "put", "patch", "delete")
+            for name in ("get_raw", "get", "list", "put", "patch", "delete", "schema", "validate")
         }
         self._list_cache: tuple[int, bytes] = (-1, b"")
         self._body_cap = store.limits.max_bytes + ENVELOPE_ALLOWANCE
@@ -651,7 +668,7 @@ class _Routes:
             write=not dry_run,
         )
         if dry_run:
-            return _dry_run_answer(stored)
+            return _dry_run_answer(stored, self._store.validate(stored.content))
         log.info("stored config %s (etag %s)", stored.mac_address, stored.etag)
         return _config_answer(stored)
 
@@ -670,7 +687,7 @@ class _Routes:
             write=not dry_run,
         )
         if dry_run:
-            return _dry_run_answer(result.config)
+            return _dry_run_answer(result.config, self._store.validate(result.config.content))
         if result.changed:
             log.info("patched config %s (etag %s)", address, result.config.etag)
         return _config_answer(result.config)
@@ -683,6 +700,43 @@ class _Routes:
         log.info("deleted config %s", address)
         bottle.response.status = 204
         return b""
+
+    def list_schemas(self) -> bytes:
+        names = self._operate("schema", self._store.schemas.names)
+        bottle.response.content_type = JSON
+        return _json({"schemas": names})
+
+    def get_schema(self, name: str) -> bytes:
+        return _schema_answer(self._operate("schema", lambda: self._store.schemas.get(name)))
+
+    def put_schema(self, name: str) -> bytes:
+        environ = bottle.request.environ
+        if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
+        require_json(environ)
+        put = parse_put_schema(read_body(environ, self._body_cap), self._store.limits)
+        stored = self._operate(
+            "schema",
+            lambda: self._store.schemas.put(
+                name, put.schema, relaxed=put.relaxed, if_match=if_match
+            ),
+            write=True,
+        )
+        log.info("stored schema %s (etag %s, relaxed %s)", name, stored.etag, stored.relaxed)
+        return _schema_answer(stored)
+
+    def delete_schema(self, name: str) -> bytes:
+        if_match = _condition(bottle.request.environ, "HTTP_IF_MATCH", "If-Match")
+        self._operate(
+            "schema", lambda: self._store.schemas.delete(name, if_match=if_match), write=True
+        )
+        log.info("deleted schema %s", name)
+        bottle.response.status = 204
+        return b""
+
+    def validation_report(self) -> bytes:
+        report = self._operate("validate", self._store.schema_report)
+        bottle.response.content_type = JSON
+        return _json(api_converter.unstructure(report))
 
     def _health(self) -> bytes:
         response = bottle.response

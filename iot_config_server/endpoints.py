@@ -13,10 +13,12 @@ from typing import Any
 import attrs
 
 from iot_config_core import ErrorCode
+from iot_config_core.schemas import SchemaReport
 from iot_config_core.wire import ConfigListWire, ConfigWire
 
 from .api_models import HealthyReport, PutConfigRequest, UnhealthyReport
 from .http_errors import ApiErrorCode, Code
+from .schema_api import PutSchemaRequest, SchemaListWire, SchemaWire
 
 __all__ = [
     "ENDPOINTS",
@@ -131,6 +133,12 @@ DRY_RUN = Query(
     "stored, writing nothing (the answer then has `X-Dry-Run: true` and no ETag).",
     {"type": "boolean", "default": False},
 )
+#: Headers of a dry run's answer (which has no ETag: nothing with that tag is stored).
+DRY_RUN_HEADERS = (
+    Header("X-Dry-Run", "`true`: nothing was written; the body is what would be stored."),
+    Header("X-Schema", "Dry runs: the name of the schema the config was checked against."),
+    Header("X-Schema-Problems", "Dry runs: how many problems it found (relaxed schemas)."),
+)
 _WRITE_ERRORS: tuple[Code, ...] = (
     ErrorCode.INVALID_MAC,
     ApiErrorCode.INVALID_BODY,
@@ -159,6 +167,14 @@ JSON_PATCH_SCHEMA: Mapping[str, Any] = {
     },
 }
 _RAW_ERRORS = (*_MAC_ERRORS, *_STORED_ERRORS, ApiErrorCode.INVALID_HEADER)
+
+SCHEMA_RULE = "/api/schemas/<name>"
+_SCHEMA_ERRORS: tuple[Code, ...] = (
+    ErrorCode.INVALID_SCHEMA,
+    ErrorCode.NOT_FOUND,
+    ErrorCode.STORE_UNAVAILABLE,
+    ApiErrorCode.STORE_BUSY,
+)
 
 #: Every route of the app except the generated OPTIONS (CORS preflight) routes.
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -202,7 +218,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         MAC_RULE,
         "Create or replace a config",
         "configs",
-        (Reply(200, "What was stored.", ConfigWire, headers=(ETAG,)),),
+        (
+            Reply(
+                200,
+                "What was stored (or would be, on a dry run).",
+                ConfigWire,
+                headers=(ETAG, *DRY_RUN_HEADERS),
+            ),
+        ),
         errors=(
             ErrorCode.INVALID_MAC,
             ApiErrorCode.INVALID_BODY,
@@ -215,6 +238,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             ErrorCode.STORE_UNAVAILABLE,
             ApiErrorCode.STORE_BUSY,
             ErrorCode.UNSUPPORTED_STORE,
+            ErrorCode.SCHEMA_VIOLATION,
+            ErrorCode.INVALID_SCHEMA,
         ),
         action="save config",
         admin=True,
@@ -230,12 +255,21 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         MAC_RULE,
         "Change part of a config (JSON merge patch or JSON Patch)",
         "configs",
-        (Reply(200, "What was stored (or would be, on a dry run).", ConfigWire, headers=(ETAG,)),),
+        (
+            Reply(
+                200,
+                "What was stored (or would be, on a dry run).",
+                ConfigWire,
+                headers=(ETAG, *DRY_RUN_HEADERS),
+            ),
+        ),
         errors=(
             *_WRITE_ERRORS,
             ErrorCode.NOT_FOUND,
             ErrorCode.INVALID_PATCH,
             ErrorCode.PATCH_CONFLICT,
+            ErrorCode.SCHEMA_VIOLATION,
+            ErrorCode.INVALID_SCHEMA,
             *_STORED_ERRORS,
         ),
         action="patch config",
@@ -270,6 +304,79 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         admin=True,
         request_headers=(IF_MATCH,),
         legacy_operation_id="delete__api_configs_{mac_address}",
+    ),
+    Endpoint(
+        "list_schemas",
+        "GET",
+        "/api/schemas",
+        "The names of the stored JSON Schemas",
+        "schemas",
+        (Reply(200, "The names.", SchemaListWire),),
+        errors=(ErrorCode.STORE_UNAVAILABLE, ApiErrorCode.STORE_BUSY, ErrorCode.UNSUPPORTED_STORE),
+        action="list schemas",
+        admin=True,
+    ),
+    Endpoint(
+        "get_schema",
+        "GET",
+        SCHEMA_RULE,
+        "One stored JSON Schema",
+        "schemas",
+        (Reply(200, "The schema.", SchemaWire, headers=(ETAG,)),),
+        errors=_SCHEMA_ERRORS,
+        action="get schema",
+        admin=True,
+    ),
+    Endpoint(
+        "put_schema",
+        "PUT",
+        SCHEMA_RULE,
+        "Create or replace a JSON Schema (checked against the draft-07 meta-schema first)",
+        "schemas",
+        (Reply(200, "What was stored.", SchemaWire, headers=(ETAG,)),),
+        errors=(
+            *_SCHEMA_ERRORS,
+            ApiErrorCode.INVALID_BODY,
+            ErrorCode.INVALID_DOCUMENT,
+            ApiErrorCode.INVALID_HEADER,
+            ErrorCode.PRECONDITION_FAILED,
+            ApiErrorCode.PAYLOAD_TOO_LARGE,
+            ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        ),
+        action="save schema",
+        admin=True,
+        request_model=PutSchemaRequest,
+        request_headers=(IF_MATCH,),
+        description=(
+            "A config is checked against the schema its `deviceModel` names, else the schema "
+            "named `default`, else none. Every later PUT and PATCH of a config is checked; "
+            "configs already stored keep being served (`GET /api/validation` lists them). "
+            "`relaxed: true` only reports problems: in that report, the server log and a dry "
+            "run's `X-Schema-Problems` header."
+        ),
+    ),
+    Endpoint(
+        "delete_schema",
+        "DELETE",
+        SCHEMA_RULE,
+        "Delete a JSON Schema",
+        "schemas",
+        (Reply(204, "Deleted."),),
+        errors=(*_SCHEMA_ERRORS, ApiErrorCode.INVALID_HEADER, ErrorCode.PRECONDITION_FAILED),
+        action="delete schema",
+        admin=True,
+        request_headers=(IF_MATCH,),
+    ),
+    Endpoint(
+        "validation_report",
+        "GET",
+        "/api/validation",
+        "Which stored configs violate which schema (relaxed schemas included)",
+        "schemas",
+        (Reply(200, "The report.", SchemaReport),),
+        errors=(ErrorCode.STORE_UNAVAILABLE, ApiErrorCode.STORE_BUSY, ErrorCode.INVALID_SCHEMA),
+        action="validate configs",
+        admin=True,
     ),
     Endpoint(
         "device_config",

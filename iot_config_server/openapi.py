@@ -39,6 +39,7 @@ OPENAPI_VERSION = "3.1.0"
 #: Tag order and descriptions (the docs UI shows groups in this order).
 TAGS = {
     "configs": "Admin REST API used by the web UI (bearer token when the server has tokens).",
+    "schemas": "JSON Schemas that configs are checked against, and the report of violations.",
     "devices": "What device firmware polls: exact stored bytes with ETag revalidation. Open.",
     "operations": "Health checks and Prometheus metrics. Open.",
     "documentation": "This document and the interactive docs. Open.",

@@ -237,6 +237,9 @@ ADMIN = [
     ("PUT", f"/api/configs/{MAC}"),
     ("PATCH", f"/api/configs/{MAC}"),
     ("DELETE", f"/api/configs/{MAC}"),
+    ("GET", "/api/schemas"),
+    ("PUT", "/api/schemas/sensor"),
+    ("GET", "/api/validation"),
 ]
 OPEN = [
     f"/api/configs/{MAC}.json",
@@ -258,6 +261,11 @@ def test_admin_routes_match_the_table() -> None:
             ("PUT", MAC_RULE),
             ("PATCH", MAC_RULE),
             ("DELETE", MAC_RULE),
+            ("GET", "/api/schemas"),
+            ("GET", "/api/schemas/<name>"),
+            ("PUT", "/api/schemas/<name>"),
+            ("DELETE", "/api/schemas/<name>"),
+            ("GET", "/api/validation"),
         ]
     )
 
