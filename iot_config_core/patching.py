@@ -8,6 +8,7 @@ covers what merge patch cannot say: array items, explicit ``test`` operations, m
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -15,7 +16,8 @@ import attrs
 import jsonpatch
 import jsonpointer
 
-from .errors import InvalidPatchError, PatchConflictError
+from .document import DocumentLimits, decode_document
+from .errors import InvalidDocumentError, InvalidPatchError, PatchConflictError
 from .model import StoredConfig
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "MergePatch",
     "Patch",
     "PatchResult",
+    "decode_patch",
     "merge_patch",
     "patch_from_json",
 ]
@@ -71,25 +74,50 @@ class JsonPatch:
     media_type: ClassVar[str] = JSON_PATCH
 
     def apply(self, content: Mapping[str, Any]) -> Any:
-        """The patched content; `InvalidPatchError` or `PatchConflictError` when it cannot apply."""
-        try:
-            return jsonpatch.apply_patch(dict(content), list(self.operations), in_place=False)
-        except jsonpatch.JsonPatchTestFailed as exc:
-            raise PatchConflictError(
-                f"a test operation failed: {exc}", reason="test_failed"
-            ) from None
-        except jsonpatch.JsonPatchConflict as exc:
-            raise PatchConflictError(
-                f"the patch does not fit the stored config: {exc}", reason="conflict"
-            ) from None
-        except (jsonpatch.InvalidJsonPatch, jsonpointer.JsonPointerException) as exc:
-            raise InvalidPatchError(
-                f"not a valid JSON Patch: {exc}", reason="invalid_operation"
-            ) from None
-        except (TypeError, KeyError, AttributeError) as exc:  # malformed ops the library trips on
-            raise InvalidPatchError(
-                f"not a valid JSON Patch: {exc}", reason="invalid_operation"
-            ) from None
+        """The patched content; `InvalidPatchError` or `PatchConflictError` when it cannot apply.
+
+        Operations are applied one at a time (the same result: RFC 6902 applies them in order,
+        and nothing is stored unless all apply) so an error can name the operation that failed.
+        """
+        document: Any = dict(content)
+        for index, operation in enumerate(self.operations):
+            where = _describe(index, operation)
+            try:
+                document = jsonpatch.apply_patch(document, [operation], in_place=False)
+            except jsonpatch.JsonPatchTestFailed:
+                raise PatchConflictError(
+                    f"{where} failed: the stored value differs",
+                    reason="test_failed",
+                    operation=index,
+                ) from None
+            except jsonpatch.JsonPatchConflict as exc:
+                raise PatchConflictError(
+                    f"{where} does not fit the stored config: {exc}",
+                    reason="conflict",
+                    operation=index,
+                ) from None
+            except (jsonpatch.InvalidJsonPatch, jsonpointer.JsonPointerException) as exc:
+                raise InvalidPatchError(
+                    f"{where} is not a valid JSON Patch operation: {exc}",
+                    reason="invalid_operation",
+                    operation=index,
+                ) from None
+            except (TypeError, KeyError, AttributeError, ValueError) as exc:  # malformed input
+                raise InvalidPatchError(
+                    f"{where} is not a valid JSON Patch operation: {exc}",
+                    reason="invalid_operation",
+                    operation=index,
+                ) from None
+        return document
+
+
+def _describe(index: int, operation: Any) -> str:
+    """``operation 2 (test /pollSeconds)``: which operation an error is about."""
+    if isinstance(operation, dict):
+        op, path = operation.get("op"), operation.get("path")
+        if isinstance(op, str) and isinstance(path, str):
+            return f"operation {index} ({op[:20]} {path[:200]})"
+    return f"operation {index}"
 
 
 #: Either kind of patch.
@@ -128,3 +156,39 @@ def patch_from_json(value: Any, media_type: str | None = None) -> Patch:
             )
         return MergePatch(value)
     raise InvalidPatchError(f"unknown patch media type {media_type!r}", reason="media_type")
+
+
+# A patch document may be an array, which the config decoder refuses: it is wrapped in an object
+# so the same strict rules (duplicate keys, NaN, depth) apply. The wrapper's line break keeps the
+# body's columns; its lines and pointers are shifted back in errors.
+_WRAPPER = (b'{"patch":\n', b"\n}")
+_LINE = re.compile(r"\bline (\d+)")
+
+
+def decode_patch(
+    data: bytes, limits: DocumentLimits = DocumentLimits(), media_type: str | None = None
+) -> Patch:
+    """Decode a patch document with the config decoder's strict rules (see `patch_from_json`).
+
+    `InvalidDocumentError` (positions and pointers in ``data`` itself) when it is not strict JSON,
+    `InvalidPatchError` when it is JSON but not a patch.
+    """
+    wrapped = DocumentLimits(
+        max_bytes=limits.max_bytes + len(b"".join(_WRAPPER)), max_depth=limits.max_depth + 1
+    )
+    try:
+        body = decode_document(_WRAPPER[0] + data + _WRAPPER[1], wrapped)
+    except InvalidDocumentError as exc:
+        details = dict(exc.details)
+        line = details.get("line")
+        if isinstance(line, int):
+            details["line"] = line - 1
+        pointer = details.get("pointer")
+        if isinstance(pointer, str):
+            details["pointer"] = pointer.removeprefix("/patch")
+        if details.get("reason") == "empty" or not data.strip():
+            details["reason"] = "empty"
+            raise type(exc)("the patch is empty", **details) from None
+        message = _LINE.sub(lambda m: f"line {int(m[1]) - 1}", exc.message)
+        raise type(exc)(message, **details) from None
+    return patch_from_json(body["patch"], media_type)

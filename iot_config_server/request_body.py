@@ -6,12 +6,11 @@ reading when the body is chunked, so an oversized upload costs at most ``cap + 1
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 from iot_config_core import DocumentLimits, InvalidDocumentError, Patch, decode_document
-from iot_config_core.patching import JSON_PATCH, MERGE_PATCH, patch_from_json
+from iot_config_core.patching import JSON_PATCH, MERGE_PATCH, decode_patch
 
 from .api_models import PutConfigRequest, api_converter
 from .http_errors import ApiError, ApiErrorCode
@@ -240,9 +239,6 @@ def _json_kind(value: object) -> str:
 
 #: The media types PATCH accepts, in the order a 415 names them.
 PATCH_MEDIA_TYPES = (MERGE_PATCH, JSON_PATCH)
-# A patch body is wrapped in an object so the core's strict decoder (duplicate keys, NaN, depth)
-# checks it; the wrapper's line break keeps the body's columns, and its lines are shifted back.
-_PATCH_WRAPPER = (b'{"patch":\n', b"\n}")
 
 
 def patch_media_type(environ: dict[str, Any]) -> str:
@@ -263,37 +259,19 @@ def patch_media_type(environ: dict[str, Any]) -> str:
 
 
 def parse_patch_request(data: bytes, media_type: str, limits: DocumentLimits) -> Patch:
-    """Decode a PATCH body with the core's strict JSON rules into the patch it declares."""
+    """Decode a PATCH body with the core's strict JSON rules into the patch it declares.
+
+    JSON-text problems are ``INVALID_BODY``; content rules keep the core's ``INVALID_DOCUMENT``.
+    """
     if not data:
         raise ApiError(ApiErrorCode.INVALID_BODY, "the request body is empty", reason="empty")
-    wrapped_limits = DocumentLimits(
-        max_bytes=limits.max_bytes + ENVELOPE_ALLOWANCE, max_depth=limits.max_depth + 1
-    )
     try:
-        body = decode_document(_PATCH_WRAPPER[0] + data + _PATCH_WRAPPER[1], wrapped_limits)
+        return decode_patch(data, limits, media_type)
     except InvalidDocumentError as exc:
-        message, details = _unwrapped(exc)
         if exc.details.get("reason") in _SYNTAX_REASONS:
             raise ApiError(
                 ApiErrorCode.INVALID_BODY,
-                f"the request body is not valid JSON ({message})",
-                **details,
+                f"the request body is not valid JSON ({exc.message})",
+                **exc.details,
             ) from None
-        raise type(exc)(message, **details) from None
-    return patch_from_json(body["patch"], media_type)
-
-
-_LINE = re.compile(r"\bline (\d+)")
-
-
-def _unwrapped(exc: InvalidDocumentError) -> tuple[str, dict[str, Any]]:
-    """The error's message and details as positions in the body itself, not in its wrapper."""
-    details = dict(exc.details)
-    line = details.get("line")
-    if isinstance(line, int):
-        details["line"] = line - 1
-    pointer = details.get("pointer")
-    if isinstance(pointer, str):
-        details["pointer"] = pointer.removeprefix("/patch")
-    message = _LINE.sub(lambda m: f"line {int(m[1]) - 1}", exc.message)
-    return message, details
+        raise
