@@ -706,30 +706,30 @@ class _Routes:
         bottle.response.content_type = JSON
         return _json({"schemas": names})
 
-    def get_schema(self, name: str) -> bytes:
-        return _schema_answer(self._operate("schema", lambda: self._store.schemas.get(name)))
+    def get_schema(self, schema: str) -> bytes:
+        return _schema_answer(self._operate("schema", lambda: self._store.schemas.get(schema)))
 
-    def put_schema(self, name: str) -> bytes:
+    def put_schema(self, schema: str) -> bytes:
         environ = bottle.request.environ
         if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
         require_json(environ)
-        put = parse_put_schema(read_body(environ, self._body_cap), self._store.limits)
+        body = parse_put_schema(read_body(environ, self._body_cap), self._store.limits)
         stored = self._operate(
             "schema",
             lambda: self._store.schemas.put(
-                name, put.schema, relaxed=put.relaxed, if_match=if_match
+                schema, body.schema, relaxed=body.relaxed, if_match=if_match
             ),
             write=True,
         )
-        log.info("stored schema %s (etag %s, relaxed %s)", name, stored.etag, stored.relaxed)
+        log.info("stored schema %s (etag %s, relaxed %s)", schema, stored.etag, stored.relaxed)
         return _schema_answer(stored)
 
-    def delete_schema(self, name: str) -> bytes:
+    def delete_schema(self, schema: str) -> bytes:
         if_match = _condition(bottle.request.environ, "HTTP_IF_MATCH", "If-Match")
         self._operate(
-            "schema", lambda: self._store.schemas.delete(name, if_match=if_match), write=True
+            "schema", lambda: self._store.schemas.delete(schema, if_match=if_match), write=True
         )
-        log.info("deleted schema %s", name)
+        log.info("deleted schema %s", schema)
         bottle.response.status = 204
         return b""
 

@@ -168,7 +168,7 @@ JSON_PATCH_SCHEMA: Mapping[str, Any] = {
 }
 _RAW_ERRORS = (*_MAC_ERRORS, *_STORED_ERRORS, ApiErrorCode.INVALID_HEADER)
 
-SCHEMA_RULE = "/api/schemas/<name>"
+SCHEMA_RULE = "/api/schemas/<schema>"
 _SCHEMA_ERRORS: tuple[Code, ...] = (
     ErrorCode.INVALID_SCHEMA,
     ErrorCode.NOT_FOUND,

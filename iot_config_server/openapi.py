@@ -52,6 +52,13 @@ MAC_PARAMETER = (
 )
 
 
+#: Descriptions of path parameters other than the MAC.
+PATH_PARAMETERS = {
+    MAC_NAME: MAC_PARAMETER,
+    "schema": "Schema name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+}
+
+
 @attrs.frozen
 class WireShape:
     """How a class's wire form differs from its attrs fields (mirrors the cattrs hooks)."""
@@ -202,7 +209,7 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
             "schema": {"type": "string", "pattern": SPELLINGS_PATTERN}
             if name == MAC_NAME
             else {"type": "string"},
-            "description": MAC_PARAMETER if name == MAC_NAME else "File name",
+            "description": PATH_PARAMETERS.get(name, "File name"),
         }
         for name in path_parameters(endpoint.rule)
     ]

@@ -262,9 +262,9 @@ def test_admin_routes_match_the_table() -> None:
             ("PATCH", MAC_RULE),
             ("DELETE", MAC_RULE),
             ("GET", "/api/schemas"),
-            ("GET", "/api/schemas/<name>"),
-            ("PUT", "/api/schemas/<name>"),
-            ("DELETE", "/api/schemas/<name>"),
+            ("GET", "/api/schemas/<schema>"),
+            ("PUT", "/api/schemas/<schema>"),
+            ("DELETE", "/api/schemas/<schema>"),
             ("GET", "/api/validation"),
         ]
     )
