@@ -83,24 +83,19 @@ def patch_device(
     max_attempts: int = MAX_WRITE_ATTEMPTS,
 ) -> FleetPatchResult:
     """Patch one device selected from ``summary``, only while ``where`` still selects it."""
-    etag = summary.etag
+    etag: str | None = summary.etag
     for attempt in range(max_attempts):
         try:
+            if etag is None:  # another write landed first: decide again on what is stored now
+                config = store.get(summary.mac_address)
+                if not where(config.summary):
+                    return FleetPatchResult(
+                        summary, FleetOutcome.NO_LONGER_MATCHES, config.etag, retries=attempt
+                    )
+                etag = config.etag
             result = store.patch(summary.mac_address, patch, if_match=etag, dry_run=dry_run)
         except PreconditionFailedError:
-            try:
-                config = store.get(summary.mac_address)
-            except NotFoundError:
-                return FleetPatchResult(summary, FleetOutcome.GONE, retries=attempt)
-            except StoreUnavailableError:
-                raise
-            except ConfigError as exc:
-                return FleetPatchResult(summary, FleetOutcome.FAILED, error=exc, retries=attempt)
-            if not where(config.summary):
-                return FleetPatchResult(
-                    summary, FleetOutcome.NO_LONGER_MATCHES, config.etag, retries=attempt
-                )
-            etag = config.etag
+            etag = None
             continue
         except NotFoundError:
             return FleetPatchResult(summary, FleetOutcome.GONE, retries=attempt)

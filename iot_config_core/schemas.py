@@ -29,7 +29,7 @@ import attrs
 import fastjsonschema
 import jsonschema
 
-from .backend import ABSENT, Backend, VersionConflict
+from .backend import ABSENT, Backend, Blob, VersionConflict
 from .document import (
     DocumentLimits,
     _pointer_token,
@@ -286,15 +286,7 @@ class SchemaStore:
         data = encode_document({"relaxed": relaxed, "schema": schema}, self._limits)
         match = None if if_match is None else ETagCondition.parse(if_match)
         for _ in range(_MAX_ATTEMPTS):
-            with self._guard("put schema"):
-                current = self._backend.read(file_name, self._limits.max_bytes)
-            current_etag = None if current is None else compute_etag(current.data)
-            if match is not None and not match.matches_strong(current_etag):
-                raise PreconditionFailedError(
-                    f"schema {name!r} is not at the expected version",
-                    schema=name,
-                    current_etag=current_etag,
-                )
+            current = self._read_matching(name, file_name, match, "put schema")
             try:
                 with self._guard("put schema"):
                     self._backend.replace(
@@ -310,17 +302,8 @@ class SchemaStore:
         file_name = schema_file_name(name)
         match = None if if_match is None else ETagCondition.parse(if_match)
         for _ in range(_MAX_ATTEMPTS):
-            with self._guard("delete schema"):
-                current = self._backend.read(file_name, self._limits.max_bytes)
-            if current is None:
-                raise NotFoundError(f"no schema {name!r}", schema=name)
-            etag = compute_etag(current.data)
-            if match is not None and not match.matches_strong(etag):
-                raise PreconditionFailedError(
-                    f"schema {name!r} is not at the expected version",
-                    schema=name,
-                    current_etag=etag,
-                )
+            current = self._read_matching(name, file_name, match, "delete schema", required=True)
+            assert current is not None
             try:
                 with self._guard("delete schema"):
                     self._backend.remove(file_name, current.entry.token)
@@ -328,6 +311,34 @@ class SchemaStore:
                 continue
             return
         raise PreconditionFailedError(f"schema {name!r} kept changing", schema=name)
+
+    def _read_matching(
+        self,
+        name: str,
+        file_name: str,
+        match: ETagCondition | None,
+        action: str,
+        *,
+        required: bool = False,
+    ) -> Blob | None:
+        """The stored schema file (``None``: absent), once ``match`` holds for it.
+
+        ``required``: absence is `NotFoundError`, whatever ``match`` says (as for configs).
+        """
+        with self._guard(action):
+            current = self._backend.read(file_name, self._limits.max_bytes)
+        if current is None and required:
+            raise NotFoundError(f"no schema {name!r}", schema=name)
+        current_etag = None if current is None else compute_etag(current.data)
+        if match is not None and not match.matches_strong(current_etag):
+            raise PreconditionFailedError(
+                f"schema {name!r} is not at the expected version"
+                if current_etag is not None
+                else f"no schema {name!r} to match",
+                schema=name,
+                current_etag=current_etag,
+            )
+        return current
 
     # -- validation -----------------------------------------------------------------------------
 

@@ -150,6 +150,14 @@ _WRITE_ERRORS: tuple[Code, ...] = (
     ErrorCode.STORE_UNAVAILABLE,
     ApiErrorCode.STORE_BUSY,
     ErrorCode.UNSUPPORTED_STORE,
+    ErrorCode.SCHEMA_VIOLATION,
+    ErrorCode.INVALID_SCHEMA,
+)
+_WRITE_REPLY = Reply(
+    200,
+    "What was stored (or would be, on a dry run).",
+    ConfigWire,
+    headers=(ETAG, *DRY_RUN_HEADERS),
 )
 _JSON_VALUE: Mapping[str, Any] = {}
 #: RFC 6902 operations, as the OpenAPI document describes a JSON Patch body.
@@ -218,29 +226,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         MAC_RULE,
         "Create or replace a config",
         "configs",
-        (
-            Reply(
-                200,
-                "What was stored (or would be, on a dry run).",
-                ConfigWire,
-                headers=(ETAG, *DRY_RUN_HEADERS),
-            ),
-        ),
-        errors=(
-            ErrorCode.INVALID_MAC,
-            ApiErrorCode.INVALID_BODY,
-            ErrorCode.INVALID_DOCUMENT,
-            ApiErrorCode.INVALID_HEADER,
-            ErrorCode.PRECONDITION_FAILED,
-            ErrorCode.ALREADY_EXISTS,
-            ApiErrorCode.PAYLOAD_TOO_LARGE,
-            ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode.STORE_UNAVAILABLE,
-            ApiErrorCode.STORE_BUSY,
-            ErrorCode.UNSUPPORTED_STORE,
-            ErrorCode.SCHEMA_VIOLATION,
-            ErrorCode.INVALID_SCHEMA,
-        ),
+        (_WRITE_REPLY,),
+        errors=(*_WRITE_ERRORS, ErrorCode.ALREADY_EXISTS),
         action="save config",
         admin=True,
         request_model=PutConfigRequest,
@@ -255,21 +242,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         MAC_RULE,
         "Change part of a config (JSON merge patch or JSON Patch)",
         "configs",
-        (
-            Reply(
-                200,
-                "What was stored (or would be, on a dry run).",
-                ConfigWire,
-                headers=(ETAG, *DRY_RUN_HEADERS),
-            ),
-        ),
+        (_WRITE_REPLY,),
         errors=(
             *_WRITE_ERRORS,
             ErrorCode.NOT_FOUND,
             ErrorCode.INVALID_PATCH,
             ErrorCode.PATCH_CONFLICT,
-            ErrorCode.SCHEMA_VIOLATION,
-            ErrorCode.INVALID_SCHEMA,
             *_STORED_ERRORS,
         ),
         action="patch config",
