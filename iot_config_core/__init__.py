@@ -47,7 +47,14 @@ from .schemas import (
     StoredSchema,
     Validation,
 )
-from .store import ConfigStore, Listing, local_store_root, open_store, register_backend
+from .store import (
+    ConfigStore,
+    Listing,
+    local_store_root,
+    open_store,
+    register_backend,
+    store_scheme,
+)
 
 try:
     #: The installed distribution's version: pyproject.toml is its one source.
@@ -103,4 +110,5 @@ __all__ = [
     "open_store",
     "patch_from_json",
     "register_backend",
+    "store_scheme",
 ]

@@ -308,6 +308,11 @@ class ConfigStore:
     def __repr__(self) -> str:
         return f"ConfigStore({self.description!r})"
 
+    @property
+    def backend(self) -> Backend:
+        """The storage under this store, for companions keeping hidden files in the same root."""
+        return self._backend
+
     # -- error boundary -------------------------------------------------------------------------
 
     def _guard(self, action: str) -> _BackendErrors:

@@ -37,6 +37,7 @@ from . import docs, openapi
 from .api_models import HealthyReport, UnhealthyReport, api_converter
 from .auth import BearerAuth
 from .cors import CorsPolicy
+from .device_auth import Authorize, DeviceAuth
 from .endpoints import ENDPOINTS, Endpoint, allowed_methods, rules
 from .http_errors import ApiError, ApiErrorCode, error_body_bytes, http_error_for, user_message
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -96,7 +97,9 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     routes = _Routes(
         app, store, metrics, StoreGate(settings.threads, stall_after=settings.store_stall_seconds)
     )
-    devices = _DeviceEndpoint(routes.device_read, metrics, cors)
+    device_auth = DeviceAuth.from_settings(settings, store, auth, metrics)
+    authorize = device_auth.check if device_auth.active else None
+    devices = _DeviceEndpoint(routes.device_read, metrics, cors, authorize)
     app.install(_RequestPlugin(metrics, cors, auth))
     for endpoint in ENDPOINTS:
         if endpoint.name in _DEVICE_ENDPOINTS:
@@ -185,8 +188,15 @@ class _DeviceEndpoint:
     every answer carries, metrics, and errors through the same `_error_answer` as every route.
     """
 
-    def __init__(self, read: DeviceRead, metrics: AppMetrics, cors: CorsPolicy) -> None:
+    def __init__(
+        self,
+        read: DeviceRead,
+        metrics: AppMetrics,
+        cors: CorsPolicy,
+        authorize: Authorize | None = None,
+    ) -> None:
         self._read = read
+        self._authorize = authorize  # device auth (docs/security.md); None when it is off
         self._cors = cors
         self._no_origin_cors = cors.headers(None)
         self._prefixes: list[tuple[str, _DeviceRoute]] = []
@@ -230,6 +240,8 @@ class _DeviceEndpoint:
         cors = self._no_origin_cors if origin is None else self._cors.headers(origin)
         token = current_request_id.set(rid)
         try:
+            if self._authorize is not None:  # before the store: no answer reveals a MAC exists
+                self._authorize(mac, environ)
             doc, etag, not_modified = self._read(mac, environ.get("HTTP_IF_NONE_MATCH"))
         except Exception as exc:
             status_line, headers, body = self._failure(exc, rid, method, route)

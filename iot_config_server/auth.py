@@ -38,12 +38,16 @@ class BearerAuth:
             raise ApiError(
                 ApiErrorCode.UNAUTHORIZED, "the Authorization header must be 'Bearer <token>'"
             )
+        if not self.accepts(credentials.strip()):
+            raise ApiError(ApiErrorCode.UNAUTHORIZED, "the admin token is not valid")
+
+    def accepts(self, credentials: str) -> bool:
+        """Whether ``credentials`` is one of the tokens (always ``False`` when none is set)."""
         try:
-            presented = credentials.strip().encode("ascii")
+            presented = credentials.encode("ascii")
         except UnicodeEncodeError:
             presented = b""
         matched = False
         for token in self._tokens:
             matched |= hmac.compare_digest(presented, token)
-        if not matched:
-            raise ApiError(ApiErrorCode.UNAUTHORIZED, "the admin token is not valid")
+        return matched

@@ -39,7 +39,14 @@ from iot_config_core import (
     __version__,
     decode_document,
     encode_document,
-    open_store,
+    store_scheme,
+)
+from iot_config_core.device_tokens import (
+    DeviceKeyring,
+    DeviceSecretError,
+    RevocationList,
+    load_keyring,
+    new_secret_line,
 )
 from iot_config_core.fleet import FleetOutcome, FleetPatchResult, Selector, patch_fleet
 from iot_config_core.legacy import Checked, FileReport, LegacyDirectory, Outcome, read_document
@@ -157,9 +164,9 @@ def _positive_int(text: str) -> int:
 class _Context:
     """What every subcommand needs: the server's settings, with the command line's store and limit.
 
-    Stores are opened with the settings' limits but never created unasked: unlike ``serve``
-    (`Settings.open_store`), no subcommand creates even the default ``./iot-configs``, so a
-    command run in the wrong directory fails instead of answering from a new, empty fleet.
+    Stores are opened by `Settings.open_store` but never created unasked: unlike ``serve``, no
+    subcommand creates even the default ``./iot-configs``, so a command run in the wrong
+    directory fails instead of answering from a new, empty fleet.
     """
 
     settings: Settings
@@ -173,12 +180,12 @@ class _Context:
         return self.settings.document_limits
 
     def open(self, *, create: bool = False) -> ConfigStore:
-        if self.store_url.startswith("memory://"):
+        if store_scheme(self.store_url) == "memory":
             _err(
                 f"{PROG}: note: {self.store_url} is in this process only: nothing is kept "
                 "after the command ends"
             )
-        return open_store(self.store_url, create=create, limits=self.limits)
+        return self.settings.open_store(create=create)
 
 
 # -- output helpers -------------------------------------------------------------------------------
@@ -717,6 +724,46 @@ def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
         raise UsageError(f"{missing_extra}: {exc}") from exc
 
 
+def cmd_device_token(ctx: _Context, args: argparse.Namespace) -> int:
+    """Print a device's token, revoke or re-admit it, list revocations, or make a new secret."""
+    path = args.secret_file or ctx.settings.device_secret_file
+    # `--new-secret > FILE` runs with FILE already created empty by the shell: that is version 0.
+    try:
+        keyring: DeviceKeyring | None = (
+            None
+            if path is None or (args.new_secret and _is_empty_or_missing(path))
+            else load_keyring(path)
+        )
+    except DeviceSecretError as exc:
+        raise UsageError(f"{exc.message} [{exc.code}]") from None
+    if args.new_secret:
+        newest = 0 if keyring is None else keyring.newest
+        _out(new_secret_line(args.key_version or newest + 1))
+        return EXIT_OK
+    if args.list_revoked:
+        for entry in RevocationList(ctx.open().backend).entries():
+            _out(f"{entry.mac_address}  through v{entry.through_version}  {entry.revoked_at}")
+        return EXIT_OK
+    if args.mac is None:
+        raise UsageError("device-token needs a MAC (or --new-secret, --list-revoked)")
+    mac = MacAddress.parse(args.mac)
+    if args.unrevoke:
+        if RevocationList(ctx.open().backend).unrevoke(mac):
+            _out(f"{mac}: revocation removed")
+        else:
+            _out(f"{mac}: was not revoked")
+        return EXIT_OK
+    if keyring is None:
+        raise UsageError("no device secret: set IOT_CONFIG_DEVICE_SECRET_FILE or --secret-file")
+    if args.revoke:
+        through = args.key_version or keyring.newest
+        RevocationList(ctx.open().backend).revoke(mac, through)
+        _out(f"{mac}: tokens up to key version v{through} revoked")
+        return EXIT_OK
+    _out(keyring.token(mac, args.key_version))
+    return EXIT_OK
+
+
 # -- parser ---------------------------------------------------------------------------------------
 
 
@@ -738,7 +785,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool, store: b
         metavar="N",
         default=default,
         help="refuse documents larger than N bytes (default: $IOT_CONFIG_MAX_DOCUMENT_BYTES "
-        "or 1 MiB)",
+        f"or {DocumentLimits().max_bytes})",
     )
     parser.add_argument(
         "--debug",
@@ -750,6 +797,46 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool, store: b
 
 Handler = Callable[[_Context, argparse.Namespace], int]
 MAC_HELP = "MAC address in any common spelling (AA:BB:CC:DD:EE:FF, aabbccddeeff, ...)"
+
+
+def _is_empty_or_missing(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except FileNotFoundError:
+        return True
+
+
+def _device_token_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The ``device-token`` subcommand's options (``add`` is `build_parser`'s helper)."""
+    sub = add(
+        "device-token",
+        cmd_device_token,
+        "print, revoke or re-admit a device's token",
+        "Print the token device MAC sends as 'Authorization: Bearer <token>', derived from the "
+        "newest secret of $IOT_CONFIG_DEVICE_SECRET_FILE (the server's setting). --revoke "
+        "refuses the device's tokens of every secret version up to the newest on every "
+        "replica (a token of a later version, after a rotation, works again); --unrevoke "
+        "lifts that. See docs/security.md.",
+    )
+    sub.add_argument("mac", metavar="MAC", nargs="?", help="MAC address in any common spelling")
+    sub.add_argument(
+        "--secret-file", metavar="FILE", help="default: $IOT_CONFIG_DEVICE_SECRET_FILE"
+    )
+    sub.add_argument(
+        "--key-version",
+        type=_positive_int,
+        metavar="N",
+        help="use (or, with --revoke, revoke through) secret version N instead of the newest",
+    )
+    action = sub.add_mutually_exclusive_group()
+    action.add_argument("--revoke", action="store_true", help="revoke the device's tokens")
+    action.add_argument("--unrevoke", action="store_true", help="remove the device's revocation")
+    action.add_argument("--list-revoked", action="store_true", help="list revoked devices")
+    action.add_argument(
+        "--new-secret",
+        action="store_true",
+        help="print a new random secret line 'v<N>:<secret>' to append to the secret file",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -902,6 +989,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("-v", "--verbose", action="store_true", help="also list valid files")
     _add_patch_commands(add)
+    _device_token_parser(add)
     return parser
 
 

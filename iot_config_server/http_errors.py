@@ -153,6 +153,10 @@ ERROR_TABLE: Mapping[Code, ErrorRule] = {
         422, "SCHEMA_VIOLATION", cause="the config does not satisfy schema {schema!r} ({message})"
     ),
     ErrorCode.CONFIG_ERROR: ErrorRule(500, "INTERNAL_ERROR"),
+    # Device credentials (`iot_config_core.device_tokens`): the device routes answer a refused
+    # token as ApiErrorCode.UNAUTHORIZED themselves; these rows say what the codes mean elsewhere.
+    ErrorCode.INVALID_DEVICE_TOKEN: ErrorRule(401, "UNAUTHORIZED", headers=WWW_AUTHENTICATE),
+    ErrorCode.INVALID_DEVICE_SECRET: ErrorRule(500, "INTERNAL_ERROR", ExitStatus.USAGE),
     # HTTP-layer errors
     ApiErrorCode.BAD_REQUEST: ErrorRule(400, "BAD_REQUEST", ExitStatus.USAGE),
     ApiErrorCode.INVALID_BODY: ErrorRule(400, "INVALID_BODY"),

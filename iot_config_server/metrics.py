@@ -266,6 +266,11 @@ class AppMetrics:
         )
         self.registry.register(_ScrapeTimeMetrics(config_count))
         self._routes: dict[str, RouteMetrics] = {}
+        self._counted_in = counted_in
+
+    def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+        """Another counter of this app, kept where its request counters are (one or N workers)."""
+        return Counter(name, documentation, labels, namespace=NAMESPACE, registry=self._counted_in)
 
     def route(self, template: str) -> RouteMetrics:
         """The metrics of a route template (one object per template)."""

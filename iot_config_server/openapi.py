@@ -36,11 +36,13 @@ from .http_errors import ERROR_TABLE, ApiErrorCode, wire_codes
 __all__ = ["OpenApiCache", "build_document", "schema_components"]
 
 OPENAPI_VERSION = "3.1.0"
+DEVICE_TAG = "devices"
 #: Tag order and descriptions (the docs UI shows groups in this order).
 TAGS = {
     "configs": "Admin REST API used by the web UI (bearer token when the server has tokens).",
     "schemas": "JSON Schemas that configs are checked against, and the report of violations.",
-    "devices": "What device firmware polls: exact stored bytes with ETag revalidation. Open.",
+    "devices": "What device firmware polls: exact stored bytes with ETag revalidation. Open, "
+    "unless device auth is on: then the device's own token (or an admin token).",
     "operations": "Health checks and Prometheus metrics. Open.",
     "documentation": "This document and the interactive docs. Open.",
 }
@@ -177,7 +179,7 @@ _REQUEST_ID = Header("X-Request-ID", "The request id (the client's if sane, else
 
 def _error_responses(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
     codes = list(endpoint.errors)
-    if endpoint.admin:
+    if endpoint.admin or endpoint.tag == DEVICE_TAG:
         codes.append(ApiErrorCode.UNAUTHORIZED)
     codes.append(ApiErrorCode.INTERNAL_ERROR)
     by_status: dict[int, set[str]] = {}
@@ -277,6 +279,14 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
     if endpoint.admin:
         # Required only when the server is configured with admin tokens.
         operation["security"] = [{"adminToken": []}, {}]
+    elif endpoint.tag == DEVICE_TAG:
+        # Required only with IOT_CONFIG_DEVICE_AUTH=required (optional: used when sent).
+        operation["security"] = [
+            {"deviceToken": []},
+            {"deviceTokenQuery": []},
+            {"adminToken": []},
+            {},
+        ]
     return operation
 
 
@@ -309,7 +319,21 @@ def build_document(base_path: str = "/") -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "Admin token; required only when the server has tokens set.",
-                }
+                },
+                "deviceToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The device's own token (`iot-config device-token MAC`); "
+                    "required only with IOT_CONFIG_DEVICE_AUTH=required. Without a valid one, "
+                    "existing and absent MACs get the same 401.",
+                },
+                "deviceTokenQuery": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "access_token",
+                    "description": "The device token as a query parameter, for HTTP clients "
+                    "that cannot set headers (prefer the header: proxies log query strings).",
+                },
             },
         },
     }

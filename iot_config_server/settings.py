@@ -9,11 +9,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 
-from iot_config_core import ConfigStore, DocumentLimits, open_store
+from iot_config_core import (
+    ConfigStore,
+    DocumentLimits,
+    local_store_root,
+    open_store,
+    store_scheme,
+)
 
 __all__ = ["DEFAULT_STORE_URL", "ENV_PREFIX", "LEGACY_VARIABLES", "Settings", "SettingsError"]
 
@@ -29,8 +35,8 @@ DEFAULT_STORE_URL = "./iot-configs"
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 LOG_FORMATS = ("text", "json")
-
-T = TypeVar("T")
+#: ``IOT_CONFIG_DEVICE_AUTH``: who may read a device endpoint (see docs/security.md).
+DEVICE_AUTH_MODES = ("off", "optional", "required")
 
 
 class SettingsError(ValueError):
@@ -102,6 +108,13 @@ def _check_tokens(_: Any, __: attrs.Attribute[tuple[str, ...]], value: tuple[str
             raise SettingsError("admin_tokens", "tokens must not contain commas")
 
 
+def _check_device_auth(_: Any, __: attrs.Attribute[str], value: str) -> None:
+    if value not in DEVICE_AUTH_MODES:
+        raise SettingsError(
+            "device_auth", f"must be one of {', '.join(DEVICE_AUTH_MODES)}, not {value!r}"
+        )
+
+
 def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
@@ -141,13 +154,19 @@ class Settings:
     )
     log_level: str = attrs.field(default="INFO", converter=_upper, validator=_check_log_level)
     log_format: str = attrs.field(default="text", converter=_lower, validator=_check_log_format)
+    device_auth: str = attrs.field(default="off", converter=_lower, validator=_check_device_auth)
+    device_secret_file: str | None = None
 
     def __attrs_post_init__(self) -> None:
-        if self.store_url.startswith("memory://") and self.workers > 1:
+        if store_scheme(self.store_url) == "memory" and self.workers > 1:
             raise SettingsError(
                 "workers",
                 f"a memory:// store lives in one process: {self.workers} workers would each "
                 "serve their own empty store; use 1 worker or a shared store",
+            )
+        if self.device_auth != "off" and self.device_secret_file is None:
+            raise SettingsError(
+                "device_secret_file", f"device_auth {self.device_auth!r} needs a secret file"
             )
 
     @property
@@ -162,21 +181,20 @@ class Settings:
         Any other store is an operator's explicit choice; creating it on a typo would serve an
         empty fleet instead of failing loudly.
         """
-        url = self.store_url
-        return url == DEFAULT_STORE_URL or (
-            "://" not in url and os.path.normpath(url) == os.path.normpath(DEFAULT_STORE_URL)
-        )
+        root = local_store_root(self.store_url)
+        return root is not None and root == local_store_root(DEFAULT_STORE_URL)
 
-    def open_store(self, *, create: bool = False) -> ConfigStore:
+    def open_store(self, *, create: bool | None = None) -> ConfigStore:
         """The store these settings name, with their document limits; used by every entry point.
 
-        Creates the default directory (see `creates_store`), any other store only when ``create``
-        (an operator's explicit ``--create-store``). Raises the core's `ConfigError` subclasses,
-        like `iot_config_core.open_store`.
+        By default (the server) only the default directory is created (see `creates_store`);
+        ``create`` says exactly whether to create a missing store (the CLI: ``--create-store``,
+        and even the default store only then). Raises the core's `ConfigError` subclasses, like
+        `iot_config_core.open_store`.
         """
-        return open_store(
-            self.store_url, create=create or self.creates_store, limits=self.document_limits
-        )
+        if create is None:
+            create = self.creates_store
+        return open_store(self.store_url, create=create, limits=self.document_limits)
 
     @property
     def auth_enabled(self) -> bool:
@@ -226,6 +244,8 @@ class Settings:
             "admin_tokens": ("ADMIN_TOKENS", _list),
             "log_level": ("LOG_LEVEL", _text),
             "log_format": ("LOG_FORMAT", _text),
+            "device_auth": ("DEVICE_AUTH", _text),
+            "device_secret_file": ("DEVICE_SECRET_FILE", _text),
         }
         for field, (name, parse) in fields.items():
             value = raw(name)

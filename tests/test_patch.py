@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_e2e_serve as e2e  # the real-server helpers
 import webtest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import JSON_HEADERS, ServerProcess, put_body
 
 from iot_config_core import (
     ConfigStore,
@@ -263,19 +263,17 @@ def test_openapi_documents_patch_media_types(app: webtest.TestApp) -> None:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[e2e.Server]:
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
     store = tmp_path / "store"
     store.mkdir()
-    port = e2e.free_port()
-    args = ["--store", str(store), "--host", "127.0.0.1", "--port", str(port), "--threads", "4"]
-    with e2e.running(args, tmp_path, port, e2e.child_env()) as srv:
+    log = tmp_path / "server.log"
+    with ServerProcess("--store", str(store), "--threads", "4", log_path=log) as srv:
         yield srv
 
 
-def test_concurrent_patches_of_different_keys_all_land(server: e2e.Server) -> None:
-    body = json.dumps({"content": {"base": True}}).encode()
-    status, _, _ = e2e.request(
-        server.port, "PUT", f"/api/configs/{MAC}", body, {"Content-Type": "application/json"}
+def test_concurrent_patches_of_different_keys_all_land(server: ServerProcess) -> None:
+    status, _, _ = server.request(
+        "PUT", f"/api/configs/{MAC}", put_body({"base": True}), JSON_HEADERS
     )
     assert status == 200
     writers, rounds = 6, 5
@@ -285,9 +283,7 @@ def test_concurrent_patches_of_different_keys_all_land(server: e2e.Server) -> No
     def writer(number: int) -> None:
         for round_ in range(rounds):
             patch = json.dumps({f"key{number}": round_}).encode()
-            answer = e2e.request(
-                server.port, "PATCH", f"/api/configs/{MAC}", patch, {"Content-Type": MERGE}
-            )
+            answer = server.request("PATCH", f"/api/configs/{MAC}", patch, {"Content-Type": MERGE})
             with lock:
                 statuses.append(answer[0])
 
@@ -297,5 +293,5 @@ def test_concurrent_patches_of_different_keys_all_land(server: e2e.Server) -> No
     for thread in threads:
         thread.join(60)
     assert statuses == [200] * (writers * rounds)
-    _, _, data = e2e.request(server.port, "GET", f"/api/configs/{MAC}.json")
+    _, _, data = server.request("GET", f"/api/configs/{MAC}.json")
     assert json.loads(data) == {"base": True, **{f"key{n}": rounds - 1 for n in range(writers)}}
