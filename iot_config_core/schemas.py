@@ -371,7 +371,12 @@ class SchemaStore:
                     schema=result.schema,
                     problems=[attrs.asdict(p) for p in result.problems],
                 )
-            log.warning("config violates relaxed schema %r: %s", result.schema, summary)
+            # Pointers only: messages quote the values, and configs hold secrets (Wi-Fi keys).
+            log.warning(
+                "config violates relaxed schema %r at %s",
+                result.schema,
+                ", ".join(p.pointer or "/" for p in result.problems),
+            )
         return result
 
     def _compiled_for(self, name: str) -> _Compiled | None:
