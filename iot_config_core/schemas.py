@@ -184,11 +184,11 @@ def check_schema(schema: Any) -> None:
             f"(write {DRAFT!r} or leave $schema out)",
             reason="draft",
         )
-    for pointer, ref in _refs(schema, ""):
-        if not ref.startswith("#"):
+    for pointer, keyword, uri in _references(schema, ""):
+        if not uri.startswith("#"):
             raise InvalidSchemaError(
-                f"$ref {ref[:100]!r} at {pointer or '/'} points outside the schema; only local "
-                "references ('#/...') are allowed, so validation never fetches anything",
+                f"{keyword} {uri[:100]!r} at {pointer or '/'} points outside the schema; only "
+                "local references ('#/...') are allowed, so validation never fetches anything",
                 reason="remote_ref",
                 pointer=pointer,
             )
@@ -202,16 +202,21 @@ def check_schema(schema: Any) -> None:
         ) from None
 
 
-def _refs(value: Any, pointer: str) -> Iterator[tuple[str, str]]:
+#: Keywords whose URI a validator may resolve, and so fetch, unless it stays inside the schema.
+_URI_KEYWORDS = ("$ref", "$id")
+
+
+def _references(value: Any, pointer: str) -> Iterator[tuple[str, str, str]]:
+    """``(pointer, keyword, uri)`` of every `_URI_KEYWORDS` string in a schema."""
     if isinstance(value, dict):
         for key, item in value.items():
-            if key == "$ref" and isinstance(item, str):
-                yield pointer, item
+            if key in _URI_KEYWORDS and isinstance(item, str):
+                yield pointer, key, item
             else:
-                yield from _refs(item, pointer + _pointer_token(key))
+                yield from _references(item, pointer + _pointer_token(key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _refs(item, pointer + _pointer_token(index))
+            yield from _references(item, pointer + _pointer_token(index))
 
 
 def _compile(schema: Mapping[str, Any], *, relaxed: bool) -> _Compiled:

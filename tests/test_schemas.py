@@ -101,6 +101,7 @@ def test_a_changed_schema_is_used_from_the_next_write(tmp_path: Path) -> None:
         ({"type": "nope"}, "meta_schema"),
         ({"properties": {"a": {"minimum": "1"}}}, "meta_schema"),
         ({"$ref": "https://example.com/schema.json"}, "remote_ref"),
+        ({"properties": {"p": {"$id": "http://127.0.0.1:9/p.json"}}}, "remote_ref"),
         ({"$schema": "https://json-schema.org/draft/2020-12/schema"}, "draft"),
     ],
 )
