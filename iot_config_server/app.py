@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
+from urllib.parse import parse_qs
 
 import attrs
 import bottle
@@ -27,6 +28,8 @@ from iot_config_core import (
     MacAddress,
     RawDocument,
     StoredConfig,
+    StoredSchema,
+    Validation,
 )
 from iot_config_core.wire import config_to_wire, summaries_to_wire
 
@@ -39,9 +42,17 @@ from .endpoints import ENDPOINTS, Endpoint, allowed_methods, rules
 from .http_errors import ApiError, ApiErrorCode, error_body_bytes, http_error_for, user_message
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import UNMATCHED_ROUTE, AppMetrics, FreshValue, RouteMetrics
-from .request_body import ENVELOPE_ALLOWANCE, parse_put_request, read_body, require_json
+from .request_body import (
+    ENVELOPE_ALLOWANCE,
+    parse_patch_request,
+    parse_put_request,
+    patch_media_type,
+    read_body,
+    require_json,
+)
 from .request_ids import HEADER as REQUEST_ID_HEADER
 from .request_ids import current_request_id, request_id_from_environ
+from .schema_api import parse_put_schema, schema_wire
 from .settings import Settings
 from .store_gate import StoreGate
 
@@ -532,6 +543,45 @@ def _config_answer(config: StoredConfig) -> bytes:
     return _json(config_to_wire(config))
 
 
+def _dry_run(environ: dict[str, Any]) -> bool:
+    """The ``dry_run`` query flag: ``true``/``false`` (or ``1``/``0``); anything else is a 400."""
+    values = parse_qs(environ.get("QUERY_STRING") or "", keep_blank_values=True).get("dry_run")
+    if not values:
+        return False
+    value = values[-1].strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0", ""):
+        return False
+    raise ApiError(
+        ApiErrorCode.BAD_REQUEST,
+        f"the dry_run parameter must be true or false, not {value[:20]!r}",
+        parameter="dry_run",
+    )
+
+
+def _dry_run_answer(config: StoredConfig, validation: Validation) -> bytes:
+    """What a write would have stored: no ETag, since nothing with that tag exists yet.
+
+    The schema that applies and its problem count (only a relaxed schema lets a write with
+    problems through) are headers, so the body stays the config's one shape.
+    """
+    response = bottle.response
+    response.set_header("X-Dry-Run", "true")
+    if validation.schema is not None:
+        response.set_header("X-Schema", validation.schema)
+        response.set_header("X-Schema-Problems", str(len(validation.problems)))
+    response.content_type = JSON
+    return _json(config_to_wire(config))
+
+
+def _schema_answer(stored: StoredSchema) -> bytes:
+    response = bottle.response
+    response.set_header("ETag", _quoted(stored.etag))
+    response.content_type = JSON
+    return _json(schema_wire(stored))
+
+
 # -- handlers ---------------------------------------------------------------------------------
 
 
@@ -546,7 +596,8 @@ class _Routes:
         self._metrics = metrics
         self._gate = gate
         self._ops = {
-            name: metrics.operation(name) for name in ("get_raw", "get", "list", "put", "delete")
+            name: metrics.operation(name)
+            for name in ("get_raw", "get", "list", "put", "patch", "delete", "schema", "validate")
         }
         self._list_cache: tuple[int, bytes] = (-1, b"")
         self._body_cap = store.limits.max_bytes + ENVELOPE_ALLOWANCE
@@ -613,6 +664,7 @@ class _Routes:
         address = MacAddress.parse(mac)
         if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
         if_none_match = _condition(environ, "HTTP_IF_NONE_MATCH", "If-None-Match")
+        dry_run = _dry_run(environ)
         require_json(environ)
         put = parse_put_request(read_body(environ, self._body_cap), self._store.limits)
         stored = self._operate(
@@ -623,11 +675,34 @@ class _Routes:
                 if_match=if_match,
                 if_none_match=if_none_match,
                 create_only=not put.allow_overwrite,
+                dry_run=dry_run,
             ),
-            write=True,
+            write=not dry_run,
         )
+        if dry_run:
+            return _dry_run_answer(stored, self._store.validate(stored.content))
         log.info("stored config %s (etag %s)", stored.mac_address, stored.etag)
         return _config_answer(stored)
+
+    def patch_config(self, mac: str) -> bytes:
+        environ = bottle.request.environ
+        address = MacAddress.parse(mac)
+        if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
+        dry_run = _dry_run(environ)
+        media_type = patch_media_type(environ)
+        patch = parse_patch_request(
+            read_body(environ, self._body_cap), media_type, self._store.limits
+        )
+        result = self._operate(
+            "patch",
+            lambda: self._store.patch(address, patch, if_match=if_match, dry_run=dry_run),
+            write=not dry_run,
+        )
+        if dry_run:
+            return _dry_run_answer(result.config, self._store.validate(result.config.content))
+        if result.changed:
+            log.info("patched config %s (etag %s)", address, result.config.etag)
+        return _config_answer(result.config)
 
     def delete_config(self, mac: str) -> bytes:
         environ = bottle.request.environ
@@ -637,6 +712,43 @@ class _Routes:
         log.info("deleted config %s", address)
         bottle.response.status = 204
         return b""
+
+    def list_schemas(self) -> bytes:
+        names = self._operate("schema", self._store.schemas.names)
+        bottle.response.content_type = JSON
+        return _json({"schemas": names})
+
+    def get_schema(self, schema: str) -> bytes:
+        return _schema_answer(self._operate("schema", lambda: self._store.schemas.get(schema)))
+
+    def put_schema(self, schema: str) -> bytes:
+        environ = bottle.request.environ
+        if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
+        require_json(environ)
+        body = parse_put_schema(read_body(environ, self._body_cap), self._store.limits)
+        stored = self._operate(
+            "schema",
+            lambda: self._store.schemas.put(
+                schema, body.schema, relaxed=body.relaxed, if_match=if_match
+            ),
+            write=True,
+        )
+        log.info("stored schema %s (etag %s, relaxed %s)", schema, stored.etag, stored.relaxed)
+        return _schema_answer(stored)
+
+    def delete_schema(self, schema: str) -> bytes:
+        if_match = _condition(bottle.request.environ, "HTTP_IF_MATCH", "If-Match")
+        self._operate(
+            "schema", lambda: self._store.schemas.delete(schema, if_match=if_match), write=True
+        )
+        log.info("deleted schema %s", schema)
+        bottle.response.status = 204
+        return b""
+
+    def validation_report(self) -> bytes:
+        report = self._operate("validate", self._store.schema_report)
+        bottle.response.content_type = JSON
+        return _json(api_converter.unstructure(report))
 
     def _health(self) -> bytes:
         response = bottle.response

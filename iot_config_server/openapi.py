@@ -40,6 +40,7 @@ DEVICE_TAG = "devices"
 #: Tag order and descriptions (the docs UI shows groups in this order).
 TAGS = {
     "configs": "Admin REST API used by the web UI (bearer token when the server has tokens).",
+    "schemas": "JSON Schemas that configs are checked against, and the report of violations.",
     "devices": "What device firmware polls: exact stored bytes with ETag revalidation. Open, "
     "unless device auth is on: then the device's own token (or an admin token).",
     "operations": "Health checks and Prometheus metrics. Open.",
@@ -51,6 +52,13 @@ MAC_PARAMETER = (
     "MAC address in any common spelling: aa-bb-cc-dd-ee-ff, AA:BB:CC:DD:EE:FF, aabb.ccdd.eeff, "
     "aabbccddeeff"
 )
+
+
+#: Descriptions of path parameters other than the MAC.
+PATH_PARAMETERS = {
+    MAC_NAME: MAC_PARAMETER,
+    "schema": "Schema name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+}
 
 
 @attrs.frozen
@@ -203,7 +211,7 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
             "schema": {"type": "string", "pattern": SPELLINGS_PATTERN}
             if name == MAC_NAME
             else {"type": "string"},
-            "description": MAC_PARAMETER if name == MAC_NAME else "File name",
+            "description": PATH_PARAMETERS.get(name, "File name"),
         }
         for name in path_parameters(endpoint.rule)
     ]
@@ -216,6 +224,15 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
             "description": header.description,
         }
         for header in endpoint.request_headers
+    )
+    parameters.extend(
+        {
+            "name": query.name,
+            "in": "query",
+            "schema": dict(query.schema),
+            "description": query.description,
+        }
+        for query in endpoint.query
     )
     responses: dict[str, Any] = {}
     for reply in endpoint.replies:
@@ -249,6 +266,14 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
             "required": True,
             "content": {
                 "application/json": {"schema": builder.ref(endpoint.request_model, output=False)}
+            },
+        }
+    if endpoint.request_bodies:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                media_type: {"schema": dict(schema)}
+                for media_type, schema in endpoint.request_bodies.items()
             },
         }
     if endpoint.admin:

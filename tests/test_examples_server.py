@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -12,12 +11,18 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from support import REPO, ServerProcess, call, child_env
 
-from iot_config_core import MacAddress, PreconditionFailedError, encode_document, open_store
+from iot_config_core import (
+    MacAddress,
+    MergePatch,
+    PreconditionFailedError,
+    encode_document,
+    open_store,
+)
+from iot_config_core.fleet import FleetOutcome, patch_device
 
 EXAMPLES = REPO / "examples"
 
@@ -150,40 +155,29 @@ def test_fleet_set_key_never_overwrites_a_concurrent_edit(store_dir: Path) -> No
         assert content["counter"] == increments[mac], mac
 
 
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), EXAMPLES / name)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_fleet_set_key_rereads_after_an_edit_between_its_read_and_write(store_dir: Path) -> None:
-    """Deterministic: another admin edits the device right after the script has read it."""
-    example = load_example("fleet_set_key.py")
+    """Deterministic: another admin edits the device right after the fleet patch listed it."""
     mac = MacAddress.parse("02-00-00-00-00-01")
     seed(store_dir, str(mac), {"deviceName": "kitchen", "note": "old"})
     store = open_store(str(store_dir))
     other_admin = open_store(str(store_dir))
-    calls = 0
+    listed = store.listing().summaries[0]
+    current = other_admin.get(mac)
+    other_admin.put(mac, {**current.content, "note": "edited"}, if_match=current.etag)
 
-    def matches(name: str | None) -> bool:
-        # set_key calls this after each read and before its write: the race window.
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            current = other_admin.get(mac)
-            other_admin.put(mac, {**current.content, "note": "edited"}, if_match=current.etag)
-        return name == "kitchen"
-
-    outcome = example.set_key(store, mac, "enableOTA", True, matches, dry_run=False, max_attempts=3)
-    assert outcome == ("changed", 1)
+    result = patch_device(
+        store, listed, MergePatch({"enableOTA": True}), lambda s: s.device_name == "kitchen"
+    )
+    assert (result.outcome, result.retries) == (FleetOutcome.CHANGED, 1)
     assert read(store_dir, str(mac)) == {
         "deviceName": "kitchen",
         "note": "edited",
         "enableOTA": True,
     }
+    other_admin.put(mac, {"deviceName": "hall"})  # renamed meanwhile: no longer selected
+    result = patch_device(store, listed, MergePatch({"x": 1}), lambda s: s.device_name == "kitchen")
+    assert result.outcome is FleetOutcome.NO_LONGER_MATCHES
+    assert read(store_dir, str(mac)) == {"deviceName": "hall"}
 
 
 # -- a real server process ------------------------------------------------------------------------

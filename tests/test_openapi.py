@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import pytest
 import webtest
 from openapi_spec_validator import validate
