@@ -11,6 +11,7 @@ The library behind the ``iot-config`` server and CLI, usable on its own::
 
 from __future__ import annotations
 
+from .changes import Change, ChangeFeed, watch
 from .document import DocumentLimits, compute_etag, decode_document, encode_document
 from .errors import (
     AlreadyExistsError,
@@ -32,6 +33,8 @@ from .store import ConfigStore, Listing, open_store, register_backend
 
 __all__ = [
     "AlreadyExistsError",
+    "Change",
+    "ChangeFeed",
     "ConfigError",
     "ConfigStore",
     "ConfigSummary",
@@ -56,4 +59,5 @@ __all__ = [
     "encode_document",
     "open_store",
     "register_backend",
+    "watch",
 ]
