@@ -69,8 +69,16 @@ _DEFERRED_KEY = "iot_config.deferred_error"
 _STARTED_KEY = "iot_config.started"
 
 
-def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
+def create_app(
+    store: ConfigStore,
+    settings: Settings,
+    *,
+    on_change: Callable[[MacAddress], object] | None = None,
+) -> bottle.Bottle:
     """A new Bottle app serving ``store``; nothing global, so apps on two stores coexist.
+
+    ``on_change`` is told the MAC of each config this app wrote or deleted (MQTT notifications);
+    it must return at once, whatever it does with it.
 
     Document size limits are the store's own (``store.limits``): open the store with
     ``DocumentLimits(max_bytes=settings.max_document_bytes)`` for the setting to apply.
@@ -82,7 +90,7 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     app.config[METRICS_CONFIG_KEY] = metrics
     cors = CorsPolicy(settings.cors_origins)
     auth = BearerAuth(settings.admin_tokens)
-    routes = _Routes(app, store, metrics, StoreGate(settings.threads))
+    routes = _Routes(app, store, metrics, StoreGate(settings.threads), on_change or _unheard)
     app.install(_RequestPlugin(metrics, cors, auth))
     for endpoint in ENDPOINTS:
         app.route(
@@ -109,6 +117,10 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
         app.error_handler[status] = route_error
     app.use_fast_path(_device_fast_path(routes.device_read, metrics, cors))
     return app
+
+
+def _unheard(_mac: MacAddress) -> None:
+    """The ``on_change`` of an app nobody listens to."""
 
 
 class _ConfigApp(bottle.Bottle):  # type: ignore[misc]  # bottle has no type hints
@@ -445,8 +457,14 @@ class _Routes:
     """The handlers of one app, bound to its store and metrics."""
 
     def __init__(
-        self, app: bottle.Bottle, store: ConfigStore, metrics: AppMetrics, gate: StoreGate
+        self,
+        app: bottle.Bottle,
+        store: ConfigStore,
+        metrics: AppMetrics,
+        gate: StoreGate,
+        on_change: Callable[[MacAddress], object],
     ) -> None:
+        self._on_change = on_change
         self._app = app
         self._store = store
         self._metrics = metrics
@@ -559,6 +577,7 @@ class _Routes:
             ),
         )
         log.info("stored config %s (etag %s)", stored.mac_address, stored.etag)
+        self._on_change(stored.mac_address)
         return _config_answer(stored)
 
     def delete_config(self, mac: str) -> bytes:
@@ -567,6 +586,7 @@ class _Routes:
         if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
         self._operate("delete", lambda: self._store.delete(address, if_match=if_match))
         log.info("deleted config %s", address)
+        self._on_change(address)
         bottle.response.status = 204
         return b""
 

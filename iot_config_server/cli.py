@@ -103,6 +103,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
 @attrs.frozen
 class _Context:
     """What every subcommand needs: where the store is, its limits, and the server's settings."""
@@ -514,6 +524,25 @@ def cmd_validate(ctx: _Context, args: argparse.Namespace) -> int:
     return EXIT_FAILED if invalid else EXIT_OK
 
 
+def cmd_watch(ctx: _Context, args: argparse.Namespace) -> int:
+    """Print one line per config change, from every writer, until interrupted (exit 0)."""
+    from iot_config_core import watch  # noqa: PLC0415 -- kept beside the one command using it
+
+    store = ctx.open()
+    try:
+        for change in watch(store, interval=args.interval, baseline={} if args.initial else None):
+            mac = change.mac_address
+            if args.json:
+                line = {"mac_address": str(mac), "filename": mac.file_name, "etag": change.etag}
+                _out(json.dumps(line))
+            else:
+                _out(f"{mac} {change.etag or 'deleted'}")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
 def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
     """Run the HTTP server in the foreground until SIGTERM (the only subcommand needing Bottle)."""
     overrides: dict[str, Any] = {"store_url": ctx.store_url}
@@ -687,6 +716,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("paths", metavar="PATH", nargs="+")
     sub.add_argument("-v", "--verbose", action="store_true", help="also list valid files")
+
+    sub = add(
+        "watch",
+        cmd_watch,
+        "print config changes as they happen",
+        "Print one line per change of a config, whoever made it (servers, this command, hand "
+        "edits): 'MAC ETAG', or 'MAC deleted'. Lists the store every --interval seconds and "
+        "re-reads only changed files. Runs until interrupted.",
+    )
+    sub.add_argument("--json", action="store_true", help="one JSON object per line")
+    sub.add_argument(
+        "--interval", type=_positive_float, default=2.0, metavar="SECONDS", help="default 2"
+    )
+    sub.add_argument(
+        "--initial", action="store_true", help="first print every config that exists (a resync)"
+    )
     return parser
 
 

@@ -12,14 +12,18 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import bottle
 
 from iot_config_core import ConfigError, ConfigStore, DocumentLimits, open_store
 
-from .app import create_app
+from .app import METRICS_CONFIG_KEY, create_app
 from .logging_setup import configure_logging
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .notifications import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +66,26 @@ def create_app_from_settings(settings: Settings) -> bottle.Bottle:
     """
     configure_logging(settings)
     store = open_settings_store(settings)
-    app = create_app(store, settings)
+    notifier = _notifier(store, settings)
+    app = create_app(store, settings, on_change=None if notifier is None else notifier.announce)
+    if (
+        notifier is not None
+    ):  # one publisher per worker process: see iot_config_server.notifications
+        notifier.start(app.config[METRICS_CONFIG_KEY].registry)
     threading.Thread(
         target=_warm_listing, args=(store,), name="listing-warm-up", daemon=True
     ).start()
     return app
+
+
+def _notifier(store: ConfigStore, settings: Settings) -> Notifier | None:
+    """MQTT notifications when ``MQTT_URL`` is set (paho is imported only then)."""
+    if settings.mqtt_url is None:
+        log.info("MQTT notifications off (MQTT_URL is not set)")
+        return None
+    from .notifications import notifier_from_settings  # noqa: PLC0415
+
+    return notifier_from_settings(store, settings)
 
 
 def _warm_listing(store: ConfigStore) -> None:

@@ -1,0 +1,636 @@
+"""MQTT notifications: devices learn at once that their config changed.
+
+Two topics, QoS 1, MQTT 5:
+
+- ``iotsupport/updates/configs``, the old service's topic, not retained:
+  ``{"filename": "<mac>.json", "mac_address": "<mac>", "etag": "<etag>"}`` for each new version
+  of a config. Deletes are not announced there, as before: a device would restart for what is
+  usually a mistake about to be undone.
+- ``<prefix>/<mac>``, retained: ``{"etag": "<etag>"}``, the current version, so a device waking
+  from deep sleep learns from its subscription alone whether its copy is current. A delete
+  clears it (an empty retained message).
+
+**What is announced.** This process's own writes are queued by `Notifier.announce` (the PUT and
+DELETE handlers call it) and go out at once; every other writer (another replica, the CLI, a
+script, a hand edit) is found by the core's change feed, which lists the store every
+``mqtt_poll_seconds``. A queued announcement is only a MAC: the version published is read from
+the store when it is published. So announcements coalesce per device (the queue is bounded by
+the fleet, not the write rate) and a late one can never carry a stale version.
+
+**The broker's retained topics are the record of what devices were told.** The publisher
+subscribes to ``<prefix>/+`` and mirrors them. After every (re)connect it reads them all back
+(until a marker it publishes after subscribing returns, which the broker delivers after the
+retained ones) and compares them with a full listing: that resync announces whatever changed
+while the broker or this process was down, and nothing twice. When the broker holds no retained
+message at all and this process has announced nothing yet -- the first start with MQTT, or a
+broker that lost its state while every publisher was down too -- the retained topics are filled
+in but the configs that existed when this process started are not announced on the old topic
+(that would make every old device refetch, or restart, at once).
+
+**Several publishers** (replicas, or worker processes) on one store and broker: each sees the
+others' retained messages, so it publishes only what the broker does not hold yet. Two announce
+the same change only when both find it before either's message has come back from the broker
+(milliseconds, against a poll interval of seconds; own writes are announced by the writer at
+once), so a change is announced at most once per publisher, and a duplicate carries the same
+ETag: a device that asks with ``If-None-Match`` gets a 304. ``tests/benchmarks/bench_mqtt.py``
+counts them.
+
+**The API never waits for MQTT.** `Notifier.announce` only adds a MAC to a set; the store reads
+and the publishing happen on the notifier's own thread, the network I/O on paho's.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import ssl
+import sys
+import threading
+import time
+from typing import Any, Final
+
+import attrs
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from iot_config_core import (
+    ChangeFeed,
+    ConfigError,
+    ConfigStore,
+    CorruptDocumentError,
+    MacAddress,
+    NotFoundError,
+)
+
+from .broker import BrokerAddress
+from .settings import Settings
+
+__all__ = ["COMPAT_TOPIC", "MqttOptions", "Notifier", "NotifierMetrics", "notifier_from_settings"]
+
+log = logging.getLogger(__name__)
+
+#: The old service's topic, announcing each new version of a config (not deletes).
+COMPAT_TOPIC: Final = "iotsupport/updates/configs"
+#: Label values of the publish counter's ``topic``: the old topic, and the per-device ones.
+COMPAT: Final = "compat"
+DEVICE: Final = "device"
+#: Publishes handed to paho and not yet acknowledged, at most (paho itself sends 20 at a time).
+MAX_OUTSTANDING = 256
+#: How long to wait for the retained messages after subscribing before syncing without them.
+SYNC_TIMEOUT_SECONDS = 15.0
+#: Reconnect back-off, seconds: short, so a restarted broker hears the backlog soon.
+RECONNECT_DELAY = (1, 10)
+KEEPALIVE_SECONDS = 30
+
+
+def _client_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:20] or "host"
+    return f"iot-config-{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@attrs.frozen
+class MqttOptions:
+    """Where and what to publish; built from `Settings` by `from_settings`."""
+
+    broker: BrokerAddress
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    ca_file: str | None = None
+    prefix: str = "iotsupport/devices"
+    poll_seconds: float = 5.0
+    client_id: str = attrs.Factory(_client_id)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MqttOptions | None:
+        """The options ``settings`` give, or ``None`` when ``mqtt_url`` is unset."""
+        broker = settings.mqtt_broker
+        if broker is None:
+            return None
+        return cls(
+            broker,
+            settings.mqtt_username,
+            settings.mqtt_password,
+            settings.mqtt_ca_file,
+            settings.mqtt_topic_prefix,
+            settings.mqtt_poll_seconds,
+        )
+
+    def device_topic(self, mac: MacAddress) -> str:
+        """The retained topic of one device."""
+        return f"{self.prefix}/{mac}"
+
+
+class NotifierMetrics:
+    """Publishes by topic and outcome, broker connection state, pending announcements."""
+
+    def __init__(self) -> None:
+        ns = "iot_config"
+        self.publishes = Counter(
+            "mqtt_publishes",
+            "MQTT publishes by topic (compat, device) and outcome (ok, refused by the broker, "
+            "error handing it to the client).",
+            ["topic", "outcome"],
+            namespace=ns,
+            registry=None,
+        )
+        for topic in (COMPAT, DEVICE):
+            for outcome in ("ok", "refused", "error"):
+                self.publishes.labels(topic, outcome)
+        self.connected = Gauge(
+            "mqtt_connected", "1 while connected to the MQTT broker.", namespace=ns, registry=None
+        )
+        self.connect_failures = Counter(
+            "mqtt_connect_failures",
+            "Failed attempts to connect to the MQTT broker, by reason.",
+            ["reason"],
+            namespace=ns,
+            registry=None,
+        )
+        self.pending = Gauge(
+            "mqtt_pending_announcements",
+            "Devices whose change is waiting to be published (at most one entry per device).",
+            namespace=ns,
+            registry=None,
+        )
+
+    def register(self, registry: CollectorRegistry) -> None:
+        """Expose these metrics in ``registry`` (the app's, so ``/metrics`` shows them)."""
+        for metric in (self.publishes, self.connected, self.connect_failures, self.pending):
+            registry.register(metric)
+
+
+@attrs.frozen
+class _Sent:
+    """A publish waiting for the broker's acknowledgement."""
+
+    kind: str
+    mac: MacAddress
+    etag: str | None
+
+
+class _Corrupt:
+    """The stored file does not parse: announce nothing until it is repaired."""
+
+
+_CORRUPT: Final = _Corrupt()
+
+
+def _label(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "unknown"
+
+
+def _network_reason(exc: BaseException | None) -> tuple[str, str]:
+    """A metric label and a human reason for a failed connection attempt."""
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return "tls_error", f"TLS failed: {exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection_refused", "connection refused (is the broker running?)"
+    if isinstance(exc, TimeoutError):
+        return "timeout", "timed out"
+    if isinstance(exc, socket.gaierror):
+        return "unknown_host", f"cannot resolve the host: {exc}"
+    return "network_error", f"{exc or 'network error'}"
+
+
+class Notifier:
+    """Announces config changes of one store on one MQTT broker (see the module docstring).
+
+    `start` it once; `announce` from any thread; `stop` on shutdown (also run at exit).
+    """
+
+    def __init__(self, store: ConfigStore, options: MqttOptions) -> None:
+        self._store = store
+        self._options = options
+        self.metrics = NotifierMetrics()
+        self._feed = ChangeFeed(store)
+        self._wake = threading.Condition(threading.Lock())
+        # Guarded by _wake: the queue, the broker mirror, what devices were told, in-flight ids.
+        self._pending: dict[MacAddress, None] = {}
+        self._retained: dict[MacAddress, str] = {}
+        self._told: dict[MacAddress, str] = {}
+        self._outstanding: dict[int, _Sent] = {}
+        self._early_acks: dict[int, ReasonCode] = {}
+        self._ready = False
+        self._resync = False
+        self._syncing_since: float | None = None
+        self._session = 0
+        self._marker = ""
+        self._marker_mid = -1
+        self._stopping = False
+        self._hold_until = 0.0  # after a store failure, nothing is published before this
+        # The fleet as first listed, for the first-start rule; dropped after the first resync.
+        self._fleet_at_start: dict[MacAddress, str] | None = None
+        # Log each distinct trouble once (paho's thread / the announcer's thread respectively).
+        self._connection_trouble: str | None = None
+        self._store_trouble: str | None = None
+        self._refusals: set[tuple[str, str]] = set()
+        self.metrics.pending.set_function(lambda: float(len(self._pending)))
+        self._client = self._make_client()
+        self._thread = threading.Thread(target=self._run, name="mqtt-announcer", daemon=True)
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def start(self, registry: CollectorRegistry | None = None) -> None:
+        """Connect in the background and start announcing; never blocks on the broker."""
+        if registry is not None:
+            self.metrics.register(registry)
+        options = self._options
+        log.info(
+            "MQTT notifications to %s%s: %s and %s/<mac> (retained); other writers' changes "
+            "found every %g s",
+            options.broker,
+            f" as {options.username}" if options.username else "",
+            COMPAT_TOPIC,
+            options.prefix,
+            options.poll_seconds,
+        )
+        self._client.connect_async(
+            options.broker.host, options.broker.port, keepalive=KEEPALIVE_SECONDS, clean_start=True
+        )
+        self._client.loop_start()
+        self._thread.start()
+        atexit.register(self.stop)
+
+    def announce(self, mac: MacAddress) -> None:
+        """Queue an announcement of ``mac``'s current version (cheap: no I/O, no waiting)."""
+        with self._wake:
+            self._pending[mac] = None
+            self._wake.notify()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop publishing and disconnect (what is still pending is found again by the resync)."""
+        with self._wake:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.metrics.connected.set(0)
+
+    # -- paho's thread --------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        options = self._options
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=options.client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        if options.username is not None:
+            client.username_pw_set(options.username, options.password)
+        if options.broker.tls:
+            client.tls_set_context(ssl.create_default_context(cafile=options.ca_file))
+        client.reconnect_delay_set(*RECONNECT_DELAY)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def _trouble(self, label: str, message: str, *, count: bool = True) -> None:
+        """Count a failed connection and log it, once until the reason changes."""
+        if count:
+            self.metrics.connect_failures.labels(label).inc()
+        self.metrics.connected.set(0)
+        if message != self._connection_trouble:
+            self._connection_trouble = message
+            log.error(
+                "MQTT broker %s: %s; retrying, announcements are kept until it accepts us",
+                self._options.broker,
+                message,
+            )
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        # Called inside paho's `except OSError`, so the exception is still the current one.
+        label, message = _network_reason(sys.exception())
+        self._trouble(label, message)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: Any,
+        _flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            hint = ""
+            if reason.value in (134, 135):  # bad user name or password; not authorized
+                hint = " (check MQTT_USERNAME and MQTT_PASSWORD)"
+            self._trouble(_label(reason.getName()), f"refused the connection: {reason}{hint}")
+            return
+        with self._wake:
+            self._session += 1
+            self._marker = f"{self._options.prefix}/sync-{self._options.client_id}-{self._session}"
+            self._retained = {}
+            self._ready = False
+            self._syncing_since = time.monotonic()
+            pending = len(self._pending)
+        self.metrics.connected.set(1)
+        if self._connection_trouble is not None or self._session == 1:
+            log.info(
+                "connected to MQTT broker %s; %d announcements pending",
+                self._options.broker,
+                pending,
+            )
+        self._connection_trouble = None
+        client.subscribe(f"{self._options.prefix}/+", qos=1)
+
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        _flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        with self._wake:
+            was_ready = self._ready
+            self._ready = False
+            self._syncing_since = None
+            stopping = self._stopping
+        if stopping:
+            return
+        if was_ready:
+            self._trouble("disconnected", f"connection lost ({reason})", count=False)
+        else:
+            self.metrics.connected.set(0)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        _userdata: Any,
+        _mid: int,
+        reasons: list[ReasonCode],
+        _properties: Properties | None,
+    ) -> None:
+        if any(reason.is_failure for reason in reasons):
+            log.warning(
+                "MQTT broker %s refused the subscription to %s/+ (%s): without the retained "
+                "record every reconnect republishes every device's topic",
+                self._options.broker,
+                self._options.prefix,
+                reasons[0],
+            )
+            self._synced()
+            return
+        with self._wake:
+            marker = self._marker
+        # Delivered after the retained messages of the subscription just acknowledged.
+        info = client.publish(marker, b"", qos=1)
+        with self._wake:
+            self._marker_mid = info.mid
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        topic = message.topic
+        with self._wake:
+            marker = self._marker
+        if topic == marker:
+            self._synced()
+            return
+        mac = MacAddress.from_file_name(topic.rpartition("/")[2] + ".json")
+        if mac is None:  # another publisher's marker, or something that is not ours
+            return
+        payload = bytes(message.payload)
+        etag: str | None = None
+        if payload:
+            try:
+                etag = json.loads(payload)["etag"]
+            except (ValueError, KeyError, TypeError):
+                return
+            if not isinstance(etag, str):
+                return
+        with self._wake:
+            if etag is None:
+                self._retained.pop(mac, None)
+            else:
+                self._retained[mac] = etag
+                self._told[mac] = etag  # whoever retained it announced it
+
+    def _synced(self) -> None:
+        with self._wake:
+            self._ready = True
+            self._resync = True
+            self._syncing_since = None
+            self._wake.notify()
+
+    def _on_publish(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        with self._wake:
+            if mid == self._marker_mid:
+                return
+            sent = self._outstanding.pop(mid, None)
+            if sent is None:  # acknowledged before `_send` could record it
+                self._early_acks[mid] = reason
+                return
+            self._settle(sent, reason)
+
+    def _settle(self, sent: _Sent, reason: ReasonCode) -> None:
+        """Count an acknowledged publish; undo what a refused one promised (lock held)."""
+        self._wake.notify()
+        if not reason.is_failure:
+            self.metrics.publishes.labels(sent.kind, "ok").inc()
+            return
+        self.metrics.publishes.labels(sent.kind, "refused").inc()
+        record = self._told if sent.kind == COMPAT else self._retained
+        if sent.etag is not None and record.get(sent.mac) == sent.etag:
+            del record[sent.mac]
+        key = (sent.kind, str(reason))
+        if key not in self._refusals:  # e.g. an ACL: retrying at once would not help
+            self._refusals.add(key)
+            log.error(
+                "MQTT broker %s refused a publish on the %s topic: %s",
+                self._options.broker,
+                sent.kind,
+                reason,
+            )
+
+    # -- the announcer's thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = self._options.poll_seconds
+        if self._poll():
+            self._fleet_at_start = dict(self._feed.state)
+        next_poll = time.monotonic() + interval
+        while True:
+            with self._wake:
+                while not self._stopping:
+                    now = time.monotonic()
+                    if now >= next_poll or self._ready_to_work():
+                        break
+                    since = self._syncing_since
+                    if since is not None and now - since > SYNC_TIMEOUT_SECONDS:
+                        log.warning("no end of the retained messages from the broker: syncing")
+                        self._ready, self._resync, self._syncing_since = True, True, None
+                        break
+                    # Woken by announce() and paho's callbacks; at least once a second anyway.
+                    self._wake.wait(min(next_poll - now, 1.0))
+                if self._stopping:
+                    return
+                resync = self._resync and self._ready and time.monotonic() >= self._hold_until
+                if resync:
+                    self._resync = False
+            if resync and not self._resync_with_broker():
+                with self._wake:
+                    self._resync = True
+            if time.monotonic() >= next_poll:
+                self._poll()
+                next_poll = time.monotonic() + interval
+            self._publish_pending()
+
+    def _ready_to_work(self) -> bool:
+        """Whether there is publishing to do now (lock held)."""
+        return (
+            self._ready
+            and time.monotonic() >= self._hold_until
+            and (self._resync or (bool(self._pending) and len(self._outstanding) < MAX_OUTSTANDING))
+        )
+
+    def _store_failed(self, exc: ConfigError | None) -> None:
+        """Log a store failure once; hold publishing back until the next poll interval."""
+        if exc is not None:
+            self._hold_until = time.monotonic() + self._options.poll_seconds
+        message = None if exc is None else exc.message
+        if message != self._store_trouble:
+            self._store_trouble = message
+            if exc is not None:
+                log.warning("MQTT notifications wait for the store: %s", exc.message)
+
+    def _poll(self) -> bool:
+        """One listing: queue every change found; False when the store failed."""
+        try:
+            changes = self._feed.poll()
+        except ConfigError as exc:
+            self._store_failed(exc)
+            return False
+        self._store_failed(None)
+        if changes:
+            with self._wake:
+                for change in changes:
+                    self._pending[change.mac_address] = None
+        return True
+
+    def _resync_with_broker(self) -> bool:
+        """Queue every device whose retained topic differs from the store; False if it failed."""
+        with self._wake:
+            mirror = dict(self._retained)
+            first = not mirror and not self._told
+        try:
+            changes = self._feed.resync(mirror)
+        except ConfigError as exc:
+            self._store_failed(exc)
+            return False
+        with self._wake:
+            if first:
+                known = self._fleet_at_start
+                self._told.update(self._feed.state if known is None else known)
+                if self._told:
+                    log.info(
+                        "the broker holds no %s/<mac> topics yet: publishing them for %d "
+                        "devices, and announcing on %s only what changes from now on",
+                        self._options.prefix,
+                        len(self._told),
+                        COMPAT_TOPIC,
+                    )
+            self._fleet_at_start = None
+            for change in changes:
+                self._pending[change.mac_address] = None
+        return True
+
+    def _current(self, mac: MacAddress) -> str | _Corrupt | None:
+        """The ETag stored now (``None``: deleted); `StoreUnavailableError` passes through."""
+        try:
+            return self._store.get_raw(mac).etag
+        except NotFoundError:
+            return None
+        except CorruptDocumentError:
+            return _CORRUPT
+
+    def _publish_pending(self) -> None:
+        """Publish queued devices while connected, synced and under the outstanding limit."""
+        while True:
+            with self._wake:
+                if self._stopping or not self._ready_to_work() or self._resync:
+                    return
+                mac = next(iter(self._pending))
+                del self._pending[mac]
+            try:
+                current = self._current(mac)
+            except ConfigError as exc:
+                self._store_failed(exc)
+                self.announce(mac)  # retried once the hold is over
+                return
+            if isinstance(current, _Corrupt):
+                continue
+            sends: list[tuple[str, str, bytes, bool]] = []
+            with self._wake:
+                if not self._ready:
+                    self._pending[mac] = None
+                    return
+                if current is None:
+                    self._told.pop(mac, None)
+                elif self._told.get(mac) != current:
+                    self._told[mac] = current
+                    body = {"filename": mac.file_name, "mac_address": str(mac), "etag": current}
+                    sends.append((COMPAT, COMPAT_TOPIC, json.dumps(body).encode(), False))
+                if self._retained.get(mac) != current:
+                    if current is None:
+                        del self._retained[mac]
+                        payload = b""
+                    else:
+                        self._retained[mac] = current
+                        payload = json.dumps({"etag": current}).encode()
+                    sends.append((DEVICE, self._options.device_topic(mac), payload, True))
+            for kind, topic, payload, retain in sends:
+                self._send(_Sent(kind, mac, current), topic, payload, retain=retain)
+
+    def _send(self, sent: _Sent, topic: str, payload: bytes, *, retain: bool) -> None:
+        properties = None
+        if payload:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.ContentType = "application/json"
+            properties.PayloadFormatIndicator = 1  # UTF-8 text
+        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        # NO_CONN: paho keeps the message and sends it after reconnecting.
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            self.metrics.publishes.labels(sent.kind, "error").inc()
+            log.error("could not hand a publish on %s to the MQTT client: %s", topic, info.rc)
+            with self._wake:  # forget the promise: the next change or resync retries it
+                record = self._told if sent.kind == COMPAT else self._retained
+                if sent.etag is not None and record.get(sent.mac) == sent.etag:
+                    del record[sent.mac]
+            return
+        with self._wake:
+            reason = self._early_acks.pop(info.mid, None)
+            if reason is None:
+                self._outstanding[info.mid] = sent
+            else:
+                self._settle(sent, reason)
+
+
+def notifier_from_settings(store: ConfigStore, settings: Settings) -> Notifier | None:
+    """A notifier for ``store`` when ``settings`` name a broker (not started), else ``None``."""
+    options = MqttOptions.from_settings(settings)
+    if options is None:
+        return None
+    return Notifier(store, options)
