@@ -57,18 +57,17 @@ from typing import Any, Final
 import attrs
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from iot_config_core import (
+    Change,
     ChangeFeed,
     ConfigError,
     ConfigStore,
-    CorruptDocumentError,
     MacAddress,
-    NotFoundError,
 )
 
 from .broker import BrokerAddress
@@ -142,9 +141,12 @@ class NotifierMetrics:
             namespace=ns,
             registry=None,
         )
-        for topic in (COMPAT, DEVICE):
-            for outcome in ("ok", "refused", "error"):
-                self.publishes.labels(topic, outcome)
+        # Children looked up once: a publish is counted on paho's busy thread.
+        self._publish_counters = {
+            (topic, outcome): self.publishes.labels(topic, outcome)
+            for topic in (COMPAT, DEVICE)
+            for outcome in ("ok", "refused", "error")
+        }
         self.connected = Gauge(
             "mqtt_connected", "1 while connected to the MQTT broker.", namespace=ns, registry=None
         )
@@ -162,6 +164,10 @@ class NotifierMetrics:
             registry=None,
         )
 
+    def published(self, topic: str, outcome: str) -> None:
+        """Count one publish on ``topic`` (compat or device) by outcome."""
+        self._publish_counters[topic, outcome].inc()
+
     def register(self, registry: CollectorRegistry) -> None:
         """Expose these metrics in ``registry`` (the app's, so ``/metrics`` shows them)."""
         for metric in (self.publishes, self.connected, self.connect_failures, self.pending):
@@ -175,13 +181,6 @@ class _Sent:
     kind: str
     mac: MacAddress
     etag: str | None
-
-
-class _Corrupt:
-    """The stored file does not parse: announce nothing until it is repaired."""
-
-
-_CORRUPT: Final = _Corrupt()
 
 
 def _label(text: str) -> str:
@@ -214,7 +213,9 @@ class Notifier:
         self._feed = ChangeFeed(store)
         self._wake = threading.Condition(threading.Lock())
         # Guarded by _wake: the queue, the broker mirror, what devices were told, in-flight ids.
-        self._pending: dict[MacAddress, None] = {}
+        # MAC -> the version a listing saw, or None: read the store when publishing.
+        self._pending: dict[MacAddress, Change | None] = {}
+        self._announced: set[MacAddress] = set()  # by `announce` since the last listing began
         self._retained: dict[MacAddress, str] = {}
         self._told: dict[MacAddress, str] = {}
         self._outstanding: dict[int, _Sent] = {}
@@ -264,6 +265,7 @@ class Notifier:
         """Queue an announcement of ``mac``'s current version (cheap: no I/O, no waiting)."""
         with self._wake:
             self._pending[mac] = None
+            self._announced.add(mac)
             self._wake.notify()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -335,7 +337,8 @@ class Notifier:
             return
         with self._wake:
             self._session += 1
-            self._marker = f"{self._options.prefix}/sync-{self._options.client_id}-{self._session}"
+            marker = f"{self._options.prefix}/sync-{self._options.client_id}-{self._session}"
+            self._marker = marker
             self._retained = {}
             self._ready = False
             self._syncing_since = time.monotonic()
@@ -348,7 +351,14 @@ class Notifier:
                 pending,
             )
         self._connection_trouble = None
-        client.subscribe(f"{self._options.prefix}/+", qos=1)
+        # No Local: our own publishes are recorded when sent, so the broker need not echo them
+        # (halves the traffic per announcement). The marker has a subscription of its own.
+        client.subscribe(
+            [
+                (f"{self._options.prefix}/+", SubscribeOptions(qos=1, noLocal=True)),
+                (marker, SubscribeOptions(qos=1)),
+            ]
+        )
 
     def _on_disconnect(
         self,
@@ -449,9 +459,9 @@ class Notifier:
         """Count an acknowledged publish; undo what a refused one promised (lock held)."""
         self._wake.notify()
         if not reason.is_failure:
-            self.metrics.publishes.labels(sent.kind, "ok").inc()
+            self.metrics.published(sent.kind, "ok")
             return
-        self.metrics.publishes.labels(sent.kind, "refused").inc()
+        self.metrics.published(sent.kind, "refused")
         record = self._told if sent.kind == COMPAT else self._retained
         if sent.etag is not None and record.get(sent.mac) == sent.etag:
             del record[sent.mac]
@@ -518,23 +528,37 @@ class Notifier:
 
     def _poll(self) -> bool:
         """One listing: queue every change found; False when the store failed."""
+        with self._wake:
+            self._announced = set()
         try:
             changes = self._feed.poll()
         except ConfigError as exc:
             self._store_failed(exc)
             return False
         self._store_failed(None)
-        if changes:
-            with self._wake:
-                for change in changes:
-                    self._pending[change.mac_address] = None
+        self._queue_listed(changes)
         return True
+
+    def _queue_listed(self, changes: list[Change]) -> None:
+        """Queue changes a listing found, with the version it saw (lock not held).
+
+        That version is published as it is, without reading the store again: if the store has
+        moved on since, the next poll reports the newer one. A device this process announced
+        itself since the listing began is left to that announcement, which is at least as new.
+        """
+        with self._wake:
+            own = self._announced
+            self._announced = set()
+            for change in changes:
+                if change.mac_address not in own:
+                    self._pending[change.mac_address] = change
 
     def _resync_with_broker(self) -> bool:
         """Queue every device whose retained topic differs from the store; False if it failed."""
         with self._wake:
             mirror = dict(self._retained)
             first = not mirror and not self._told
+            self._announced = set()
         try:
             changes = self._feed.resync(mirror)
         except ConfigError as exc:
@@ -553,18 +577,8 @@ class Notifier:
                         COMPAT_TOPIC,
                     )
             self._fleet_at_start = None
-            for change in changes:
-                self._pending[change.mac_address] = None
+        self._queue_listed(changes)
         return True
-
-    def _current(self, mac: MacAddress) -> str | _Corrupt | None:
-        """The ETag stored now (``None``: deleted); `StoreUnavailableError` passes through."""
-        try:
-            return self._store.get_raw(mac).etag
-        except NotFoundError:
-            return None
-        except CorruptDocumentError:
-            return _CORRUPT
 
     def _publish_pending(self) -> None:
         """Publish queued devices while connected, synced and under the outstanding limit."""
@@ -572,20 +586,23 @@ class Notifier:
             with self._wake:
                 if self._stopping or not self._ready_to_work() or self._resync:
                     return
-                mac = next(iter(self._pending))
+                mac, listed = next(iter(self._pending.items()))
                 del self._pending[mac]
-            try:
-                current = self._current(mac)
-            except ConfigError as exc:
-                self._store_failed(exc)
-                self.announce(mac)  # retried once the hold is over
-                return
-            if isinstance(current, _Corrupt):
-                continue
+            if listed is not None:
+                current = listed.etag
+            else:
+                try:
+                    # Read now, so announcements of concurrent writes can never leave an older
+                    # version announced last. The bytes' ETag is what a device polling gets.
+                    current = self._store.etag(mac)
+                except ConfigError as exc:
+                    self._store_failed(exc)
+                    self.announce(mac)  # retried once the hold is over
+                    return
             sends: list[tuple[str, str, bytes, bool]] = []
             with self._wake:
                 if not self._ready:
-                    self._pending[mac] = None
+                    self._pending.setdefault(mac, listed)
                     return
                 if current is None:
                     self._told.pop(mac, None)
@@ -605,15 +622,12 @@ class Notifier:
                 self._send(_Sent(kind, mac, current), topic, payload, retain=retain)
 
     def _send(self, sent: _Sent, topic: str, payload: bytes, *, retain: bool) -> None:
-        properties = None
-        if payload:
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.ContentType = "application/json"
-            properties.PayloadFormatIndicator = 1  # UTF-8 text
-        info = self._client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        # No MQTT 5 properties (content type): building them measured as a large share of a
+        # publish, and both payloads are self-evidently JSON.
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
         # NO_CONN: paho keeps the message and sends it after reconnecting.
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            self.metrics.publishes.labels(sent.kind, "error").inc()
+            self.metrics.published(sent.kind, "error")
             log.error("could not hand a publish on %s to the MQTT client: %s", topic, info.rc)
             with self._wake:  # forget the promise: the next change or resync retries it
                 record = self._told if sent.kind == COMPAT else self._retained
