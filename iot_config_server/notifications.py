@@ -13,12 +13,15 @@ Two topics, QoS 1, MQTT 5:
 **What is announced.** This process's own writes are queued by `Notifier.announce` (the PUT and
 DELETE handlers call it) and go out at once; every other writer (another replica, the CLI, a
 script, a hand edit) is found by the core's change feed, which lists the store every
-``mqtt_poll_seconds``. A queued announcement is only a MAC: the version published is read from
-the store when it is published. So announcements coalesce per device (the queue is bounded by
-the fleet, not the write rate) and a late one can never carry a stale version.
+``mqtt_poll_seconds``. The queue holds one entry per device, so announcements coalesce (it is
+bounded by the fleet, not the write rate). An own write's entry is only the MAC: the version is
+read from the store when published, so announcements of concurrent writes can never leave an
+older version announced last. A listed change carries the version its listing saw and is
+published without a read: if the store has moved on since, the next poll reports the newer one.
 
 **The broker's retained topics are the record of what devices were told.** The publisher
-subscribes to ``<prefix>/+`` and mirrors them. After every (re)connect it reads them all back
+subscribes to ``<prefix>/+`` (without the echo of its own publishes, which it records when it
+sends them) and mirrors them. After every (re)connect it reads them all back
 (until a marker it publishes after subscribing returns, which the broker delivers after the
 retained ones) and compares them with a full listing: that resync announces whatever changed
 while the broker or this process was down, and nothing twice. When the broker holds no retained
@@ -30,13 +33,16 @@ in but the configs that existed when this process started are not announced on t
 **Several publishers** (replicas, or worker processes) on one store and broker: each sees the
 others' retained messages, so it publishes only what the broker does not hold yet. Two announce
 the same change only when both find it before either's message has come back from the broker
-(milliseconds, against a poll interval of seconds; own writes are announced by the writer at
-once), so a change is announced at most once per publisher, and a duplicate carries the same
-ETag: a device that asks with ``If-None-Match`` gets a 304. ``tests/benchmarks/bench_mqtt.py``
+(their polls within one listing plus a broker round trip of each other; own writes are announced
+by the writer at once), so a change is announced at most once per publisher, and a duplicate
+carries the same ETag: a device that asks with ``If-None-Match`` gets a 304. ``tests/benchmarks/bench_mqtt.py``
 counts them.
 
-**The API never waits for MQTT.** `Notifier.announce` only adds a MAC to a set; the store reads
-and the publishing happen on the notifier's own thread, the network I/O on paho's.
+**The API never waits for MQTT.** `Notifier.announce` only adds a MAC to a dict; the store reads
+and the publishing happen on the notifier's own thread, the network I/O on paho's. It runs in
+every worker process that serves the app (`iot_config_server.wsgi`), because own writes are
+announced by the process that made them, without any IPC; more publishers cost a connection and
+a listing per interval each, not more messages (see above).
 """
 
 from __future__ import annotations
