@@ -16,8 +16,8 @@ nox.options.reuse_venv = "yes"
 PYTHON = "3.11"
 # nginx lives in /usr/sbin, which is not on every user's PATH.
 _SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-# The throw-away Ceph cluster scripts sit beside the repository (../shared/ceph from its root).
-CEPH_SCRIPTS = Path(__file__).resolve().parent.parent / "shared" / "ceph"
+# The throw-away Ceph cluster of `nox -s ceph` (docs/storage.md).
+CEPH_SCRIPTS = Path(__file__).resolve().parent / "tests" / "ceph"
 
 
 @nox.session(python=PYTHON)
@@ -106,7 +106,7 @@ def reliability(session: nox.Session) -> None:
 def ceph(session: nox.Session) -> None:
     """Contract suite and two server replicas on a real CephFS, two ceph-fuse clients (root, FUSE).
 
-    Starts a throw-away single-node cluster with ``shared/ceph/start-ceph.sh`` (installs the Debian
+    Starts a throw-away single-node cluster with ``tests/ceph/start-ceph.sh`` (installs the Debian
     packages if missing), and always stops and purges it, whatever the tests did.
     """
     session.install("-e", ".[server,test,s3-test]")

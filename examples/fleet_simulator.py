@@ -1,6 +1,8 @@
 """Simulate a fleet of ESP32 devices polling the server for their configs.
 
-    python examples/fleet_simulator.py --url http://127.0.0.1:8080 --devices 50 --polls 10
+    . .venv/bin/activate          # the environment of the README's install
+    iot-config serve &            # a server to poll (stop it with: kill %1)
+    python3 examples/fleet_simulator.py --url http://127.0.0.1:8080 --devices 50 --polls 10
 
 Each simulated device is a thread with its own keep-alive connection. It fetches
 ``GET /esp32/config/<mac>.json`` the way the firmware does: the first time without a condition,
@@ -20,14 +22,16 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
-from iot_config_core import MacAddress
+from iot_config_core import InvalidMacError, MacAddress
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_DEVICES = 2000
 MAX_POLLS = 10_000
+MAX_SECONDS = 86_400
 
 
 class Tally:
@@ -96,24 +100,87 @@ def device(
         conn.close()
 
 
-def device_macs(first: str, count: int, explicit: Sequence[str]) -> list[MacAddress]:
+def device_macs(first: MacAddress, count: int, explicit: Sequence[MacAddress]) -> list[MacAddress]:
     if explicit:
-        return [MacAddress.parse(m) for m in explicit]
-    start = MacAddress.parse(first).value
-    return [MacAddress((start + i) % (1 << 48)) for i in range(count)]
+        return list(explicit)
+    return [MacAddress((first.value + i) % (1 << 48)) for i in range(count)]
+
+
+def _mac(text: str) -> MacAddress:
+    try:
+        return MacAddress.parse(text)
+    except InvalidMacError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _number(convert: Callable[[str], float], low: float, high: float) -> Callable[[str], Any]:
+    """An argparse type: a number from ``low`` to ``high`` (``convert`` is `int` or `float`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= value <= high:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be {low:g}..{high:g}, not {text}")
+        return value
+
+    return parse
+
+
+def _http_url(text: str) -> tuple[str, int]:
+    """``http://host[:port]`` as ``(host, port)``."""
+    url = urlsplit(text)
+    try:
+        port = url.port or 80
+    except ValueError:
+        port = -1
+    if url.scheme != "http" or not url.hostname or port < 0:
+        raise argparse.ArgumentTypeError(f"must be http://host[:port], not {text!r}")
+    return url.hostname, port
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
-    parser.add_argument("--devices", type=int, default=10, help=f"devices (at most {MAX_DEVICES})")
     parser.add_argument(
-        "--first-mac", default="02-00-00-00-00-00", help="MAC of device 0; the rest count up"
+        "--url",
+        type=_http_url,
+        default=("127.0.0.1", 8080),
+        help="server base URL (default http://127.0.0.1:8080)",
     )
-    parser.add_argument("--mac", action="append", default=[], help="explicit device MACs")
-    parser.add_argument("--polls", type=int, default=5, help=f"polls per device (<= {MAX_POLLS})")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
-    parser.add_argument("--duration", type=float, default=60.0, help="stop after this many seconds")
+    parser.add_argument(
+        "--devices",
+        type=_number(int, 1, MAX_DEVICES),
+        default=10,
+        help=f"devices (1..{MAX_DEVICES}, default 10)",
+    )
+    parser.add_argument(
+        "--first-mac",
+        type=_mac,
+        default=MacAddress.parse("02-00-00-00-00-00"),
+        help="MAC of device 0; the rest count up (default 02-00-00-00-00-00)",
+    )
+    parser.add_argument(
+        "--mac", type=_mac, action="append", default=[], help="explicit device MAC (repeatable)"
+    )
+    parser.add_argument(
+        "--polls",
+        type=_number(int, 1, MAX_POLLS),
+        default=5,
+        help=f"polls per device (1..{MAX_POLLS}, default 5)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=_number(float, 0, MAX_SECONDS),
+        default=1.0,
+        help="seconds between polls (default 1)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_number(float, 0, MAX_SECONDS),
+        default=60.0,
+        help="stop after this many seconds (default 60)",
+    )
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback host")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser.parse_args(argv)
@@ -121,24 +188,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    url = urlsplit(args.url)
-    if url.scheme != "http" or not url.hostname:
-        print("--url must be http://host[:port]", file=sys.stderr)
-        return 2
-    if url.hostname not in LOOPBACK and not args.allow_remote:
-        print(f"refusing to load {url.hostname}: pass --allow-remote to mean it", file=sys.stderr)
-        return 2
-    if not 0 < args.devices <= MAX_DEVICES or not 0 < args.polls <= MAX_POLLS:
-        print(f"--devices must be 1..{MAX_DEVICES}, --polls 1..{MAX_POLLS}", file=sys.stderr)
+    host, port = args.url
+    if host not in LOOPBACK and not args.allow_remote:
+        print(f"refusing to load {host}: pass --allow-remote to mean it", file=sys.stderr)
         return 2
     macs = device_macs(args.first_mac, args.devices, args.mac)
     tally = Tally()
     started = time.monotonic()
-    deadline = started + max(0.0, args.duration)
+    deadline = started + args.duration
     threads = [
         threading.Thread(
             target=device,
-            args=(url.hostname, url.port or 80, mac),
+            args=(host, port, mac),
             kwargs={
                 "polls": args.polls,
                 "interval": args.interval,

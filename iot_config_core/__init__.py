@@ -11,6 +11,9 @@ The library behind the ``iot-config`` server and CLI, usable on its own::
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
+from .backend import Backend
 from .changes import Change, ChangeFeed, watch
 from .document import DocumentLimits, compute_etag, decode_document, encode_document
 from .errors import (
@@ -18,21 +21,31 @@ from .errors import (
     ConfigError,
     CorruptDocumentError,
     DocumentTooLargeError,
+    ErrorCode,
     InvalidDocumentError,
     InvalidETagError,
     InvalidMacError,
     NotFoundError,
     PreconditionFailedError,
+    StoredDocumentTooLargeError,
+    StoreMissingError,
     StoreUnavailableError,
     UnsupportedStoreError,
 )
 from .etags import EntityTag, ETagCondition
 from .mac import MacAddress
 from .model import ConfigSummary, RawDocument, StoredConfig
-from .store import ConfigStore, Listing, open_store, register_backend
+from .store import ConfigStore, Listing, local_store_root, open_store, register_backend
+
+try:
+    #: The installed distribution's version: pyproject.toml is its one source.
+    __version__ = _metadata.version("iot-config")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AlreadyExistsError",
+    "Backend",
     "Change",
     "ChangeFeed",
     "ConfigError",
@@ -43,6 +56,7 @@ __all__ = [
     "DocumentTooLargeError",
     "ETagCondition",
     "EntityTag",
+    "ErrorCode",
     "InvalidDocumentError",
     "InvalidETagError",
     "InvalidMacError",
@@ -51,12 +65,16 @@ __all__ = [
     "NotFoundError",
     "PreconditionFailedError",
     "RawDocument",
+    "StoreMissingError",
     "StoreUnavailableError",
     "StoredConfig",
+    "StoredDocumentTooLargeError",
     "UnsupportedStoreError",
+    "__version__",
     "compute_etag",
     "decode_document",
     "encode_document",
+    "local_store_root",
     "open_store",
     "register_backend",
     "watch",

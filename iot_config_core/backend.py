@@ -9,9 +9,10 @@ Everything else (ETags, preconditions, validation, caching, listing) is built on
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Hashable
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final
 
 import attrs
 
@@ -44,57 +45,70 @@ class VersionConflict(Exception):  # noqa: N818 - a signal between store and bac
 
 @attrs.frozen
 class Entry:
-    """One stored object as a stat, read or write sees it (a scan gives only name and token).
+    """One version of one stored object, as a stat, read or write sees it.
 
-    ``token`` identifies the version cheaply (inode/size/mtime on POSIX, the object ETag on S3): two
-    reads with equal tokens saw the same bytes. ``etag`` is our ETag when the backend knows it
-    without reading the bytes, else ``None``.
+    ``token`` identifies the version cheaply (inode/size/mtime on POSIX, the object ETag on S3):
+    two reads with equal tokens saw the same bytes.
     """
 
-    name: str
     token: Hashable
-    size: int
     modified: datetime | None
-    etag: str | None = None
 
 
 @attrs.frozen
 class Blob:
-    """The bytes of one stored object and the version they were read at.
+    """The first bytes of one stored object, its whole size, and the version they were read at.
 
     ``data`` holds at most the ``limit + 1`` bytes the reader asked for, so an oversized file is
-    recognised without being loaded whole.
+    recognised without being loaded whole; ``size`` is the stored object's real size.
     """
 
     data: bytes
     entry: Entry
+    size: int
 
 
-class Backend(Protocol):
-    """What a store needs from storage. Names are always ``<canonical-mac>.json``."""
+class Backend(abc.ABC):
+    """What a store needs from storage. Names are always ``<canonical-mac>.json``.
+
+    Subclasses implement the abstract primitives; `version`, `current_version` and
+    `etags_are_tokens` have defaults built on them that a backend overrides only for speed.
+    """
 
     @property
+    @abc.abstractmethod
     def description(self) -> str:
         """Where the data lives, for logs and errors (never contains credentials)."""
 
+    @abc.abstractmethod
     def scan(self) -> list[tuple[str, Hashable]]:
         """``(name, token)`` of every stored object whose name does not start with a dot.
 
         Each name appears once. Only the token, not an `Entry`: a warm listing compares tokens
         and reads (getting the full `Entry` with the `Blob`) only the names whose token changed,
-        so building sizes and datetimes for thousands of unchanged files would be wasted.
+        so building datetimes for thousands of unchanged files would be wasted.
         Tokens must equal those `stat`, `version` and `read` give for the same version.
         """
 
+    @abc.abstractmethod
     def stat(self, name: str) -> Entry | None:
         """The current version of ``name``, or ``None`` when absent."""
 
     def version(self, name: str) -> Hashable | None:
         """Just the current version token of ``name`` (``None`` when absent): the cheapest check.
 
-        The device hot path calls this on every poll, so it must not build more than the token.
+        The device hot path calls this on every poll; override it when a token is cheaper to get
+        than a whole `Entry`.
         """
+        entry = self.stat(name)
+        return None if entry is None else entry.token
 
+    def current_version(self, name: str) -> Hashable | Absent:
+        """The token a conditional write compares ``expected`` with: `ABSENT` when absent."""
+        token = self.version(name)
+        return ABSENT if token is None else token
+
+    @abc.abstractmethod
     def read(self, name: str, limit: int) -> Blob | None:
         """The bytes of ``name`` (at most ``limit + 1``), or ``None`` when absent."""
 
@@ -104,7 +118,9 @@ class Backend(Protocol):
 
         Then a precondition on an ETag can go to the backend as it is, in one request.
         """
+        return False
 
+    @abc.abstractmethod
     def replace(self, name: str, data: bytes, expected: Hashable | Absent | AnyVersion) -> Entry:
         """Atomically store ``data`` if the current version is ``expected`` (`ANY`: any).
 
@@ -112,14 +128,18 @@ class Backend(Protocol):
         Raises `VersionConflict` when the current version is not ``expected``.
         """
 
+    @abc.abstractmethod
     def remove(self, name: str, expected: Hashable) -> None:
         """Atomically delete ``name`` if its current version is ``expected``."""
 
+    @abc.abstractmethod
     def root_exists(self) -> bool:
         """Whether the root is there (a vanished root is an outage, not an empty fleet)."""
 
+    @abc.abstractmethod
     def create_root(self) -> None:
         """Create the root; the store never does this implicitly."""
 
+    @abc.abstractmethod
     def probe(self) -> None:
         """Prove the root is readable and writable, leaving nothing behind."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import sys
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -22,6 +24,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_DEPTH",
     "DocumentLimits",
+    "check_size",
     "compute_etag",
     "decode_document",
     "encode_document",
@@ -29,8 +32,9 @@ __all__ = [
 
 # The old service accepted any size and real configs of a few hundred KiB exist.
 DEFAULT_MAX_BYTES = 1024 * 1024
-# Far deeper than any config needs, far below the recursion limits of device-side parsers.
-DEFAULT_MAX_DEPTH = 32
+# The old service accepted documents nested 40 deep, and they must keep working after a
+# migration; this leaves headroom and stays far below the recursion limits of JSON parsers.
+DEFAULT_MAX_DEPTH = 64
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -80,40 +84,159 @@ def _reject_constant(name: str) -> NoReturn:
 _DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
 
 # Tuples, not ``dict | list`` unions: a union written inside the loop is rebuilt for every item,
-# which made the walk cost three times the JSON decode itself.
+# which made the walk cost several times the JSON decode itself.
 _CONTAINERS = (dict, list)
 _SCALARS = (str, int, float, type(None))
 
 
-def _check_tree(root: object, max_depth: int) -> None:
+def _pointer_token(key: str | int) -> str:
+    """One RFC 6901 JSON pointer step."""
+    return "/" + str(key).replace("~", "~0").replace("/", "~1")
+
+
+def _check_tree(root: dict[Any, Any], max_depth: int) -> None:
     """Check nesting depth, value types and finiteness without recursion.
 
     One walk serves both directions: bytes from disk (where ``1e400`` decodes to infinity) and
     content from callers (where a tuple, a set or an int key would not survive a round trip).
+    Errors name the JSON pointer of the value (``details["pointer"]``).
     """
-    stack: list[tuple[object, int]] = [(root, 1)]
+    stack: list[tuple[dict[Any, Any] | list[Any], int, str]] = [(root, 1, "")]
     while stack:
-        value, depth = stack.pop()
+        value, depth, pointer = stack.pop()
         if depth > max_depth:
-            _invalid("too_deep", f"nesting deeper than {max_depth} levels", limit=max_depth)
+            _too_deep(max_depth, pointer=pointer)
         if isinstance(value, dict):
-            for key, item in value.items():
+            for key in value:
                 if not isinstance(key, str):
-                    _invalid("invalid_key", f"object key {key!r} is not a string")
-                if isinstance(item, _CONTAINERS):
-                    stack.append((item, depth + 1))
-                elif isinstance(item, float) and not math.isfinite(item):
-                    _invalid("non_finite_number", f"non-finite number at key {key!r}")
-                elif not isinstance(item, _SCALARS):
-                    _invalid("invalid_type", f"value of type {type(item).__name__} at key {key!r}")
-        elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, _CONTAINERS):
-                    stack.append((item, depth + 1))
-                elif isinstance(item, float) and not math.isfinite(item):
-                    _invalid("non_finite_number", "non-finite number in an array")
-                elif not isinstance(item, _SCALARS):
-                    _invalid("invalid_type", f"value of type {type(item).__name__} in an array")
+                    where = pointer or "/"
+                    message = f"object key {key!r} at {where} is not a string"
+                    _invalid("invalid_key", message, pointer=pointer)
+            items: Any = value.items()
+        else:
+            items = enumerate(value)
+        for key, item in items:
+            if isinstance(item, _CONTAINERS):
+                stack.append((item, depth + 1, pointer + _pointer_token(key)))
+            elif not isinstance(item, _SCALARS) or (
+                isinstance(item, float) and not math.isfinite(item)
+            ):
+                _invalid_value(item, pointer + _pointer_token(key))
+
+
+def _invalid_value(item: object, pointer: str) -> NoReturn:
+    if isinstance(item, float):
+        _invalid("non_finite_number", f"non-finite number at {pointer}", pointer=pointer)
+    _invalid("invalid_type", f"value of type {type(item).__name__} at {pointer}", pointer=pointer)
+
+
+def _too_deep(max_depth: int, pointer: str) -> NoReturn:
+    message = f"nesting deeper than {max_depth} levels at {pointer}"
+    _invalid("too_deep", message, limit=max_depth, pointer=pointer)
+
+
+# Decodes the one string at an offset (``raw_decode``), with the escapes the decoder knows.
+_STRING = json.JSONDecoder()
+_NON_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})
+# Any JSON scalar that is not a string: what follows a value position when it is not {, [ or ".
+_SCALAR_TOKEN = re.compile(r"-?Infinity|NaN|true|false|null|-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def _locate(text: str, max_depth: int) -> InvalidDocumentError | None:
+    """The first duplicate key, non-finite number or too-deep nesting of ``text``, with its place.
+
+    The decoder's hooks see values, not offsets, so when one of them refuses a document this
+    walks the text once more (iteratively, so depth is no problem) to say where: line, column and
+    JSON pointer. Only called on documents already refused. ``None`` when nothing is found, also
+    when the walk meets text that is not JSON (then the caller's own error stands).
+    """
+    try:
+        return _walk(text, max_depth)
+    except (ValueError, IndexError):
+        return None
+
+
+def _walk(text: str, max_depth: int) -> InvalidDocumentError | None:
+    """`_locate` proper, on text that is valid JSON up to the problem it looks for."""
+    # One frame per open container: its pointer, the keys seen (None for an array), the current
+    # key or next index, and whether a key comes next.
+    frames: list[list[Any]] = []
+    i, end = 0, len(text)
+    while i < end:
+        char = text[i]
+        top = frames[-1] if frames else None
+        if char in " \t\n\r:,}]":
+            if char == "," and top is not None and top[1] is not None:
+                top[3] = True  # a key comes next
+            elif char in "}]":
+                frames.pop()
+            i += 1
+            continue
+        if top is not None and top[1] is not None and top[3]:  # a key
+            if char != '"':
+                return None
+            key, after = _STRING.raw_decode(text, i)
+            if not _encodable(key):  # the key cannot be in the pointer (nor in any UTF-8 answer)
+                return _located("lone_surrogate", _SURROGATE, text, i, top[0])
+            if key in top[1]:
+                where = top[0] + _pointer_token(key)
+                return _located("duplicate_key", f"duplicate key {key!r}", text, i, where, key=key)
+            top[1].add(key)
+            top[2], top[3] = key, False
+            i = after
+            continue
+        where = ""
+        if top is not None:
+            where = top[0] + _pointer_token(top[2])
+            if top[1] is None:
+                top[2] += 1
+        if char in "{[":
+            if len(frames) >= max_depth:
+                what = f"nesting deeper than {max_depth} levels"
+                return _located("too_deep", what, text, i, where, limit=max_depth)
+            frames.append([where, set() if char == "{" else None, 0, char == "{"])
+            i += 1
+            continue
+        if char == '"':
+            string, after = _STRING.raw_decode(text, i)
+            if not _encodable(string):
+                return _located("lone_surrogate", _SURROGATE, text, i, where)
+            i = after
+            continue
+        match = _SCALAR_TOKEN.match(text, i)
+        if match is None:
+            return None
+        problem = _scalar_problem(match.group())
+        if problem is not None:
+            return _located(*problem, text, i, where)
+        i = match.end()
+    return None
+
+
+def _scalar_problem(token: str) -> tuple[str, str] | None:
+    """``(reason, what)`` when a number token cannot be decoded to a finite JSON number."""
+    digits = token.lstrip("-")
+    if token in _NON_FINITE or (
+        token[-1].isdigit() and not digits.isdigit() and math.isinf(float(token))
+    ):
+        return "non_finite_number", f"non-finite number {token}"
+    if digits.isdigit() and 0 < sys.get_int_max_str_digits() < len(digits):
+        return "invalid_number", f"integer of {len(digits)} digits is too long"
+    return None
+
+
+def _located(
+    reason: str, what: str, text: str, index: int, pointer: str, **details: Any
+) -> InvalidDocumentError:
+    line, column = _line_col(text, index)
+    return InvalidDocumentError(
+        f"{what} at line {line}, column {column}",
+        reason=reason,
+        line=line,
+        column=column,
+        pointer=pointer,
+        **details,
+    )
 
 
 _PLAIN_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
@@ -168,19 +291,20 @@ def _decode_vouched(text: str, max_depth: int) -> dict[str, Any] | None:
     return value
 
 
-def _check_size(data: bytes, limits: DocumentLimits) -> None:
-    if len(data) > limits.max_bytes:
+def check_size(size: int, limits: DocumentLimits) -> None:
+    """Raise `DocumentTooLargeError` when ``size`` bytes exceed ``limits.max_bytes``."""
+    if size > limits.max_bytes:
         raise DocumentTooLargeError(
-            f"document of {len(data)} bytes exceeds the limit of {limits.max_bytes} bytes",
+            f"document of {size} bytes exceeds the limit of {limits.max_bytes} bytes",
             reason="too_large",
-            size=len(data),
+            size=size,
             limit=limits.max_bytes,
         )
 
 
 def decode_document(data: bytes, limits: DocumentLimits = DocumentLimits()) -> dict[str, Any]:
     """Decode stored or uploaded bytes into a config object, or raise `InvalidDocumentError`."""
-    _check_size(data, limits)
+    check_size(len(data), limits)
     if data.startswith(_BOM):
         _invalid(
             "byte_order_mark", "document starts with a UTF-8 byte order mark", line=1, column=1
@@ -200,10 +324,12 @@ def decode_document(data: bytes, limits: DocumentLimits = DocumentLimits()) -> d
     vouched = _decode_vouched(text, limits.max_depth)
     if vouched is not None:
         return vouched
+    if not text.strip(" \t\n\r"):
+        _invalid("empty", "document is empty")
     try:
         value = _DECODER.decode(text)
-    except InvalidDocumentError:
-        raise
+    except InvalidDocumentError as exc:  # a hook refused it: say where
+        raise _locate(text, limits.max_depth) or exc from None
     except json.JSONDecodeError as exc:
         _invalid(
             "syntax",
@@ -212,20 +338,29 @@ def decode_document(data: bytes, limits: DocumentLimits = DocumentLimits()) -> d
             column=exc.colno,
         )
     except RecursionError:
-        _invalid(
-            "too_deep", f"nesting deeper than {limits.max_depth} levels", limit=limits.max_depth
-        )
+        located = _locate(text, limits.max_depth)
+        if located is None:
+            _too_deep(limits.max_depth, pointer="")
+        raise located from None
     except ValueError as exc:  # e.g. an integer beyond Python's digit limit
-        _invalid("invalid_number", f"invalid JSON number: {exc}")
+        raise _locate(text, limits.max_depth) or InvalidDocumentError(
+            f"invalid JSON number: {exc}", reason="invalid_number"
+        ) from None
     if not isinstance(value, dict):
         kind = "array" if isinstance(value, list) else type(value).__name__
         _invalid(
             "not_an_object", f"document must be a JSON object, not {_JSON_KIND.get(kind, kind)}"
         )
-    _check_tree(value, limits.max_depth)
+    try:
+        _check_tree(value, limits.max_depth)
+    except InvalidDocumentError as exc:  # 1e400 or too deep: give the line and column as well
+        raise _locate(text, limits.max_depth) or exc from None
     if "\\u" in text or "\\U" in text:
         # Lone surrogates (\ud800) decode but cannot be written back as UTF-8.
-        _check_encodable(value)
+        try:
+            _check_encodable(value)
+        except InvalidDocumentError as exc:
+            raise _locate(text, limits.max_depth) or exc from None
     return value
 
 
@@ -240,10 +375,19 @@ _JSON_KIND = {
 
 
 def _check_encodable(value: dict[str, Any]) -> None:
+    if not _encodable(json.dumps(value, ensure_ascii=False)):
+        _invalid("lone_surrogate", _SURROGATE)
+
+
+_SURROGATE = "string contains a lone UTF-16 surrogate escape"
+
+
+def _encodable(text: str) -> bool:
     try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
-        _invalid("lone_surrogate", "string contains a lone UTF-16 surrogate escape")
+        return False
+    return True
 
 
 def encode_document(content: Mapping[str, Any], limits: DocumentLimits = DocumentLimits()) -> bytes:
@@ -262,5 +406,5 @@ def encode_document(content: Mapping[str, Any], limits: DocumentLimits = Documen
         _invalid("lone_surrogate", "string contains a lone UTF-16 surrogate")
     except ValueError as exc:  # integers beyond Python's digit limit
         _invalid("invalid_number", f"cannot encode number: {exc}")
-    _check_size(data, limits)
+    check_size(len(data), limits)
     return data

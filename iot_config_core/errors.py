@@ -8,6 +8,7 @@ humans and may change; codes do not.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any, ClassVar
 
 __all__ = [
@@ -15,20 +16,42 @@ __all__ = [
     "ConfigError",
     "CorruptDocumentError",
     "DocumentTooLargeError",
+    "ErrorCode",
     "InvalidDocumentError",
     "InvalidETagError",
     "InvalidMacError",
     "NotFoundError",
     "PreconditionFailedError",
+    "StoreMissingError",
     "StoreUnavailableError",
+    "StoredDocumentTooLargeError",
     "UnsupportedStoreError",
 ]
+
+
+class ErrorCode(StrEnum):
+    """The stable machine codes of the core's errors, one per exception class below."""
+
+    CONFIG_ERROR = "CONFIG_ERROR"
+    INVALID_MAC = "INVALID_MAC"
+    INVALID_DOCUMENT = "INVALID_DOCUMENT"
+    DOCUMENT_TOO_LARGE = "DOCUMENT_TOO_LARGE"
+    INVALID_ETAG = "INVALID_ETAG"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PRECONDITION_FAILED = "PRECONDITION_FAILED"
+    CORRUPT_DOCUMENT = "CORRUPT_DOCUMENT"
+    STORED_DOCUMENT_TOO_LARGE = "STORED_DOCUMENT_TOO_LARGE"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    UNSUPPORTED_STORE = "UNSUPPORTED_STORE"
+    INVALID_DEVICE_TOKEN = "INVALID_DEVICE_TOKEN"  # noqa: S105 -- a code, not a password
+    INVALID_DEVICE_SECRET = "INVALID_DEVICE_SECRET"  # noqa: S105 -- a code, not a password
 
 
 class ConfigError(Exception):
     """Base of every error the core raises on purpose."""
 
-    code: ClassVar[str] = "CONFIG_ERROR"
+    code: ClassVar[ErrorCode] = ErrorCode.CONFIG_ERROR
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -42,7 +65,7 @@ class ConfigError(Exception):
 class InvalidMacError(ConfigError, ValueError):
     """Text that is not a MAC address in any accepted spelling."""
 
-    code = "INVALID_MAC"
+    code = ErrorCode.INVALID_MAC
 
 
 class InvalidDocumentError(ConfigError, ValueError):
@@ -52,31 +75,31 @@ class InvalidDocumentError(ConfigError, ValueError):
     ``line``/``column`` are present when the problem has a position in the text.
     """
 
-    code = "INVALID_DOCUMENT"
+    code = ErrorCode.INVALID_DOCUMENT
 
 
 class DocumentTooLargeError(InvalidDocumentError):
     """A document over the configured size limit (``details``: ``size``, ``limit``)."""
 
-    code = "DOCUMENT_TOO_LARGE"
+    code = ErrorCode.DOCUMENT_TOO_LARGE
 
 
 class InvalidETagError(ConfigError, ValueError):
     """A precondition value that is not an entity tag, a list of them, or ``*``."""
 
-    code = "INVALID_ETAG"
+    code = ErrorCode.INVALID_ETAG
 
 
 class NotFoundError(ConfigError, LookupError):
     """No config is stored for this MAC."""
 
-    code = "NOT_FOUND"
+    code = ErrorCode.NOT_FOUND
 
 
 class AlreadyExistsError(ConfigError):
     """A create-only write found a config already stored (``details["current_etag"]``)."""
 
-    code = "ALREADY_EXISTS"
+    code = ErrorCode.ALREADY_EXISTS
 
     @property
     def current_etag(self) -> str:
@@ -91,7 +114,7 @@ class PreconditionFailedError(ConfigError):
     can re-read and retry without another round trip to learn it.
     """
 
-    code = "PRECONDITION_FAILED"
+    code = ErrorCode.PRECONDITION_FAILED
 
     @property
     def current_etag(self) -> str | None:
@@ -106,7 +129,7 @@ class CorruptDocumentError(ConfigError):
     It is reported, never served; overwriting it with a valid document repairs it.
     """
 
-    code = "CORRUPT_DOCUMENT"
+    code = ErrorCode.CORRUPT_DOCUMENT
 
 
 class StoreUnavailableError(ConfigError):
@@ -115,10 +138,29 @@ class StoreUnavailableError(ConfigError):
     The original exception is chained as ``__cause__``; the store never leaks a bare ``OSError``.
     """
 
-    code = "STORE_UNAVAILABLE"
+    code = ErrorCode.STORE_UNAVAILABLE
 
 
 class UnsupportedStoreError(ConfigError, ValueError):
     """A store URL whose backend cannot give the store's guarantees (atomic, conditional writes)."""
 
-    code = "UNSUPPORTED_STORE"
+    code = ErrorCode.UNSUPPORTED_STORE
+
+
+class StoreMissingError(StoreUnavailableError):
+    """The store's root (directory, bucket) does not exist (``details``: ``store``).
+
+    An outage rather than an empty fleet, with the same code as `StoreUnavailableError`. Its
+    message names the store and the command-line way to create it (``--create-store``), so the
+    CLI and the server print it as it is; in code, `ConfigStore.create_root` creates it.
+    """
+
+
+class StoredDocumentTooLargeError(CorruptDocumentError):
+    """A stored file over the configured size limit (``details``: ``size``, ``limit``).
+
+    Not a client's upload (that is `DocumentTooLargeError`): the file was put there by hand or
+    under a larger limit. It is reported, never served; overwriting it repairs it.
+    """
+
+    code = ErrorCode.STORED_DOCUMENT_TOO_LARGE

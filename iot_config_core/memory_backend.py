@@ -16,12 +16,12 @@ from typing import Any
 
 from fsspec.implementations.memory import MemoryFileSystem
 
-from .backend import ABSENT, ANY, Absent, AnyVersion, Blob, Entry, VersionConflict
+from .backend import ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict
 
-__all__ = ["MemoryBackend", "private_memory_filesystem"]
+__all__ = ["MemoryBackend"]
 
 
-def private_memory_filesystem() -> MemoryFileSystem:
+def _private_filesystem() -> MemoryFileSystem:
     """A ``MemoryFileSystem`` whose contents no other instance in the process shares."""
     fs = MemoryFileSystem(skip_instance_cache=True)
     fs.store = {}
@@ -29,13 +29,18 @@ def private_memory_filesystem() -> MemoryFileSystem:
     return fs
 
 
-class MemoryBackend:
-    """Configs as values in a ``MemoryFileSystem`` directory, for tests and embedded use."""
+class MemoryBackend(Backend):
+    """Configs as values in a private ``MemoryFileSystem`` directory, for tests and embedded use.
 
-    def __init__(self, fs: MemoryFileSystem, root: str) -> None:
-        self._fs = fs
-        self.root = fs._strip_protocol(root)  # noqa: SLF001 - fsspec's public path normaliser.rstrip("/") or "/"
-        self._lock = threading.Lock()
+    The root is not created here: `open_store` creates it for a ``memory://`` URL, and a backend
+    built by hand can show how the store treats a missing root.
+    """
+
+    def __init__(self, root: str = "/") -> None:
+        self._fs = _private_filesystem()
+        # fsspec's public path normaliser
+        self.root = self._fs._strip_protocol(root).rstrip("/") or "/"  # noqa: SLF001
+        self._lock = threading.RLock()  # re-entered by current_version inside a write
         self._generation: dict[str, int] = {}
         self._counter = itertools.count(1)
 
@@ -59,7 +64,7 @@ class MemoryBackend:
         modified: datetime | None = getattr(file, "modified", None) or getattr(
             file, "created", None
         )
-        return Entry(name=name, token=self._token(name, file), size=file.size, modified=modified)
+        return Entry(self._token(name, file), modified)
 
     def scan(self) -> list[tuple[str, Hashable]]:
         with self._lock:
@@ -81,30 +86,19 @@ class MemoryBackend:
         with self._lock:
             return self._entry(name)
 
-    def version(self, name: str) -> Hashable | None:
-        entry = self.stat(name)
-        return None if entry is None else entry.token
-
     def read(self, name: str, limit: int) -> Blob | None:
         with self._lock:
             entry = self._entry(name)
             if entry is None:
                 return None
-            return Blob(self._fs.cat_file(self._path(name), 0, limit + 1), entry)
-
-    def _current(self, name: str) -> Hashable | Absent:
-        entry = self._entry(name)
-        return ABSENT if entry is None else entry.token
-
-    @property
-    def etags_are_tokens(self) -> bool:
-        return False
+            data = self._fs.cat_file(self._path(name), 0, limit + 1)
+            return Blob(data, entry, self._fs.store[self._path(name)].size)
 
     def replace(self, name: str, data: bytes, expected: Hashable | Absent | AnyVersion) -> Entry:
         with self._lock:
             if not self._root_exists():
                 raise FileNotFoundError(self.root)
-            if expected is not ANY and self._current(name) != expected:
+            if expected is not ANY and self.current_version(name) != expected:
                 raise VersionConflict(name)
             self._fs.pipe_file(self._path(name), bytes(data))
             self._generation[name] = next(self._counter)
@@ -114,7 +108,7 @@ class MemoryBackend:
 
     def remove(self, name: str, expected: Hashable) -> None:
         with self._lock:
-            if self._current(name) != expected:
+            if self.current_version(name) != expected:
                 raise VersionConflict(name)
             self._fs.rm_file(self._path(name))
             self._generation[name] = next(self._counter)

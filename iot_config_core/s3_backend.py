@@ -18,9 +18,7 @@ the first write probes what the server honours and refuses what it cannot do saf
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import re
 import secrets
 import threading
 from collections.abc import Awaitable, Callable, Hashable
@@ -31,7 +29,8 @@ from typing import Any, TypeVar
 import attrs
 from fsspec.asyn import sync
 
-from .backend import ABSENT, ANY, Absent, AnyVersion, Blob, Entry, VersionConflict
+from .backend import ABSENT, ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict
+from .document import compute_etag
 from .errors import UnsupportedStoreError
 
 __all__ = ["S3Backend", "S3Capabilities"]
@@ -40,8 +39,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# An ETag that is a plain MD5 hex (not a multipart "<md5>-<parts>" one) can equal our ETag.
-_MD5_HEX = re.compile(r"[0-9a-f]{32}")
 # A condition the server refused: 412 Precondition Failed, or AWS's 409 when two conditional
 # writes to one key race.
 _CONFLICT_STATUSES = frozenset({409, 412})
@@ -116,7 +113,7 @@ class S3Capabilities:
     conditional_delete: bool
 
 
-class S3Backend:
+class S3Backend(Backend):
     """Configs as objects ``<prefix>/<mac>.json`` in one bucket of an S3-speaking server.
 
     ``page_size`` is the number of keys per LIST request (S3's maximum, 1000, unless testing).
@@ -155,15 +152,13 @@ class S3Backend:
     def _key(self, name: str) -> str:
         return self.prefix + name
 
-    def _entry(self, name: str, etag: str, size: int, modified: datetime | None) -> Entry:
-        token = _unquote(etag)
-        ours = token if self._md5_etags and _MD5_HEX.fullmatch(token) else None
-        when = None if modified is None else modified.astimezone(UTC)
-        return Entry(name=name, token=token, size=size, modified=when, etag=ours)
+    @staticmethod
+    def _entry(etag: str, modified: datetime | None) -> Entry:
+        return Entry(_unquote(etag), None if modified is None else modified.astimezone(UTC))
 
     def _learn_etags(self, server_etag: str, data: bytes) -> None:
         if self._md5_etags is None:
-            self._md5_etags = _unquote(server_etag) == hashlib.md5(data).hexdigest()  # noqa: S324
+            self._md5_etags = _unquote(server_etag) == compute_etag(data)
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -198,11 +193,7 @@ class S3Backend:
             if _is_missing_key(exc):
                 return None
             raise
-        return self._entry(name, head["ETag"], int(head["ContentLength"]), head.get("LastModified"))
-
-    def version(self, name: str) -> Hashable | None:
-        entry = self.stat(name)  # one HEAD either way: the round trip is the cost
-        return None if entry is None else entry.token
+        return self._entry(head["ETag"], head.get("LastModified"))
 
     def read(self, name: str, limit: int) -> Blob | None:
         return self._run(self._read, name, limit)
@@ -231,7 +222,7 @@ class S3Backend:
         size = _total_size(response)
         if size == len(data):
             self._learn_etags(response["ETag"], data)
-        return Blob(data, self._entry(name, response["ETag"], size, response.get("LastModified")))
+        return Blob(data, self._entry(response["ETag"], response.get("LastModified")), size)
 
     # -- conditional writes ---------------------------------------------------------------------
 
@@ -314,7 +305,7 @@ class S3Backend:
                 raise VersionConflict(name) from exc
             raise
         self._learn_etags(response["ETag"], data)
-        return self._entry(name, response["ETag"], len(data), _server_time(response))
+        return self._entry(response["ETag"], _server_time(response))
 
     def remove(self, name: str, expected: Hashable) -> None:
         if not self.capabilities().conditional_delete:

@@ -14,69 +14,121 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import fsspec
-from fsspec.core import split_protocol
-from fsspec.implementations.local import LocalFileSystem
-from fsspec.implementations.memory import MemoryFileSystem
 
 from .backend import ABSENT, ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict
-from .document import DocumentLimits, compute_etag, decode_document, encode_document
+from .document import (
+    DocumentLimits,
+    check_size,
+    compute_etag,
+    decode_document,
+    encode_document,
+)
 from .errors import (
     AlreadyExistsError,
     ConfigError,
     CorruptDocumentError,
+    DocumentTooLargeError,
     InvalidDocumentError,
+    InvalidMacError,
     NotFoundError,
     PreconditionFailedError,
+    StoredDocumentTooLargeError,
+    StoreMissingError,
     StoreUnavailableError,
     UnsupportedStoreError,
 )
 from .etags import ETagCondition
 from .mac import MacAddress
-from .memory_backend import MemoryBackend, private_memory_filesystem
+from .memory_backend import MemoryBackend
 from .model import ConfigSummary, RawDocument, StoredConfig
 from .posix_backend import PosixBackend
 
-__all__ = ["BACKENDS", "ConfigStore", "Listing", "open_store", "register_backend"]
+__all__ = [
+    "BACKENDS",
+    "ConfigStore",
+    "Listing",
+    "local_store_root",
+    "open_store",
+    "register_backend",
+    "store_scheme",
+]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 MacLike = MacAddress | str
 Condition = str | ETagCondition
 
 # A conditional write that keeps losing races to other writers gives up after this many tries
 # (each loss means someone else's write landed, so the system as a whole is making progress).
 MAX_WRITE_ATTEMPTS = 16
-# Raw documents kept for the device endpoint, bounded by bytes so 100,000 devices stay cheap.
+# Raw documents kept for the device endpoint, bounded by bytes so a large fleet stays cheap.
 DEFAULT_RAW_CACHE_BYTES = 16 * 1024 * 1024
 
-BackendFactory = Callable[[fsspec.AbstractFileSystem, str], Backend]
+#: Builds the backend of a store URL from the URL and the caller's storage options.
+BackendFactory = Callable[[str, Mapping[str, Any]], Backend]
+
+_LOCAL_SCHEMES = ("file", "local")
+# ``scheme://`` as RFC 3986 spells a scheme, or fsspec's chained ``a::b://`` URLs (refused whole).
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)(?:://|::)")
 
 
-def _posix(_fs: fsspec.AbstractFileSystem, root: str) -> Backend:
+def store_scheme(url: str) -> str | None:
+    """The scheme of a store URL in lower case, or ``None`` for a plain path."""
+    match = _SCHEME.match(url)
+    return None if match is None else match.group(1).lower()
+
+
+def local_store_root(url: str) -> str | None:
+    """The absolute directory of a store on local disk, or ``None`` for any other store.
+
+    A plain path, ``file://PATH`` or ``local://PATH``; a relative path (also after ``file://``)
+    is taken from the current directory.
+    """
+    match = _SCHEME.match(url)
+    if match is None:
+        return os.path.abspath(url)
+    if match.group(1).lower() in _LOCAL_SCHEMES:
+        return os.path.abspath(url[match.end() :] or "/")
+    return None
+
+
+def _posix(url: str, _options: Mapping[str, Any]) -> Backend:
+    root = local_store_root(url)
+    assert root is not None
     return PosixBackend(root)
 
 
-def _memory(fs: fsspec.AbstractFileSystem, root: str) -> Backend:
-    assert isinstance(fs, MemoryFileSystem)
-    return MemoryBackend(fs, root)
+def _memory(url: str, _options: Mapping[str, Any]) -> Backend:
+    # Private to its store: nothing else can reach it, so there is no root to protect.
+    backend = MemoryBackend(url[len("memory://") :] or "/")
+    backend.create_root()
+    return backend
 
 
-def _s3(fs: fsspec.AbstractFileSystem, root: str) -> Backend:
-    from .s3_backend import S3Backend  # noqa: PLC0415 - optional extra, imported only when used
+def _s3(url: str, options: Mapping[str, Any]) -> Backend:
+    try:
+        from .s3_backend import S3Backend  # noqa: PLC0415 - optional extra, imported when used
 
+        fs, root = fsspec.url_to_fs(url, **options)
+    except ImportError as exc:
+        raise UnsupportedStoreError(
+            f"cannot open {url!r}: S3 support is not installed (install the 's3' extra)",
+            url=url,
+        ) from exc
     return S3Backend(fs, root)
 
 
-#: fsspec protocol -> backend factory. Only backends that can do an atomic conditional write are
-#: here: anything else would silently turn compare-and-swap into last-write-wins.
+#: URL scheme -> backend factory. Only backends that can do an atomic conditional write are here:
+#: anything else would silently turn compare-and-swap into last-write-wins.
 BACKENDS: dict[str, BackendFactory] = {
     "file": _posix,
     "local": _posix,
@@ -86,27 +138,9 @@ BACKENDS: dict[str, BackendFactory] = {
 }
 
 
-def register_backend(protocol: str, factory: BackendFactory) -> None:
-    """Make ``open_store`` accept another fsspec protocol (the factory must honour `Backend`)."""
-    BACKENDS[protocol] = factory
-
-
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
-    protocol = fs.protocol
-    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
-
-
-def _backend_for(fs: fsspec.AbstractFileSystem, root: str) -> Backend:
-    if isinstance(fs, LocalFileSystem):
-        return PosixBackend(root)
-    for protocol in _protocols(fs):
-        if protocol in BACKENDS:
-            return BACKENDS[protocol](fs, root)
-    raise UnsupportedStoreError(
-        f"no store backend for fsspec protocol {_protocols(fs)[0]!r}; "
-        f"supported: {', '.join(sorted(BACKENDS))}",
-        protocol=_protocols(fs)[0],
-    )
+def register_backend(scheme: str, factory: BackendFactory) -> None:
+    """Make `open_store` accept another URL scheme (the factory returns a `Backend`)."""
+    BACKENDS[scheme.lower()] = factory
 
 
 def open_store(
@@ -118,26 +152,30 @@ def open_store(
 ) -> ConfigStore:
     """Open the store at ``url``: a path, ``file://``, ``memory://``, ``s3://bucket/prefix``.
 
-    ``create=True`` creates the root first; otherwise a missing root makes operations fail with
-    `StoreUnavailableError`. Each ``memory://`` store is private to its `ConfigStore`.
+    A scheme with no backend in `BACKENDS` is refused with `UnsupportedStoreError` before
+    anything is contacted. ``create=True`` creates the root first; otherwise a missing root makes
+    operations fail with `StoreMissingError`. A ``memory://`` store is private to its
+    `ConfigStore` and starts empty and ready.
     """
-    protocol, _ = split_protocol(url)
-    if protocol is not None:
-        try:
-            fsspec.get_filesystem_class(protocol)
-        except (ValueError, ImportError) as exc:  # unknown scheme, or its extra not installed
-            raise UnsupportedStoreError(
-                f"cannot open {url!r}: {exc}", url=url, protocol=protocol
-            ) from exc
+    if not url.strip():
+        raise UnsupportedStoreError("the store URL is empty: give a path or a URL", url=url)
+    scheme = store_scheme(url) or "file"
+    factory = BACKENDS.get(scheme)
+    if factory is None:
+        raise UnsupportedStoreError(
+            f"cannot open {url!r}: unsupported store scheme {scheme}://; "
+            f"supported: a path, {', '.join(f'{s}://' for s in sorted(BACKENDS))}",
+            url=url,
+            scheme=scheme,
+            supported=sorted(BACKENDS),
+        )
     try:
-        if protocol == "memory":
-            fs: fsspec.AbstractFileSystem = private_memory_filesystem()
-            root = url[len("memory://") :] or "/"
-        else:
-            fs, root = fsspec.url_to_fs(url, **storage_options)
+        backend = factory(url, storage_options)
     except (ValueError, OSError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
         raise StoreUnavailableError(f"cannot open {url!r}: {exc}", url=url) from exc
-    store = ConfigStore(fs, root, limits=limits)
+    store = ConfigStore(backend, limits=limits)
     if create:
         store.create_root()
     return store
@@ -157,7 +195,7 @@ class _Parsed:
     """What the cache remembers about one version of one file.
 
     One per config for the life of the store, so it holds nothing derivable (the ETag is in the
-    summary) and no weakref slot: 56 bytes instead of 72.
+    summary) and no weakref slot, which would add a pointer per config.
     """
 
     token: Hashable
@@ -220,6 +258,8 @@ class _BackendErrors:
         if exc is None or isinstance(exc, ConfigError | VersionConflict):
             return
         if isinstance(exc, Exception):
+            if isinstance(exc, OSError) and self.store._root_is_missing():  # noqa: SLF001
+                raise self.store._missing_store() from exc  # noqa: SLF001
             where = self.store.description
             raise StoreUnavailableError(
                 f"store {where} unavailable during {self.action}: {exc}",
@@ -236,28 +276,12 @@ class ConfigStore:
 
     def __init__(
         self,
-        fs: fsspec.AbstractFileSystem,
-        root: str,
-        *,
-        limits: DocumentLimits = DocumentLimits(),
-        raw_cache_bytes: int = DEFAULT_RAW_CACHE_BYTES,
-    ) -> None:
-        self._setup(_backend_for(fs, root), limits, raw_cache_bytes)
-
-    @classmethod
-    def from_backend(
-        cls,
         backend: Backend,
         *,
         limits: DocumentLimits = DocumentLimits(),
         raw_cache_bytes: int = DEFAULT_RAW_CACHE_BYTES,
-    ) -> ConfigStore:
-        """A store over a backend built by hand (one not reachable through an fsspec URL)."""
-        store = cls.__new__(cls)
-        cls._setup(store, backend, limits, raw_cache_bytes)
-        return store
-
-    def _setup(self, backend: Backend, limits: DocumentLimits, raw_cache_bytes: int) -> None:
+    ) -> None:
+        """A store over ``backend``; `open_store` builds the backend from a URL."""
         self.limits = limits
         self._backend = backend
         self._parsed: dict[str, _Parsed] = {}
@@ -279,6 +303,11 @@ class ConfigStore:
     def __repr__(self) -> str:
         return f"ConfigStore({self.description!r})"
 
+    @property
+    def backend(self) -> Backend:
+        """The storage under this store, for companions keeping hidden files in the same root."""
+        return self._backend
+
     # -- error boundary -------------------------------------------------------------------------
 
     def _guard(self, action: str) -> _BackendErrors:
@@ -291,10 +320,22 @@ class ConfigStore:
     def _missing(self, mac: MacAddress) -> ConfigError:
         """Not found, unless the whole root is gone: that is an outage, not an empty fleet."""
         if not self._backend.root_exists():
-            return StoreUnavailableError(
-                f"store root {self.description} does not exist", backend=self.description
-            )
+            return self._missing_store()
         return NotFoundError(f"no config for {mac}", mac_address=str(mac))
+
+    def _missing_store(self) -> StoreMissingError:
+        """The one error for a store whose root is not there, wherever it is noticed."""
+        return StoreMissingError(
+            f"store {self.description} does not exist; create it with --create-store",
+            store=self.description,
+        )
+
+    def _root_is_missing(self) -> bool:
+        """Whether the root is known to be gone (``False`` when that cannot be told either)."""
+        try:
+            return not self._backend.root_exists()
+        except Exception:
+            return False
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -306,10 +347,14 @@ class ConfigStore:
 
     def _decode(self, mac: MacAddress, blob: Blob, etag: str) -> dict[str, Any]:
         try:
-            return decode_document(blob.data, self.limits)
+            return _decode_stored(blob, self.limits)
         except InvalidDocumentError as exc:
-            raise CorruptDocumentError(
-                f"stored config for {mac} is not a valid document: {exc.message}",
+            error: type[CorruptDocumentError] = CorruptDocumentError
+            problem = "is not a valid document"
+            if isinstance(exc, DocumentTooLargeError):
+                error, problem = StoredDocumentTooLargeError, "is too large to serve"
+            raise error(
+                f"stored config for {mac} {problem}: {exc.message}",
                 mac_address=str(mac),
                 etag=etag,
                 **exc.details,
@@ -358,13 +403,19 @@ class ConfigStore:
         mac = _mac(mac)
         with self._guard("etag"):
             blob = self._backend.read(mac.file_name, self.limits.max_bytes)
+            if blob is None and not self._backend.root_exists():
+                raise self._missing_store()
         return None if blob is None else compute_etag(blob.data)
 
     def exists(self, mac: MacLike) -> bool:
         """Whether anything (valid or not) is stored for ``mac``."""
         mac = _mac(mac)
         with self._guard("exists"):
-            return self._backend.stat(mac.file_name) is not None
+            if self._backend.version(mac.file_name) is not None:
+                return True
+            if not self._backend.root_exists():
+                raise self._missing_store()
+            return False
 
     # -- listing --------------------------------------------------------------------------------
 
@@ -419,7 +470,7 @@ class ConfigStore:
                 if parsed is None or parsed.token != token:
                     mac = MacAddress.from_file_name(name)
                     if mac is None:
-                        self._warn_once(name, token, "not a <canonical-mac>.json file name")
+                        self._warn_once(name, token, self._why_not_a_config(name))
                         skipped.append(name)
                         continue
                     parsed = self._parse(mac, name, token)
@@ -461,7 +512,7 @@ class ConfigStore:
         etag = compute_etag(blob.data)
         meta = blob.entry
         try:
-            content = decode_document(blob.data, self.limits)
+            content = _decode_stored(blob, self.limits)
         except InvalidDocumentError as exc:
             parsed = _Parsed(meta.token, None, exc)
         else:
@@ -472,6 +523,21 @@ class ConfigStore:
         self._parsed[name] = parsed
         return parsed
 
+    def _why_not_a_config(self, name: str) -> str:
+        """Why ``name`` is not served, and the fix when it is a legacy spelling of a MAC."""
+        try:
+            mac = MacAddress.from_legacy_file_name(name)
+        except InvalidMacError:
+            return "not a <canonical-mac>.json file name"
+        # Hand-copied from the old share: devices ask for the canonical name and get 404.
+        root = local_store_root(self.description)
+        if root is None:
+            return f"devices ask for {mac.file_name}; store it under that name"
+        return (
+            f"devices ask for {mac.file_name}; store it under that name with "
+            f"'iot-config --store {root} import {root}', then remove this file"
+        )
+
     def _warn_once(self, name: str, token: Hashable, why: str) -> None:
         key = (name, token)
         if key not in self._warned:
@@ -481,8 +547,12 @@ class ConfigStore:
             log.warning("skipping %s in %s: %s", name, self.description, why)
 
     def count(self) -> int:
-        """Number of valid configs in the most recent listing (no I/O: for metrics scrapes)."""
-        return len(self._listing.summaries)
+        """Number of valid configs stored now.
+
+        One metadata scan (`listing`): files unchanged since the last listing are not re-read,
+        so a metrics scrape can call it on every scrape.
+        """
+        return len(self.listing().summaries)
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -662,6 +732,15 @@ class ConfigStore:
         """Create the root directory or prefix if it is missing."""
         with self._guard("create root"):
             self._backend.create_root()
+
+
+def _decode_stored(blob: Blob, limits: DocumentLimits) -> dict[str, Any]:
+    """Decode stored bytes; a file over the limit is reported with its real size.
+
+    Only ``limit + 1`` bytes were read, so the size check must use the blob's ``size``.
+    """
+    check_size(blob.size, limits)
+    return decode_document(blob.data, limits)
 
 
 def _single_strong(condition: ETagCondition) -> bool:

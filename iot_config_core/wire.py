@@ -1,8 +1,9 @@
-"""The JSON shapes of the REST API, produced by one cattrs converter.
+"""The JSON form of a config and of a listing, produced by one cattrs converter.
 
-The existing web UI's client was generated from these shapes, so they are fixed: snake_case keys,
-canonical MAC strings, ``null`` for absent summary fields. The server's OpenAPI document is derived
-from the attrs classes below, so the schema and the answers cannot drift apart.
+The REST API serves exactly these shapes (the server adds only its HTTP envelopes and derives its
+OpenAPI document from the same classes), and scripts can write the same JSON. The existing web
+UI's client was generated from them, so they are fixed: snake_case keys, canonical MAC strings,
+``null`` for absent summary fields.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ converter.register_unstructure_hook(
 
 def summaries_to_wire(summaries: list[ConfigSummary]) -> dict[str, Any]:
     """The ``GET /api/configs`` answer for a sorted list of summaries."""
-    return {"configs": [summary_to_wire(s) for s in summaries], "count": len(summaries)}
+    result: dict[str, Any] = converter.unstructure(ConfigListWire(summaries, len(summaries)))
+    return result
 
 
 def config_to_wire(config: StoredConfig) -> dict[str, Any]:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from iot_config_core import __version__
+
 if TYPE_CHECKING:
     from .app import create_app
     from .settings import Settings
 
-__all__ = ["Settings", "create_app"]
+__all__ = ["Settings", "__version__", "create_app"]
 
 
 def __getattr__(name: str) -> Any:

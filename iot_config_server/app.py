@@ -2,7 +2,9 @@
 
 Handlers only parse, call the store and shape the answer; every rule lives in the core. What all
 routes share (request id, error bodies, security and CORS headers, auth, metrics) is one Bottle
-plugin, so it also applies when the app is mounted into a parent Bottle app.
+plugin, so it also applies when the app is mounted into a parent Bottle app. The device endpoint,
+polled far more than the rest, is the exception: `_DeviceEndpoint` builds its whole answer itself
+(with the same error answers) and is reached before Bottle's routing.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
+import attrs
 import bottle
 
 from iot_config_core import (
@@ -30,10 +34,11 @@ from . import docs, openapi
 from .api_models import HealthyReport, UnhealthyReport, api_converter
 from .auth import BearerAuth
 from .cors import CorsPolicy
+from .device_auth import Authorize, DeviceAuth
 from .endpoints import ENDPOINTS, Endpoint, allowed_methods, rules
-from .http_errors import ApiError, error_body_bytes, http_error_for
+from .http_errors import ApiError, ApiErrorCode, error_body_bytes, http_error_for, user_message
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import UNMATCHED_ROUTE, AppMetrics
+from .metrics import UNMATCHED_ROUTE, AppMetrics, FreshValue, RouteMetrics
 from .request_body import ENVELOPE_ALLOWANCE, parse_put_request, read_body, require_json
 from .request_ids import HEADER as REQUEST_ID_HEADER
 from .request_ids import current_request_id, request_id_from_environ
@@ -54,19 +59,6 @@ Handler = Callable[..., Any]
 StartResponse = Callable[..., Any]
 #: A device read: (document, quoted ETag, whether If-None-Match matched it).
 DeviceRead = Callable[[str, str | None], tuple[RawDocument, str, bool]]
-#: Answers a request whole, or returns None to leave it to Bottle's dispatch.
-FastPath = Callable[[dict[str, Any], StartResponse], list[bytes] | None]
-
-# Header names as Bottle stores them (its _hkey form) and constant values, for the hot path.
-REQUEST_ID_KEY = REQUEST_ID_HEADER.title()
-NOSNIFF_KEY = "X-Content-Type-Options"
-_ETAG_KEY = "Etag"
-_CACHE_CONTROL_KEY = "Cache-Control"
-_CONTENT_TYPE_KEY = "Content-Type"
-# Environ keys by which the device fast path hands a failed read to the Bottle route: the error
-# (with the MAC it was for) and when the request started, so it is neither redone nor mistimed.
-_DEFERRED_KEY = "iot_config.deferred_error"
-_STARTED_KEY = "iot_config.started"
 
 
 def create_app(
@@ -77,27 +69,51 @@ def create_app(
 ) -> bottle.Bottle:
     """A new Bottle app serving ``store``; nothing global, so apps on two stores coexist.
 
+    Document size limits are the store's own, and must be the ones ``settings`` ask for: open the
+    store with `Settings.open_store` (or ``limits=settings.document_limits``). A mismatch raises
+    `ValueError` rather than silently serving a limit nobody configured.
+
     ``on_change`` is told the MAC of each config this app wrote or deleted (MQTT notifications);
     it must return at once, whatever it does with it.
-
-    Document size limits are the store's own (``store.limits``): open the store with
-    ``DocumentLimits(max_bytes=settings.max_document_bytes)`` for the setting to apply.
     """
+    if store.limits.max_bytes != settings.max_document_bytes:
+        raise ValueError(
+            f"the store's document limit ({store.limits.max_bytes} bytes) is not the settings' "
+            f"max_document_bytes ({settings.max_document_bytes}): open it with "
+            "Settings.open_store()"
+        )
     app = _ConfigApp()
     # No JSON/template plugins: every handler returns the bytes it encoded.
     app.uninstall(True)  # noqa: FBT003
-    metrics = AppMetrics(store.count)
+    # The listing re-reads only files whose version changed since the last one, so a scrape costs
+    # one metadata scan and counts every write, whoever made it (replicas, CLI, hand edits).
+    metrics = AppMetrics(FreshValue(lambda: len(store.listing().summaries), "the config count"))
     app.config[METRICS_CONFIG_KEY] = metrics
     cors = CorsPolicy(settings.cors_origins)
     auth = BearerAuth(settings.admin_tokens)
-    routes = _Routes(app, store, metrics, StoreGate(settings.threads), on_change or _unheard)
+    routes = _Routes(
+        app,
+        store,
+        metrics,
+        StoreGate(settings.threads, stall_after=settings.store_stall_seconds),
+        on_change or _unheard,
+    )
+    device_auth = DeviceAuth.from_settings(settings, store, auth, metrics)
+    authorize = device_auth.check if device_auth.active else None
+    devices = _DeviceEndpoint(routes.device_read, metrics, cors, authorize)
     app.install(_RequestPlugin(metrics, cors, auth))
     for endpoint in ENDPOINTS:
+        if endpoint.name in _DEVICE_ENDPOINTS:
+            callback = devices.route_callback(devices.route_of(endpoint.rule))
+            skip = True  # the endpoint answers whole: request id, headers, metrics
+        else:
+            callback, skip = getattr(routes, endpoint.name), None
         app.route(
             endpoint.rule,
             method=endpoint.method,
-            callback=getattr(routes, endpoint.name),
+            callback=callback,
             name=endpoint.name,
+            skip=skip,
             **{ENDPOINT_CONFIG_KEY: endpoint},
         )
     for rule in rules():
@@ -115,7 +131,7 @@ def create_app(
 
     for status in (400, 404, 405, 500):
         app.error_handler[status] = route_error
-    app.use_fast_path(_device_fast_path(routes.device_read, metrics, cors))
+    app.dispatch_devices_to(devices)
     return app
 
 
@@ -124,134 +140,180 @@ def _unheard(_mac: MacAddress) -> None:
 
 
 class _ConfigApp(bottle.Bottle):  # type: ignore[misc]  # bottle has no type hints
-    """A Bottle app that answers successful device reads without Bottle's dispatch.
+    """A Bottle app that hands GET/HEAD of the device routes to their endpoint directly.
 
     Devices poll one route many times a second; Bottle's per-request machinery (binding the
-    thread-local request and response, routing, plugin wrapper, header normalising) measured as
-    more than half of its cost. The fast path answers only the case that needs none of it, a GET
-    or HEAD of a device route that reads fine, and hands everything else to Bottle unchanged. Any
-    change to what Bottle would do (routes, plugins, hooks added later) switches it off for good.
+    thread-local request and response, routing, the plugin wrapper) measured as more than half of
+    its cost. `_DeviceEndpoint` is that route's only implementation; the Bottle routes of the same
+    rules call it too, so it also answers when the app is mounted into a parent Bottle app.
     """
 
-    _fast: FastPath | None = None
+    _devices: _DeviceEndpoint | None = None
 
-    def use_fast_path(self, fast: FastPath | None) -> None:
-        """Answer requests with ``fast`` first (until the app's routes, plugins or hooks change)."""
+    def dispatch_devices_to(self, devices: _DeviceEndpoint) -> None:
+        """Answer device GET/HEAD requests with ``devices`` before Bottle's routing."""
         # Bottle refuses to set an instance attribute twice (its plugin-conflict guard).
-        object.__setattr__(self, "_fast", fast)
+        object.__setattr__(self, "_devices", devices)
 
     def wsgi(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
-        """The WSGI interface: the fast path when it answers, else Bottle's own."""
-        fast = self._fast
-        if fast is not None:
-            body = fast(environ, start_response)
-            if body is not None:
-                return body
+        """The WSGI interface: device reads straight to their endpoint, the rest to Bottle."""
+        devices = self._devices
+        if devices is not None:
+            found = devices.match(environ)
+            if found is not None:
+                return devices.answer(environ, start_response, *found)
         return super().wsgi(environ, start_response)
 
     __call__ = wsgi
 
-    def add_route(self, route: bottle.Route) -> Any:
-        self.use_fast_path(None)
-        return super().add_route(route)
 
-    def install(self, plugin: Any) -> Any:
-        self.use_fast_path(None)
-        return super().install(plugin)
-
-    def uninstall(self, plugin: Any) -> Any:
-        self.use_fast_path(None)
-        return super().uninstall(plugin)
-
-    def add_hook(self, name: str, func: Callable[..., Any]) -> None:
-        self.use_fast_path(None)
-        super().add_hook(name, func)
-
-
-#: The device routes' fixed text around the MAC (the rules `.../<mac>.json` of `ENDPOINTS`).
+#: The device routes' fixed text after the MAC (the rules `.../<mac>.json` of `ENDPOINTS`).
 _DEVICE_SUFFIX = ".json"
+_SUFFIX_LENGTH = len(_DEVICE_SUFFIX)
+# The device answers' constant headers, built once.
+_NO_CACHE = ("Cache-Control", "no-cache")
+_JSON_TYPE = ("Content-Type", JSON)
+_NOSNIFF = ("X-Content-Type-Options", "nosniff")
+_DEVICE_ENDPOINTS = ("raw_config", "device_config")
 
 
-def _device_fast_path(read: DeviceRead, metrics: AppMetrics, cors: CorsPolicy) -> FastPath:
-    """The whole answer to a GET/HEAD of a device route whose read succeeds, as Bottle gives it.
+@attrs.frozen
+class _DeviceRoute:
+    """What differs between the device rules: their metrics and the action errors name."""
 
-    Headers, their order, the status line, metrics and the request id are exactly those of the
-    Bottle route (tests compare the two). A request this does not answer -- another route or
-    method, an Origin while CORS is on, a failed read -- goes to Bottle; a failed read is handed
-    over in the environ, so the route raises it instead of reading again.
+    metrics: RouteMetrics
+    action: str
+
+
+class _DeviceEndpoint:
+    """GET and HEAD of a device document (``/esp32/config/<mac>.json``): a WSGI answer of its own.
+
+    The whole answer is built here: the document or a 304 with its ETag, ``Cache-Control:
+    no-cache``, the request id (also in the logging context while the store is read), the headers
+    every answer carries, metrics, and errors through the same `_error_answer` as every route.
     """
-    prefixes: list[tuple[str, int, Callable[[str, int, float], None]]] = []
-    for endpoint in ENDPOINTS:
-        if endpoint.name in ("raw_config", "device_config"):
-            prefix, suffix = endpoint.rule.split("<mac>")
-            assert suffix == _DEVICE_SUFFIX, endpoint.rule
-            prefixes.append((prefix, len(prefix), metrics.route(endpoint.template).observe))
-    (first, first_len, first_observe), (second, second_len, second_observe) = prefixes
-    cors_on = cors.enabled
-    cors_headers = cors.headers(None)  # what an answer without an Origin header carries
-    cut = -len(_DEVICE_SUFFIX)
-    perf_counter = time.perf_counter
-    set_request_id = current_request_id.set
-    reset_request_id = current_request_id.reset
-    cache_control = (_CACHE_CONTROL_KEY, "no-cache")
-    content_type = (_CONTENT_TYPE_KEY, JSON)
-    nosniff = (NOSNIFF_KEY, "nosniff")
 
-    def fast(environ: dict[str, Any], start_response: StartResponse) -> list[bytes] | None:
+    def __init__(
+        self,
+        read: DeviceRead,
+        metrics: AppMetrics,
+        cors: CorsPolicy,
+        authorize: Authorize | None = None,
+    ) -> None:
+        self._read = read
+        self._authorize = authorize  # device auth (docs/security.md); None when it is off
+        self._cors = cors
+        self._no_origin_cors = cors.headers(None)
+        self._prefixes: list[tuple[str, _DeviceRoute]] = []
+        for endpoint in ENDPOINTS:
+            if endpoint.name in _DEVICE_ENDPOINTS:
+                prefix, suffix = endpoint.rule.split("<mac>")
+                assert suffix == _DEVICE_SUFFIX, endpoint.rule
+                route = _DeviceRoute(metrics.route(endpoint.template), endpoint.action)
+                self._prefixes.append((prefix, route))
+
+    def match(self, environ: dict[str, Any]) -> tuple[str, _DeviceRoute] | None:
+        """The MAC and route metrics of a device GET/HEAD, or None for anything else.
+
+        Matches exactly the paths Bottle's ``<mac>`` (one non-empty segment) would; non-ASCII
+        paths, which Bottle re-decodes, are left to Bottle's routing of the same endpoint.
+        """
         method = environ.get("REQUEST_METHOD")
         if method != "GET" and method != "HEAD":  # noqa: PLR1714 -- cheaper than a set here
             return None
         path: str = environ.get("PATH_INFO") or ""
-        if path.startswith(first):
-            mac, observe = path[first_len:cut], first_observe
-        elif path.startswith(second):
-            mac, observe = path[second_len:cut], second_observe
-        else:
-            return None
-        # Bottle would route only a non-empty segment; non-ASCII paths it re-decodes, so the MAC
-        # it passes could differ from ours: leave those to it.
-        if not mac or "/" in mac or not path.endswith(_DEVICE_SUFFIX) or not path.isascii():
-            return None
-        if cors_on and "HTTP_ORIGIN" in environ:
-            return None
+        for prefix, route in self._prefixes:
+            if path.startswith(prefix):
+                mac = path[len(prefix) : -_SUFFIX_LENGTH]
+                if mac and "/" not in mac and path.endswith(_DEVICE_SUFFIX) and path.isascii():
+                    return mac, route
+                return None
+        return None
+
+    def answer(
+        self,
+        environ: dict[str, Any],
+        start_response: StartResponse,
+        mac: str,
+        route: _DeviceRoute,
+    ) -> list[bytes]:
+        """The WSGI answer to a GET or HEAD of ``mac``'s document."""
         started = perf_counter()
+        method = environ["REQUEST_METHOD"]
         rid = request_id_from_environ(environ)
-        token = set_request_id(rid)
+        origin = environ.get("HTTP_ORIGIN")
+        cors = self._no_origin_cors if origin is None else self._cors.headers(origin)
+        token = current_request_id.set(rid)
         try:
-            doc, etag, not_modified = read(mac, environ.get("HTTP_IF_NONE_MATCH"))
-        except Exception as exc:  # answered by the Bottle route, exactly as if it had read
-            environ[_DEFERRED_KEY] = (mac, exc)
-            environ[_STARTED_KEY] = started
-            return None
-        finally:
-            reset_request_id(token)
-        if not_modified:
-            start_response(
-                "304 Not Modified",
-                [(_ETAG_KEY, etag), cache_control, (REQUEST_ID_KEY, rid), nosniff, *cors_headers],
-            )
-            body = []
-            status = 304
+            if self._authorize is not None:  # before the store: no answer reveals a MAC exists
+                self._authorize(mac, environ)
+            doc, etag, not_modified = self._read(mac, environ.get("HTTP_IF_NONE_MATCH"))
+        except Exception as exc:
+            status_line, headers, body = self._failure(exc, rid, method, route)
         else:
+            if not_modified:
+                start_response(
+                    "304 Not Modified",
+                    [("ETag", etag), _NO_CACHE, (REQUEST_ID_HEADER, rid), _NOSNIFF, *cors],
+                )
+                route.metrics.observe(method, 304, perf_counter() - started)
+                return []
             data = doc.data
             start_response(
                 "200 OK",
                 [
-                    (_ETAG_KEY, etag),
-                    cache_control,
-                    content_type,
-                    (REQUEST_ID_KEY, rid),
-                    nosniff,
-                    *cors_headers,
+                    ("ETag", etag),
+                    _NO_CACHE,
+                    _JSON_TYPE,
+                    (REQUEST_ID_HEADER, rid),
+                    _NOSNIFF,
+                    *cors,
                     ("Content-Length", str(len(data))),
                 ],
             )
-            body = [] if method == "HEAD" else [data]
-            status = 200
-        observe(method, status, perf_counter() - started)
-        return body
+            route.metrics.observe(method, 200, perf_counter() - started)
+            return [] if method == "HEAD" else [data]
+        finally:
+            current_request_id.reset(token)
+        headers += [(REQUEST_ID_HEADER, rid), _NOSNIFF, *cors]
+        headers.append(("Content-Length", str(len(body))))
+        start_response(status_line, headers)
+        route.metrics.observe(method, int(status_line[:3]), perf_counter() - started)
+        return [] if method == "HEAD" else [body]
 
-    return fast
+    @staticmethod
+    def _failure(
+        exc: Exception, rid: str, method: str, route: _DeviceRoute
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        answer = bottle.BaseResponse()
+        body = _failure_answer(
+            answer, exc, rid, method=method, template=route.metrics.template, action=route.action
+        )
+        return answer.status_line, list(answer.headerlist), body
+
+    def route_of(self, rule: str) -> _DeviceRoute:
+        """The route of a device rule (``/esp32/config/<mac>.json``)."""
+        prefix = rule.split("<mac>", maxsplit=1)[0]
+        return next(route for known, route in self._prefixes if known == prefix)
+
+    def route_callback(self, route: _DeviceRoute) -> Handler:
+        """The Bottle callback of a device rule: the same answer, for a parent app that mounts ours.
+
+        Installed with every plugin skipped: this answer carries its own request id, headers and
+        metrics.
+        """
+
+        def device(mac: str) -> bottle.HTTPResponse:
+            started: list[tuple[str, list[tuple[str, str]]]] = []
+
+            def start_response(status: str, headers: list[tuple[str, str]]) -> None:
+                started.append((status, headers))
+
+            body = b"".join(self.answer(bottle.request.environ, start_response, mac, route))
+            status, headers = started[0]
+            return bottle.HTTPResponse(body, int(status[:3]), headers)
+
+        return device
 
 
 def _options_endpoint(rule: str) -> Endpoint:
@@ -271,33 +333,59 @@ def _options_endpoint(rule: str) -> Endpoint:
 def _common_headers(
     resp: bottle.BaseResponse, rid: str, cors: CorsPolicy, origin: str | None
 ) -> None:
-    # Straight into Bottle's normalized header dict: set_header re-validates constant values on
-    # every call, a measurable share of the device hot path (the request id is already sanitized).
-    headers = resp._headers  # noqa: SLF001
-    headers[REQUEST_ID_KEY] = [rid]
-    headers[NOSNIFF_KEY] = ["nosniff"]  # fresh lists: Bottle's add_header appends in place
+    resp.set_header(REQUEST_ID_HEADER, rid)
+    resp.set_header("X-Content-Type-Options", "nosniff")
     if cors.enabled:
         for name, value in cors.headers(origin):
             resp.set_header(name, value)
 
 
-def _error_answer(resp: bottle.BaseResponse, error: ConfigError | ApiError, rid: str) -> bytes:
-    """Turn a typed error into its status and JSON body (headers of a half-done answer dropped)."""
-    mapped = http_error_for(error)
-    resp.status = mapped.status
+def _error_answer(
+    resp: bottle.BaseResponse, error: ConfigError | ApiError, rid: str, action: str = ""
+) -> bytes:
+    """Turn a typed error into its status, headers and JSON body (a half-done answer's dropped).
+
+    ``action`` is the route's `Endpoint.action`, for the message's "Cannot <action> because".
+    """
+    rule = http_error_for(error)
+    resp.status = rule.status
     for name in ("ETag", "Cache-Control", "Content-Length"):
         if name in resp:
             del resp[name]
     resp.content_type = JSON
-    if mapped.status == 401:
-        resp.set_header("WWW-Authenticate", 'Bearer realm="iot-config"')
-    if mapped.status == 503:
-        resp.set_header("Retry-After", "1")
-    return error_body_bytes(error.message, mapped.wire_code, error.details, rid)
+    for name, value in rule.headers:
+        resp.set_header(name, value)
+    return error_body_bytes(user_message(error, action), rule, error.details, rid)
 
 
-def _internal_error(resp: bottle.BaseResponse, rid: str) -> bytes:
-    return _error_answer(resp, ApiError("INTERNAL_ERROR", "internal server error"), rid)
+def _internal_error() -> ApiError:
+    return ApiError(
+        ApiErrorCode.INTERNAL_ERROR,
+        "an unexpected error happened in the server (the correlationId identifies it in the log)",
+    )
+
+
+def _failure_answer(
+    resp: bottle.BaseResponse,
+    exc: Exception,
+    rid: str,
+    *,
+    method: str,
+    template: str,
+    action: str,
+) -> bytes:
+    """The answer to a request whose handler raised ``exc``, logged as what it is.
+
+    A typed error is answered by its code (an outage, a 5xx, is logged without a traceback); any
+    other exception is a bug: logged with its traceback and answered as a bare JSON 500.
+    """
+    if isinstance(exc, ConfigError | ApiError):
+        body = _error_answer(resp, exc, rid, action)
+        if resp.status_code >= 500:
+            log.error("%s %s failed: %s", method, template, exc)
+        return body
+    log.error("unexpected error in %s %s", method, template, exc_info=exc)
+    return _error_answer(resp, _internal_error(), rid, action)
 
 
 class _RequestPlugin:
@@ -318,6 +406,7 @@ class _RequestPlugin:
         template = route.rule if endpoint is None else endpoint.template
         observe = self._metrics.route(template).observe
         admin = endpoint is not None and endpoint.admin
+        action = "" if endpoint is None else endpoint.action
         check_auth = self._auth.check if admin and self._auth.enabled else None
         cors = self._cors
         request = bottle.request
@@ -326,7 +415,7 @@ class _RequestPlugin:
 
         def wrapper(**kwargs: Any) -> Any:
             environ = request.environ
-            started = environ.pop(_STARTED_KEY, None) or perf_counter()
+            started = perf_counter()
             rid = request_id_from_environ(environ)
             token = current_request_id.set(rid)
             status = 0
@@ -335,21 +424,21 @@ class _RequestPlugin:
                     if check_auth is not None:
                         check_auth(environ.get("HTTP_AUTHORIZATION"))
                     body = callback(**kwargs)
-                except (ConfigError, ApiError) as exc:
-                    body = _error_answer(response, exc, rid)
-                    if response.status_code >= 500:  # an outage, not a bug: no traceback
-                        log.error(  # noqa: TRY400
-                            "%s %s failed: %s", environ["REQUEST_METHOD"], template, exc
-                        )
                 except bottle.HTTPError as exc:  # bottle.abort() in a route added to the app
                     status = exc.status_code
                     raise  # answered as JSON by _route_error
                 except bottle.HTTPResponse as answer:  # e.g. bottle.redirect()
                     answer.apply(response)
                     body = answer.body
-                except Exception:  # the error boundary: log it, answer a bare JSON 500
-                    log.exception("unexpected error in %s %s", environ["REQUEST_METHOD"], template)
-                    body = _internal_error(response, rid)
+                except Exception as exc:  # typed errors by their code, anything else a bare 500
+                    body = _failure_answer(
+                        response,
+                        exc,
+                        rid,
+                        method=environ["REQUEST_METHOD"],
+                        template=template,
+                        action=action,
+                    )
                 _common_headers(response, rid, cors, environ.get("HTTP_ORIGIN"))
                 return body
             finally:
@@ -373,23 +462,28 @@ def _route_error(error: bottle.HTTPError, cors: CorsPolicy, unmatched: Any) -> b
             allow.add("HEAD")
         response.set_header("Allow", ", ".join(sorted(allow)))
         api_error = ApiError(
-            "METHOD_NOT_ALLOWED",
-            f"method {environ.get('REQUEST_METHOD')} not allowed here",
+            ApiErrorCode.METHOD_NOT_ALLOWED,
+            f"method {environ.get('REQUEST_METHOD', '')[:20]} is not allowed here "
+            f"(allowed: {', '.join(sorted(allow))})",
             allowed=sorted(allow),
         )
     elif status == 404:
+        path = environ.get("PATH_INFO", "")[:200]
         api_error = ApiError(
-            "ROUTE_NOT_FOUND", "no such route", path=environ.get("PATH_INFO", "")[:200]
+            ApiErrorCode.ROUTE_NOT_FOUND, f"there is no API route at {path!r}", path=path
         )
     elif status == 400:
-        api_error = ApiError("BAD_REQUEST", str(error.body)[:200])
+        api_error = ApiError(
+            ApiErrorCode.BAD_REQUEST,
+            f"the request is malformed ({str(error.body)[:200]})",
+        )
     else:
         token = current_request_id.set(rid)
         try:
             log.error("unhandled error", exc_info=error.exception)
         finally:
             current_request_id.reset(token)
-        api_error = ApiError("INTERNAL_ERROR", "internal server error")
+        api_error = _internal_error()
     body = _error_answer(response, api_error, rid)
     _common_headers(response, rid, cors, environ.get("HTTP_ORIGIN"))
     if "bottle.route" not in environ:  # errors raised inside a route were counted by the plugin
@@ -425,7 +519,11 @@ def _parse_condition(value: str, header: str) -> ETagCondition:
     try:
         return ETagCondition.parse(value)
     except InvalidETagError as exc:
-        raise ApiError("INVALID_HEADER", f"{header}: {exc.message}", header=header) from None
+        raise ApiError(
+            ApiErrorCode.INVALID_HEADER,
+            f"the {header} header is malformed ({exc.message})",
+            header=header,
+        ) from None
 
 
 def _condition(environ: dict[str, Any], key: str, header: str) -> ETagCondition | None:
@@ -477,14 +575,9 @@ class _Routes:
         self._openapi = openapi.OpenApiCache()
         self._docs = docs.DocsAssets()
         self.device_read = self._device_read()
-        self.raw_config = self._raw_handler()
-        self.device_config = self.raw_config
 
     def _device_read(self) -> DeviceRead:
-        """The device hot path: one cached stat-validated read, counted, and its 304 decision.
-
-        Shared by the Bottle route and the fast path in front of it, so both answer alike.
-        """
+        """The device hot path: one cached stat-validated read, counted, and its 304 decision."""
         get_raw = self._store.get_raw
         op = self._ops["get_raw"]
         ok = op.ok
@@ -512,31 +605,9 @@ class _Routes:
 
         return read
 
-    def _raw_handler(self) -> Handler:
-        read = self.device_read
-        request = bottle.request
-        response = bottle.response
-
-        def raw_config(mac: str) -> bytes:
-            environ = request.environ
-            deferred = environ.pop(_DEFERRED_KEY, None)
-            if deferred is not None and deferred[0] == mac:
-                raise deferred[1]  # the fast path's read of this very request failed
-            doc, etag, not_modified = read(mac, environ.get("HTTP_IF_NONE_MATCH"))
-            headers = response._headers  # noqa: SLF001 (see _common_headers)
-            headers[_ETAG_KEY] = [etag]
-            headers[_CACHE_CONTROL_KEY] = ["no-cache"]
-            headers[_CONTENT_TYPE_KEY] = [JSON]
-            if not_modified:
-                response.status = 304
-                return b""
-            return doc.data
-
-        return raw_config
-
-    def _operate(self, name: str, action: Callable[[], Any]) -> Any:
+    def _operate(self, name: str, action: Callable[[], Any], *, write: bool = False) -> Any:
         op = self._ops[name]
-        self._gate.enter()
+        self._gate.enter(write=write)
         try:
             result = action()
         except ConfigError as exc:
@@ -575,6 +646,7 @@ class _Routes:
                 if_none_match=if_none_match,
                 create_only=not put.allow_overwrite,
             ),
+            write=True,
         )
         log.info("stored config %s (etag %s)", stored.mac_address, stored.etag)
         self._on_change(stored.mac_address)
@@ -584,7 +656,7 @@ class _Routes:
         environ = bottle.request.environ
         address = MacAddress.parse(mac)
         if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
-        self._operate("delete", lambda: self._store.delete(address, if_match=if_match))
+        self._operate("delete", lambda: self._store.delete(address, if_match=if_match), write=True)
         log.info("deleted config %s", address)
         self._on_change(address)
         bottle.response.status = 204
@@ -626,8 +698,14 @@ class _Routes:
         bottle.response.content_type = JSON
         return self._openapi.document(_base_path(self._app, bottle.request.environ))
 
+    def openapi_at_docs(self) -> bytes:
+        return self.openapi()
+
     def docs(self) -> bytes:
         return self._docs.page(bottle.response)
+
+    def docs_slash(self) -> bytes:
+        return self._docs.page(bottle.response, trailing_slash=True)
 
     def docs_asset(self, name: str) -> bytes:
         return self._docs.asset(name, bottle.response)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from .http_errors import ApiError
+from .http_errors import ApiError, ApiErrorCode
 
 __all__ = ["BearerAuth"]
 
@@ -32,16 +32,22 @@ class BearerAuth:
         if not self._tokens:
             return
         if not authorization:
-            raise ApiError("UNAUTHORIZED", "this route requires an admin bearer token")
+            raise ApiError(ApiErrorCode.UNAUTHORIZED, "this route requires an admin bearer token")
         scheme, _, credentials = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
-            raise ApiError("UNAUTHORIZED", "Authorization must be 'Bearer <token>'")
+            raise ApiError(
+                ApiErrorCode.UNAUTHORIZED, "the Authorization header must be 'Bearer <token>'"
+            )
+        if not self.accepts(credentials.strip()):
+            raise ApiError(ApiErrorCode.UNAUTHORIZED, "the admin token is not valid")
+
+    def accepts(self, credentials: str) -> bool:
+        """Whether ``credentials`` is one of the tokens (always ``False`` when none is set)."""
         try:
-            presented = credentials.strip().encode("ascii")
+            presented = credentials.encode("ascii")
         except UnicodeEncodeError:
             presented = b""
         matched = False
         for token in self._tokens:
             matched |= hmac.compare_digest(presented, token)
-        if not matched:
-            raise ApiError("UNAUTHORIZED", "invalid admin token")
+        return matched

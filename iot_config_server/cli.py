@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,23 +27,29 @@ from iot_config_core import (
     ConfigError,
     ConfigStore,
     ConfigSummary,
+    CorruptDocumentError,
     DocumentLimits,
-    DocumentTooLargeError,
-    InvalidDocumentError,
-    InvalidETagError,
     InvalidMacError,
     MacAddress,
     NotFoundError,
     PreconditionFailedError,
     StoreUnavailableError,
-    UnsupportedStoreError,
-    compute_etag,
+    __version__,
     decode_document,
     encode_document,
     open_store,
 )
+from iot_config_core.device_tokens import (
+    DeviceKeyring,
+    DeviceSecretError,
+    RevocationList,
+    load_keyring,
+    new_secret_line,
+)
+from iot_config_core.legacy import Checked, FileReport, LegacyDirectory, Outcome, read_document
 from iot_config_core.posix_backend import sync_directory, write_file_atomically
 from iot_config_core.wire import summary_to_wire
+from iot_config_server.http_errors import ExitStatus, exit_status_for  # no Bottle either
 from iot_config_server.settings import Settings, SettingsError  # plain attrs: no Bottle
 
 __all__ = [
@@ -51,19 +57,18 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
+    "FileError",
     "UsageError",
     "build_parser",
     "main",
 ]
 
 PROG = "iot-config"
-EXIT_OK = 0
-#: A document, a precondition or a lookup failed: not found, stale ETag, exists, invalid, corrupt.
-EXIT_FAILED = 1
-#: The command line itself was wrong (argparse uses 2 as well).
-EXIT_USAGE = 2
-#: The store could not be reached or failed; retrying later may succeed.
-EXIT_UNAVAILABLE = 3
+# One table decides the exit status of each error code (`http_errors.ERROR_TABLE`).
+EXIT_OK = int(ExitStatus.OK)
+EXIT_FAILED = int(ExitStatus.FAILED)
+EXIT_USAGE = int(ExitStatus.USAGE)
+EXIT_UNAVAILABLE = int(ExitStatus.UNAVAILABLE)
 
 
 EXIT_STATUS_HELP = """\
@@ -71,15 +76,43 @@ exit status:
   0  success
   1  validation or precondition failure: invalid document, config not found, ETag mismatch
      (--if-match), config already exists (--create-only), corrupt stored file, import rejections
-  2  usage error: bad option, bad MAC or ETag spelling, unreadable input file, unsupported URL
-  3  store unavailable: missing store root, I/O error, unreachable object store
+  2  usage error: bad option, bad MAC or ETag spelling, unreadable input file, export target
+     that is not a directory, unsupported URL
+  3  store unavailable: missing store root, I/O error (also writing export files), unreachable
+     object store"""
 
+STORE_HELP = """\
 The store is --store, else $IOT_CONFIG_STORE, else $ESP32_CONFIGS_DIR, else ./iot-configs
 (exactly what `iot-config serve` uses)."""
 
 
 class UsageError(Exception):
-    """The command line asked for something impossible (unreadable input, bad value)."""
+    """The command line asked for something impossible (a bad value, a missing file)."""
+
+    code = "USAGE_ERROR"
+
+
+class FileError(UsageError):
+    """A local file or directory the command reads or writes is not what it needs.
+
+    Usage (exit 2) when a given path is wrong (missing, a file where a directory is expected);
+    ``unavailable`` (exit 3) when writing failed underneath (a full disk, an I/O error).
+    """
+
+    code = "FILE_ERROR"
+
+    def __init__(self, message: str, *, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+
+    @classmethod
+    def reading(cls, path: str, exc: OSError, expected: str) -> FileError:
+        """An input path that could not be read, saying what was expected there."""
+        if isinstance(exc, IsADirectoryError):
+            return cls(f"{path}: is a directory, expected {expected}")
+        if isinstance(exc, NotADirectoryError):
+            return cls(f"{path}: not a directory, expected {expected}")
+        return cls(f"{path}: {exc.strerror or exc}")
 
 
 # -- where the store is ---------------------------------------------------------------------------
@@ -91,6 +124,19 @@ def _env_settings(environ: Mapping[str, str]) -> Settings:
         return Settings.from_env(environ)
     except SettingsError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _store_url(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (leave the option out for the default)")
+    return text
+
+
+def _mac(text: str) -> MacAddress:
+    try:
+        return MacAddress.parse(text)
+    except InvalidMacError as exc:  # argparse's error then comes with the subcommand's usage
+        raise argparse.ArgumentTypeError(f"{exc.message} [{exc.code}]") from None
 
 
 def _positive_int(text: str) -> int:
@@ -115,13 +161,29 @@ def _positive_float(text: str) -> float:
 
 @attrs.frozen
 class _Context:
-    """What every subcommand needs: where the store is, its limits, and the server's settings."""
+    """What every subcommand needs: the server's settings, with the command line's store and limit.
 
-    store_url: str
-    limits: DocumentLimits
+    Stores are opened with the settings' limits but never created unasked: unlike ``serve``
+    (`Settings.open_store`), no subcommand creates even the default ``./iot-configs``, so a
+    command run in the wrong directory fails instead of answering from a new, empty fleet.
+    """
+
     settings: Settings
 
+    @property
+    def store_url(self) -> str:
+        return self.settings.store_url
+
+    @property
+    def limits(self) -> DocumentLimits:
+        return self.settings.document_limits
+
     def open(self, *, create: bool = False) -> ConfigStore:
+        if self.store_url.startswith("memory://"):
+            _err(
+                f"{PROG}: note: {self.store_url} is in this process only: nothing is kept "
+                "after the command ends"
+            )
         return open_store(self.store_url, create=create, limits=self.limits)
 
 
@@ -142,10 +204,19 @@ def _write_bytes(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-def _describe(exc: ConfigError) -> str:
-    """One line: the message, the current ETag when a precondition failed, the stable code."""
-    current = exc.details.get("current_etag")
-    if isinstance(exc, PreconditionFailedError | AlreadyExistsError) and current is not None:
+def _describe(exc: ConfigError | UsageError) -> str:
+    """One line: the message, the stored ETag where it lets a retry succeed, the stable code.
+
+    A corrupt stored document shows its ETag too: ``put --if-match`` with it repairs the file.
+    """
+    if isinstance(exc, UsageError):
+        return f"{exc} [{exc.code}]"
+    current = None
+    if isinstance(exc, PreconditionFailedError | AlreadyExistsError):
+        current = exc.details.get("current_etag")
+    elif isinstance(exc, CorruptDocumentError):
+        current = exc.details.get("etag")
+    if current is not None:
         return f"{exc.message} (current ETag {current}) [{exc.code}]"
     return f"{exc.message} [{exc.code}]"
 
@@ -202,29 +273,17 @@ class _Progress:
 # -- documents from files -------------------------------------------------------------------------
 
 
-def _read_input(path: str, limit: int) -> bytes:
-    """At most ``limit + 1`` bytes of a file or stdin: an oversized file is never loaded whole."""
+def _read_input(path: str, limits: DocumentLimits) -> bytes:
+    """A document from a file or stdin (``-``), never loading an oversized one whole."""
     if path == "-":
-        data = sys.stdin.buffer.read(limit + 1)
-        size = None
-    else:
-        try:
-            with open(path, "rb") as stream:
-                data = stream.read(limit + 1)
-                size = os.fstat(stream.fileno()).st_size
-        except IsADirectoryError:
-            raise UsageError(f"{path}: is a directory") from None
-        except OSError as exc:
-            raise UsageError(f"{path}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        shown = f"{size} bytes" if size is not None and size > limit else f"over {limit} bytes"
-        raise DocumentTooLargeError(
-            f"document of {shown} exceeds the limit of {limit} bytes",
-            reason="too_large",
-            size=size,
-            limit=limit,
-        )
-    return data
+        if sys.stdin.isatty():
+            _err(f"{PROG}: reading the document from standard input (end it with Ctrl-D)")
+        return read_document(sys.stdin.buffer, limits)
+    try:
+        with open(path, "rb") as stream:
+            return read_document(stream, limits)
+    except OSError as exc:
+        raise FileError.reading(path, exc, "a JSON document file") from None
 
 
 def _validated(data: bytes, limits: DocumentLimits) -> tuple[dict[str, Any], bytes]:
@@ -237,14 +296,11 @@ def _validated(data: bytes, limits: DocumentLimits) -> tuple[dict[str, Any], byt
     return content, encode_document(content, limits)
 
 
-def _directory_files(path: str) -> list[str]:
-    """Regular, non-hidden files of a directory, sorted (hidden: .locks/, editor temp files)."""
+def _legacy_directory(path: str) -> LegacyDirectory:
     try:
-        with os.scandir(path) as it:
-            names = [item.name for item in it if not item.name.startswith(".") and item.is_file()]
+        return LegacyDirectory.open(path)
     except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror or exc}") from None
-    return sorted(names)
+        raise FileError.reading(path, exc, "a directory of <mac>.json files") from None
 
 
 # -- subcommands ----------------------------------------------------------------------------------
@@ -295,8 +351,8 @@ def cmd_get(ctx: _Context, args: argparse.Namespace) -> int:
 
 def cmd_put(ctx: _Context, args: argparse.Namespace) -> int:
     """Validate a document and store it; print the new ETag."""
-    mac = MacAddress.parse(args.mac)
-    content, _ = _validated(_read_input(args.file, ctx.limits.max_bytes), ctx.limits)
+    mac: MacAddress = args.mac
+    content, _ = _validated(_read_input(args.file, ctx.limits), ctx.limits)
     store = ctx.open(create=args.create_store)
     stored = store.put(mac, content, if_match=args.if_match, create_only=args.create_only)
     _out(stored.etag)
@@ -305,7 +361,7 @@ def cmd_put(ctx: _Context, args: argparse.Namespace) -> int:
 
 def cmd_delete(ctx: _Context, args: argparse.Namespace) -> int:
     """Delete one config, optionally only at a known version."""
-    mac = MacAddress.parse(args.mac)
+    mac: MacAddress = args.mac
     ctx.open().delete(mac, if_match=args.if_match)
     _err(f"deleted {mac}")
     return EXIT_OK
@@ -316,127 +372,61 @@ class _ImportReport:
     """What happened to each file of an import, in the order the files were seen."""
 
     dry_run: bool
-    imported: list[str] = attrs.Factory(list)
-    unchanged: list[str] = attrs.Factory(list)
-    skipped: list[tuple[str, str]] = attrs.Factory(list)
-    rejected: list[tuple[str, str, str]] = attrs.Factory(list)
+    files: list[FileReport] = attrs.Factory(list)
+
+    def named(self, outcome: Outcome) -> list[FileReport]:
+        return [f for f in self.files if f.outcome is outcome]
 
     def as_json(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
-            "imported": self.imported,
-            "unchanged": self.unchanged,
-            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
-            "rejected": [{"file": f, "reason": r, "code": c} for f, r, c in self.rejected],
+            "imported": [f.file for f in self.named(Outcome.IMPORTED)],
+            "unchanged": [f.file for f in self.named(Outcome.UNCHANGED)],
+            "skipped": [{"file": f.file, "reason": f.reason} for f in self.named(Outcome.SKIPPED)],
+            "rejected": [
+                {"file": f.file, "reason": f.reason, "code": f.code}
+                for f in self.named(Outcome.REJECTED)
+            ],
         }
 
     def print_text(self) -> None:
-        for name, reason in self.skipped:
-            _out(f"skipped   {name}: {reason}")
-        for name, reason, code in self.rejected:
-            _out(f"rejected  {name}: {reason} [{code}]")
+        for f in self.named(Outcome.SKIPPED):
+            _out(f"skipped   {f.file}: {f.reason}")
+        for f in self.named(Outcome.REJECTED):
+            _out(f"rejected  {f.file}: {f.reason} [{f.code}]")
+        counts = {outcome: len(self.named(outcome)) for outcome in Outcome}
         verb = "would import" if self.dry_run else "imported"
         _out(
-            f"{'dry run, nothing written: ' if self.dry_run else ''}{verb} {len(self.imported)}, "
-            f"unchanged {len(self.unchanged)}, skipped {len(self.skipped)}, "
-            f"rejected {len(self.rejected)}"
+            f"{'dry run, nothing written: ' if self.dry_run else ''}{verb} "
+            f"{counts[Outcome.IMPORTED]}, unchanged {counts[Outcome.UNCHANGED]}, "
+            f"skipped {counts[Outcome.SKIPPED]}, rejected {counts[Outcome.REJECTED]}"
         )
 
 
-def _import_one(
-    store: ConfigStore,
-    mac: MacAddress,
-    data: bytes,
-    *,
-    overwrite: bool,
-    dry_run: bool,
-) -> tuple[str, str]:
-    """Import one document; returns ``(outcome, reason)``. Invalid content raises."""
-    content, encoded = _validated(data, store.limits)
-    current = store.etag(mac)
-    if current == compute_etag(encoded):
-        return "unchanged", ""
-    if current is not None and not overwrite:
-        return "skipped", f"a config for {mac} exists (use --overwrite to replace it)"
-    if dry_run:
-        return "imported", ""
-    try:
-        # Conditional on what was just compared, so an edit made meanwhile is never overwritten.
-        if current is None:
-            store.put(mac, content, create_only=True)
-        else:
-            store.put(mac, content, if_match=current)
-    except (PreconditionFailedError, AlreadyExistsError):
-        return "skipped", f"the config for {mac} changed during the import; re-run to retry"
-    return "imported", ""
-
-
-def _importable_names(names: list[str], report: _ImportReport) -> dict[str, MacAddress]:
-    """File name -> MAC for every importable name; the others are rejected in ``report``."""
-    macs: dict[str, MacAddress] = {}
-    by_mac: dict[MacAddress, list[str]] = {}
-    for name in names:
-        try:
-            macs[name] = MacAddress.from_legacy_file_name(name)
-        except InvalidMacError as exc:
-            report.rejected.append((name, exc.message, exc.code))
-            continue
-        by_mac.setdefault(macs[name], []).append(name)
-    for mac, spellings in by_mac.items():
-        if len(spellings) > 1:  # which one should win is a guess; refuse to guess
-            for name in spellings:
-                others = ", ".join(n for n in spellings if n != name)
-                report.rejected.append((name, f"same MAC {mac} as {others}", "DUPLICATE_MAC"))
-                del macs[name]
-    return macs
-
-
 def cmd_import(ctx: _Context, args: argparse.Namespace) -> int:
-    """Import every ``<mac>.json`` of a directory; one bad file never stops the rest."""
-    names = _directory_files(args.directory)
+    """Import a directory of ``<mac>.json`` files under the library's one import policy."""
+    directory = _legacy_directory(args.directory)
     store = ctx.open(create=args.create_store and not args.dry_run)
-    # Fail before the first file, not after it: a dry run needs a readable store, a real import
-    # a writable one.
-    if args.dry_run:
-        store.listing()
-    else:
-        store.check()
     report = _ImportReport(dry_run=args.dry_run)
-    macs = _importable_names(names, report)
-    progress = _Progress(len(macs), "importing")
+    progress = _Progress(len(directory.names), "importing")
     try:
-        for done, (name, mac) in enumerate(sorted(macs.items()), start=1):
+        for done, outcome in enumerate(
+            directory.import_into(store, overwrite=args.overwrite, dry_run=args.dry_run), start=1
+        ):
             progress.update(done)
-            path = os.path.join(args.directory, name)
-            try:
-                data = _read_input(path, store.limits.max_bytes)
-                outcome, reason = _import_one(
-                    store, mac, data, overwrite=args.overwrite, dry_run=args.dry_run
-                )
-            except UsageError as exc:  # unreadable file: report it, carry on
-                report.rejected.append((name, str(exc), "UNREADABLE"))
-                continue
-            except InvalidDocumentError as exc:
-                report.rejected.append((name, exc.message, exc.code))
-                continue
-            if outcome == "imported":
-                report.imported.append(name)
-            elif outcome == "unchanged":
-                report.unchanged.append(name)
-            else:
-                report.skipped.append((name, reason))
+            report.files.append(outcome)
     except StoreUnavailableError:
         progress.close()
-        _out("import interrupted; files before the failure were handled as reported:")
-        report.print_text()
+        if report.files:
+            _out("import interrupted; files before the failure were handled as reported:")
+            report.print_text()
         raise
     progress.close()
-    report.rejected.sort()
     if args.json:
         _out(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
     else:
         report.print_text()
-    return EXIT_FAILED if report.rejected else EXIT_OK
+    return EXIT_FAILED if report.named(Outcome.REJECTED) else EXIT_OK
 
 
 def cmd_export(ctx: _Context, args: argparse.Namespace) -> int:
@@ -445,8 +435,13 @@ def cmd_export(ctx: _Context, args: argparse.Namespace) -> int:
     listing = store.listing()
     try:
         os.makedirs(args.directory, exist_ok=True)
+    except FileExistsError:  # makedirs says "File exists" for a file in the way: say what is
+        raise FileError(
+            f"{args.directory}: not a directory (export writes one file per config "
+            "into a directory)"
+        ) from None
     except OSError as exc:
-        raise UsageError(f"{args.directory}: {exc.strerror or exc}") from None
+        raise FileError.reading(args.directory, exc, "a directory") from None
     written = unchanged = 0
     corrupt: list[str] = []
     progress = _Progress(len(listing.summaries), "exporting")
@@ -468,7 +463,14 @@ def cmd_export(ctx: _Context, args: argparse.Namespace) -> int:
             if existing.read(raw.size + 1) == raw.data:
                 unchanged += 1
                 continue
-        write_file_atomically(args.directory, mac.file_name, raw.data, sync=False)
+        try:
+            write_file_atomically(args.directory, mac.file_name, raw.data, sync=False)
+        except OSError as exc:
+            progress.close()
+            raise FileError(
+                f"cannot write {target}: {exc.strerror or exc} ({written} written before it)",
+                unavailable=True,
+            ) from exc
         written += 1
     progress.close()
     sync_directory(args.directory)
@@ -486,41 +488,46 @@ def cmd_export(ctx: _Context, args: argparse.Namespace) -> int:
     return EXIT_FAILED if corrupt else EXIT_OK
 
 
-def _validate_file(path: str, limits: DocumentLimits, *, check_name: bool) -> str | None:
-    """Why ``path`` would be refused by the store, or ``None`` when it is acceptable."""
+def _check_file(path: str, limits: DocumentLimits) -> FileReport | None:
+    """Why a single document file would be refused (its content only), or ``None``."""
     try:
-        if check_name:
-            MacAddress.from_legacy_file_name(os.path.basename(path))
-        _validated(_read_input(path, limits.max_bytes), limits)
+        _validated(_read_input(path, limits), limits)
+    except UsageError as exc:
+        return FileReport(path, Outcome.REJECTED, reason=str(exc), code=exc.code)
     except ConfigError as exc:
-        return _describe(exc)
+        return FileReport(path, Outcome.REJECTED, reason=exc.message, code=exc.code)
     return None
 
 
 def cmd_validate(ctx: _Context, args: argparse.Namespace) -> int:
-    """Check files (content) and directories (every ``*.json``: content and name); no store."""
-    files: list[tuple[str, bool]] = []
+    """Check document files, and directories exactly as ``import`` would; needs no store."""
+    valid = invalid = 0
     for path in args.paths:
+        items: Iterable[tuple[str, Checked | FileReport | None]]
         if os.path.isdir(path):
-            files.extend(
-                (os.path.join(path, name), True)
-                for name in _directory_files(path)
-                if name.lower().endswith(".json")
+            items = (
+                (os.path.join(path, item.file), item)
+                for item in _legacy_directory(path).check(ctx.limits)
             )
         elif os.path.exists(path) or path == "-":
-            files.append((path, False))
+            items = [(path, _check_file(path, ctx.limits))]
         else:
-            raise UsageError(f"{path}: no such file or directory")
-    invalid = 0
-    for path, check_name in files:
-        problem = _validate_file(path, ctx.limits, check_name=check_name)
-        if problem is None:
-            if args.verbose:
-                _out(f"ok       {path}")
-        else:
-            invalid += 1
-            _out(f"invalid  {path}: {problem}")
-    _out(f"{len(files) - invalid} valid, {invalid} invalid")
+            raise FileError(f"{path}: no such file or directory")
+        for shown, item in items:
+            if isinstance(item, FileReport):
+                invalid += 1
+                _out(f"invalid  {shown}: {item.reason} [{item.code}]")
+                continue
+            valid += 1
+            if isinstance(item, Checked) and item.legacy_name:
+                # Copied into a store by hand, such a file is skipped and its device gets 404.
+                _out(
+                    f"legacy   {shown}: a store serves it only as {item.mac.file_name} "
+                    f"(`{PROG} import` stores it under that name)"
+                )
+            elif args.verbose:
+                _out(f"ok       {shown}")
+    _out(f"{valid} valid, {invalid} invalid")
     return EXIT_FAILED if invalid else EXIT_OK
 
 
@@ -545,18 +552,10 @@ def cmd_watch(ctx: _Context, args: argparse.Namespace) -> int:
 
 def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
     """Run the HTTP server in the foreground until SIGTERM (the only subcommand needing Bottle)."""
-    overrides: dict[str, Any] = {"store_url": ctx.store_url}
-    for option in ("host", "port", "threads", "workers", "log_level", "log_format"):
-        value = getattr(args, option)
-        if value is not None:
-            overrides[option] = value
-    if args.max_document_bytes is not None:
-        overrides["max_document_bytes"] = args.max_document_bytes
-    try:
-        settings = attrs.evolve(ctx.settings, **overrides)
-    except SettingsError as exc:
-        raise UsageError(str(exc)) from None
-    missing_extra = "serve needs the server extra (pip install 'iot-config[server]')"
+    options = ("host", "port", "threads", "workers", "log_level", "log_format")
+    overrides = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
+    settings = _evolve(ctx.settings, overrides)
+    missing_extra = "serve needs the server extra (in a checkout: pip install '.[server]')"
     try:
         # Imported here, not at the top, so every other subcommand works without Bottle.
         import iot_config_server.app  # noqa: F401, PLC0415 -- fail early, before anything binds
@@ -569,19 +568,61 @@ def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
         raise UsageError(f"{missing_extra}: {exc}") from exc
 
 
+def cmd_device_token(ctx: _Context, args: argparse.Namespace) -> int:
+    """Print a device's token, revoke or re-admit it, list revocations, or make a new secret."""
+    path = args.secret_file or ctx.settings.device_secret_file
+    # `--new-secret > FILE` runs with FILE already created empty by the shell: that is version 0.
+    try:
+        keyring: DeviceKeyring | None = (
+            None
+            if path is None or (args.new_secret and _is_empty_or_missing(path))
+            else load_keyring(path)
+        )
+    except DeviceSecretError as exc:
+        raise UsageError(f"{exc.message} [{exc.code}]") from None
+    if args.new_secret:
+        newest = 0 if keyring is None else keyring.newest
+        _out(new_secret_line(args.key_version or newest + 1))
+        return EXIT_OK
+    if args.list_revoked:
+        for entry in RevocationList(ctx.open().backend).entries():
+            _out(f"{entry.mac_address}  through v{entry.through_version}  {entry.revoked_at}")
+        return EXIT_OK
+    if args.mac is None:
+        raise UsageError("device-token needs a MAC (or --new-secret, --list-revoked)")
+    mac = MacAddress.parse(args.mac)
+    if args.unrevoke:
+        if RevocationList(ctx.open().backend).unrevoke(mac):
+            _out(f"{mac}: revocation removed")
+        else:
+            _out(f"{mac}: was not revoked")
+        return EXIT_OK
+    if keyring is None:
+        raise UsageError("no device secret: set IOT_CONFIG_DEVICE_SECRET_FILE or --secret-file")
+    if args.revoke:
+        through = args.key_version or keyring.newest
+        RevocationList(ctx.open().backend).revoke(mac, through)
+        _out(f"{mac}: tokens up to key version v{through} revoked")
+        return EXIT_OK
+    _out(keyring.token(mac, args.key_version))
+    return EXIT_OK
+
+
 # -- parser ---------------------------------------------------------------------------------------
 
 
-def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool, store: bool) -> None:
     """Options accepted before or after the subcommand (``--store`` X list = list --store X)."""
     default: Any = argparse.SUPPRESS if suppress else None
-    parser.add_argument(
-        "--store",
-        metavar="URL",
-        default=default,
-        help="store path or URL (file://, memory://, s3://bucket/prefix); "
-        "default: $IOT_CONFIG_STORE, $ESP32_CONFIGS_DIR or ./iot-configs",
-    )
+    if store:
+        parser.add_argument(
+            "--store",
+            metavar="URL",
+            type=_store_url,
+            default=default,
+            help="store path or URL (file:///abs/path, memory://, s3://bucket/prefix; "
+            "file://dir is ./dir); default: $IOT_CONFIG_STORE, $ESP32_CONFIGS_DIR or ./iot-configs",
+        )
     parser.add_argument(
         "--max-document-bytes",
         type=_positive_int,
@@ -599,35 +640,101 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 
 Handler = Callable[[_Context, argparse.Namespace], int]
+MAC_HELP = "MAC address in any common spelling (AA:BB:CC:DD:EE:FF, aabbccddeeff, ...)"
+
+
+def _is_empty_or_missing(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except FileNotFoundError:
+        return True
+
+
+def _watch_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The ``watch`` subcommand's options (``add`` is `build_parser`'s helper)."""
+    sub = add(
+        "watch",
+        cmd_watch,
+        "print config changes as they happen",
+        "Print one line per change of a config, whoever made it (servers, this command, hand "
+        "edits): 'MAC ETAG', or 'MAC deleted'. Lists the store every --interval seconds and "
+        "re-reads only changed files. Runs until interrupted.",
+    )
+    sub.add_argument("--json", action="store_true", help="one JSON object per line")
+    sub.add_argument(
+        "--interval", type=_positive_float, default=2.0, metavar="SECONDS", help="default 2"
+    )
+    sub.add_argument(
+        "--initial", action="store_true", help="first print every config that exists (a resync)"
+    )
+
+
+def _device_token_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The ``device-token`` subcommand's options (``add`` is `build_parser`'s helper)."""
+    sub = add(
+        "device-token",
+        cmd_device_token,
+        "print, revoke or re-admit a device's token",
+        "Print the token device MAC sends as 'Authorization: Bearer <token>', derived from the "
+        "newest secret of $IOT_CONFIG_DEVICE_SECRET_FILE (the server's setting). --revoke "
+        "refuses the device's tokens of every secret version up to the newest on every "
+        "replica (a token of a later version, after a rotation, works again); --unrevoke "
+        "lifts that. See docs/security.md.",
+    )
+    sub.add_argument("mac", metavar="MAC", nargs="?", help="MAC address in any common spelling")
+    sub.add_argument(
+        "--secret-file", metavar="FILE", help="default: $IOT_CONFIG_DEVICE_SECRET_FILE"
+    )
+    sub.add_argument(
+        "--key-version",
+        type=_positive_int,
+        metavar="N",
+        help="use (or, with --revoke, revoke through) secret version N instead of the newest",
+    )
+    action = sub.add_mutually_exclusive_group()
+    action.add_argument("--revoke", action="store_true", help="revoke the device's tokens")
+    action.add_argument("--unrevoke", action="store_true", help="remove the device's revocation")
+    action.add_argument("--list-revoked", action="store_true", help="list revoked devices")
+    action.add_argument(
+        "--new-secret",
+        action="store_true",
+        help="print a new random secret line 'v<N>:<secret>' to append to the secret file",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole command line; each subcommand stores its handler as ``handler``."""
+    """The whole command line; each subcommand stores its ``handler`` and its own ``parser``."""
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Manage ESP32 device configs: run the server, or list, get, put, delete, "
         "import, export and validate configs directly on a store.",
-        epilog=EXIT_STATUS_HELP,
+        epilog=f"{EXIT_STATUS_HELP}\n\n{STORE_HELP}",
         formatter_class=formatter,
     )
-    _global_options(parser, suppress=False)
-    common = argparse.ArgumentParser(add_help=False)
-    _global_options(common, suppress=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _global_options(parser, suppress=False, store=True)
+    with_store = argparse.ArgumentParser(add_help=False)
+    _global_options(with_store, suppress=True, store=True)
+    without_store = argparse.ArgumentParser(add_help=False)
+    _global_options(without_store, suppress=True, store=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, handler: Handler, summary: str, description: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Handler, summary: str, description: str, *, store: bool = True
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(
             name,
-            parents=[common],
+            parents=[with_store if store else without_store],
             help=summary,
             description=description,
-            epilog=EXIT_STATUS_HELP,
+            epilog=f"{EXIT_STATUS_HELP}\n\n{STORE_HELP}" if store else EXIT_STATUS_HELP,
             formatter_class=formatter,
         )
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, parser=sub)
         return sub
 
+    defaults = Settings()  # some defaults depend on the machine (threads: its CPUs)
     sub = add(
         "serve",
         cmd_serve,
@@ -635,12 +742,23 @@ def build_parser() -> argparse.ArgumentParser:
         "Run the HTTP server in the foreground until SIGTERM. Options override the "
         "IOT_CONFIG_* environment variables.",
     )
-    sub.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in containers)")
-    sub.add_argument("--port", type=_positive_int, help="port to bind (default 8080)")
-    sub.add_argument("--threads", type=_positive_int, help="request threads per worker")
-    sub.add_argument("--workers", type=_positive_int, help="worker processes")
-    sub.add_argument("--log-level", help="debug, info, warning or error")
-    sub.add_argument("--log-format", help="text or json")
+    sub.add_argument(
+        "--host", help=f"address to bind (default {defaults.host}; 0.0.0.0 in containers)"
+    )
+    sub.add_argument("--port", type=_positive_int, help=f"port to bind (default {defaults.port})")
+    sub.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="request threads per worker "
+        f"(default $IOT_CONFIG_THREADS or {defaults.threads} on this machine)",
+    )
+    sub.add_argument(
+        "--workers",
+        type=_positive_int,
+        help=f"worker processes (default $IOT_CONFIG_WORKERS or {defaults.workers})",
+    )
+    sub.add_argument("--log-level", help="debug, info, warning or error (default info)")
+    sub.add_argument("--log-format", help="text or json (default text)")
 
     sub = add("list", cmd_list, "list the fleet", "List every valid config, sorted by MAC.")
     sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
@@ -651,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
         "print one config",
         "Write a config to stdout exactly as stored (the bytes devices receive).",
     )
-    sub.add_argument("mac", metavar="MAC", help="MAC address in any common spelling")
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
     sub.add_argument("--etag", action="store_true", help="also print the ETag, alone on stderr")
 
     sub = add(
@@ -660,8 +778,14 @@ def build_parser() -> argparse.ArgumentParser:
         "validate and store one config",
         "Validate a JSON document and store it as the config of MAC; print the new ETag.",
     )
-    sub.add_argument("mac", metavar="MAC", help="MAC address in any common spelling")
-    sub.add_argument("file", metavar="FILE", nargs="?", default="-", help="document (- = stdin)")
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
+    sub.add_argument(
+        "file",
+        metavar="FILE",
+        nargs="?",
+        default="-",
+        help="the JSON document; - or nothing reads standard input",
+    )
     sub.add_argument("--if-match", metavar="ETAG", help="write only if the stored ETag is ETAG")
     sub.add_argument(
         "--create-only", action="store_true", help="write only if no config exists yet"
@@ -671,7 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub = add("delete", cmd_delete, "delete one config", "Delete the config of MAC.")
-    sub.add_argument("mac", metavar="MAC", help="MAC address in any common spelling")
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
     sub.add_argument("--if-match", metavar="ETAG", help="delete only if the stored ETag is ETAG")
 
     sub = add(
@@ -679,11 +803,14 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_import,
         "import a directory of <mac>.json files",
         "Import every <mac>.json file of DIR (any MAC spelling in the name), validating each. "
-        "Invalid files are reported and skipped; the rest are imported. Hidden files are "
-        "ignored. Each write is atomic and conditional on the version just compared, so a "
-        "concurrent edit is never overwritten.",
+        "Files that are not <mac>.json, two files naming one MAC, and invalid documents are "
+        "rejected; the rest are imported. Hidden files are ignored. Each write is atomic and "
+        "conditional on the version just compared, so a concurrent edit is never overwritten. "
+        "`validate DIR` checks the same rules without a store.",
     )
-    sub.add_argument("directory", metavar="DIR")
+    sub.add_argument(
+        "directory", metavar="DIR", help="directory of <mac>.json files (any MAC spelling)"
+    )
     sub.add_argument(
         "--dry-run", action="store_true", help="report what would happen, write nothing"
     )
@@ -705,33 +832,27 @@ def build_parser() -> argparse.ArgumentParser:
         "Write every valid config to DIR/<canonical-mac>.json, each file replaced atomically "
         "(temp file, fsync, rename). Files already identical are left alone.",
     )
-    sub.add_argument("directory", metavar="DIR")
+    sub.add_argument("directory", metavar="DIR", help="directory to write to (created if missing)")
 
     sub = add(
         "validate",
         cmd_validate,
         "check documents without a store",
-        "Check files (their content) and directories (every *.json file: content and MAC file "
-        "name) against the store's rules. Needs no store.",
+        "Check files (their content) and directories (every file, as `import` would: names, "
+        "duplicate MACs, content) against the store's rules. Needs no store. Files with a "
+        "legacy MAC spelling in their name are listed: a store skips them until imported.",
+        store=False,
     )
-    sub.add_argument("paths", metavar="PATH", nargs="+")
+    sub.add_argument(
+        "paths",
+        metavar="PATH",
+        nargs="+",
+        help="a JSON document file (- for standard input), or a directory of <mac>.json files",
+    )
     sub.add_argument("-v", "--verbose", action="store_true", help="also list valid files")
 
-    sub = add(
-        "watch",
-        cmd_watch,
-        "print config changes as they happen",
-        "Print one line per change of a config, whoever made it (servers, this command, hand "
-        "edits): 'MAC ETAG', or 'MAC deleted'. Lists the store every --interval seconds and "
-        "re-reads only changed files. Runs until interrupted.",
-    )
-    sub.add_argument("--json", action="store_true", help="one JSON object per line")
-    sub.add_argument(
-        "--interval", type=_positive_float, default=2.0, metavar="SECONDS", help="default 2"
-    )
-    sub.add_argument(
-        "--initial", action="store_true", help="first print every config that exists (a resync)"
-    )
+    _device_token_parser(add)
+    _watch_parser(add)
     return parser
 
 
@@ -761,25 +882,46 @@ def _library_logging(debug: bool) -> Iterator[None]:
         logger.setLevel(old_level)
 
 
-def _exit_status(exc: ConfigError) -> int:
-    if isinstance(exc, StoreUnavailableError):
+def _exit_status(exc: ConfigError | UsageError) -> int:
+    """The exit status of a failed command (``EXIT_STATUS_HELP``).
+
+    Core errors take theirs from the one error table, beside their HTTP status; the CLI's own
+    errors are usage errors, except a local write that failed underneath.
+    """
+    if isinstance(exc, FileError) and exc.unavailable:
         return EXIT_UNAVAILABLE
-    if isinstance(exc, InvalidMacError | InvalidETagError | UnsupportedStoreError):
+    if isinstance(exc, UsageError):
         return EXIT_USAGE
-    return EXIT_FAILED
+    return int(exit_status_for(exc))
+
+
+def _evolve(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
+    try:
+        return attrs.evolve(settings, **overrides)
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _context(args: argparse.Namespace, environ: Mapping[str, str]) -> _Context:
-    settings = _env_settings(environ)
-    max_bytes = args.max_document_bytes or settings.max_document_bytes
-    return _Context(args.store or settings.store_url, DocumentLimits(max_bytes=max_bytes), settings)
+    if args.command == "validate" and args.store is not None:
+        raise UsageError("validate checks files without a store: leave --store out")
+    options = {"store_url": args.store, "max_document_bytes": args.max_document_bytes}
+    overrides = {name: value for name, value in options.items() if value is not None}
+    return _Context(_evolve(_env_settings(environ), overrides))
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, reporting unknown options with the usage of the subcommand they were given to."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run one command line; returns the exit status (see ``EXIT_STATUS_HELP``)."""
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(build_parser(), argv)
     except SystemExit as exc:  # --help (0) and usage errors (2): argparse has printed them
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     env = os.environ if environ is None else environ
@@ -791,9 +933,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return handler(ctx, args)
         with _library_logging(args.debug):
             return handler(ctx, args)
-    except UsageError as exc:
-        failure, status, message = exc, EXIT_USAGE, str(exc)
-    except ConfigError as exc:
+    except (UsageError, ConfigError) as exc:
         failure, status, message = exc, _exit_status(exc), _describe(exc)
     except KeyboardInterrupt as exc:
         failure, status, message = exc, 130, "interrupted"
@@ -802,9 +942,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             # Point stdout at /dev/null so the interpreter's exit-time flush does not fail again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    except OSError as exc:  # local files (export targets): a clear line, not a traceback
+    except OSError as exc:  # a local file no handler expected: a clear line, not a traceback
         failure, status = exc, EXIT_UNAVAILABLE
-        message = f"{exc.filename or ''}: {exc.strerror or exc}"
+        message = f"{exc.filename or ''}: {exc.strerror or exc} [{FileError.code}]"
     if args.debug:
         traceback.print_exception(failure, file=sys.stderr)
     _err(f"{PROG}: error: {message}")

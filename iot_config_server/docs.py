@@ -12,7 +12,7 @@ from pathlib import Path
 
 import bottle
 
-from .http_errors import ApiError
+from .http_errors import ApiError, ApiErrorCode
 
 __all__ = ["CONTENT_SECURITY_POLICY", "DocsAssets"]
 
@@ -22,29 +22,39 @@ CONTENT_SECURITY_POLICY = (
     "base-uri 'none'; form-action 'none'"
 )
 
-# The page is /api/docs, so "docs/assets/x" is /api/docs/assets/x and "openapi.json" is
-# /api/openapi.json, wherever the app is mounted.
-PAGE = b"""<!DOCTYPE html>
+# The page is /api/docs or /api/docs/ (the old service's address), and every URL in it is
+# relative to that, so it works wherever the app is mounted: "{assets}" is "docs/assets/" or
+# "assets/", and "openapi.json" (in the initializer) is /api/openapi.json or
+# /api/docs/openapi.json, both the same document.
+PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>iot-config API</title>
-<link rel="stylesheet" href="docs/assets/swagger-ui.css">
-<link rel="stylesheet" href="docs/assets/index.css">
-<link rel="icon" type="image/png" href="docs/assets/favicon-32x32.png">
+<link rel="stylesheet" href="{assets}swagger-ui.css">
+<link rel="stylesheet" href="{assets}index.css">
+<link rel="icon" type="image/png" href="{assets}favicon-32x32.png">
 </head>
 <body>
 <div id="swagger-ui"></div>
-<script src="docs/assets/swagger-ui-bundle.js"></script>
-<script src="docs/assets/swagger-ui-standalone-preset.js"></script>
-<script src="docs/assets/init.js"></script>
+<script src="{assets}swagger-ui-bundle.js"></script>
+<script src="{assets}swagger-ui-standalone-preset.js"></script>
+<script src="{assets}init.js"></script>
 </body>
 </html>
 """
 
+_PAGES = {
+    slash: PAGE.format(assets="assets/" if slash else "docs/assets/").encode()
+    for slash in (False, True)
+}
+
+# validatorUrl null: Swagger UI would otherwise load a validator badge from the internet for any
+# page not served from localhost.
 INIT_SCRIPT = b"""window.addEventListener("load", function () {
   window.ui = SwaggerUIBundle({
     url: "openapi.json",
+    validatorUrl: null,
     dom_id: "#swagger-ui",
     deepLinking: true,
     presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
@@ -81,19 +91,19 @@ class DocsAssets:
 
     def _unavailable(self) -> ApiError:
         return ApiError(
-            "DOCS_UNAVAILABLE",
-            "interactive docs need the swagger-ui-bundle-v2 package "
+            ApiErrorCode.DOCS_UNAVAILABLE,
+            "the interactive docs need the swagger-ui-bundle-v2 package "
             "(pip install 'iot-config[server]'); the OpenAPI document is at /api/openapi.json",
         )
 
-    def page(self, response: bottle.BaseResponse) -> bytes:
+    def page(self, response: bottle.BaseResponse, *, trailing_slash: bool = False) -> bytes:
         """The HTML page (a 503 ``DOCS_UNAVAILABLE`` when the bundle is not installed)."""
         if _bundle_dir() is None:
             raise self._unavailable()
         response.content_type = "text/html; charset=utf-8"
         response.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         response.set_header("Cache-Control", "no-cache")
-        return PAGE
+        return _PAGES[trailing_slash]
 
     def asset(self, name: str, response: bottle.BaseResponse) -> bytes:
         """One whitelisted file of the bundle, or our initializer script."""
@@ -109,7 +119,9 @@ class DocsAssets:
                 data = self._cache[name] = (directory / name).read_bytes()
         else:
             raise ApiError(
-                "ROUTE_NOT_FOUND", f"no documentation asset {name[:80]!r}", path=name[:80]
+                ApiErrorCode.ROUTE_NOT_FOUND,
+                f"there is no documentation file {name[:80]!r}",
+                path=name[:80],
             )
         response.content_type = media_type
         response.set_header("Cache-Control", "public, max-age=86400")

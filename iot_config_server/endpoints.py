@@ -10,9 +10,11 @@ import re
 
 import attrs
 
+from iot_config_core import ErrorCode
 from iot_config_core.wire import ConfigListWire, ConfigWire
 
 from .api_models import HealthyReport, PutConfigRequest, UnhealthyReport
+from .http_errors import ApiErrorCode, Code
 
 __all__ = [
     "ENDPOINTS",
@@ -21,6 +23,7 @@ __all__ = [
     "Reply",
     "allowed_methods",
     "openapi_path",
+    "operation_id",
     "rules",
 ]
 
@@ -67,12 +70,17 @@ class Endpoint:
     tag: str
     replies: tuple[Reply, ...]
     #: Error codes (keys of `http_errors.ERROR_TABLE`) this route can answer with.
-    errors: tuple[str, ...] = ()
+    errors: tuple[Code, ...] = ()
+    #: What the route does, as error messages say it: "Cannot <action> because ...".
+    action: str = ""
     #: Whether configured admin tokens are required (device, health, metrics and docs are open).
     admin: bool = False
     request_model: type | None = None
     request_headers: tuple[Header, ...] = ()
     description: str = ""
+    #: The operationId when it is not the one `operation_id` derives: the old service's names,
+    #: braces and all, which generated clients call.
+    legacy_operation_id: str = ""
 
     @property
     def template(self) -> str:
@@ -86,7 +94,12 @@ _FILTER = re.compile(r"<(\w+):[^>]*>")
 # custom one) so the rule also works when Bottle merges the app's routes into a parent app.
 MAC_RULE = r"/api/configs/<mac:re:[^/]+(?<!\.json)>"
 
-_MAC_ERRORS = ("INVALID_MAC", "NOT_FOUND", "STORE_UNAVAILABLE", "STORE_BUSY")
+_MAC_ERRORS: tuple[Code, ...] = (
+    ErrorCode.INVALID_MAC,
+    ErrorCode.NOT_FOUND,
+    ErrorCode.STORE_UNAVAILABLE,
+    ApiErrorCode.STORE_BUSY,
+)
 _RAW_REPLIES = (
     Reply(
         200,
@@ -96,7 +109,8 @@ _RAW_REPLIES = (
     ),
     Reply(304, "Not modified: the If-None-Match tag is current.", headers=(ETAG, CACHE_CONTROL)),
 )
-_RAW_ERRORS = (*_MAC_ERRORS, "CORRUPT_DOCUMENT", "INVALID_ETAG")
+_STORED_ERRORS = (ErrorCode.CORRUPT_DOCUMENT, ErrorCode.STORED_DOCUMENT_TOO_LARGE)
+_RAW_ERRORS = (*_MAC_ERRORS, *_STORED_ERRORS, ApiErrorCode.INVALID_HEADER)
 
 #: Every route of the app except the generated OPTIONS (CORS preflight) routes.
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -107,7 +121,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "List every valid config's summary, sorted by MAC address",
         "configs",
         (Reply(200, "The fleet.", ConfigListWire),),
-        errors=("STORE_UNAVAILABLE", "STORE_BUSY"),
+        errors=(ErrorCode.STORE_UNAVAILABLE, ApiErrorCode.STORE_BUSY),
+        action="list configs",
         admin=True,
     ),
     Endpoint(
@@ -118,6 +133,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "devices",
         _RAW_REPLIES,
         errors=_RAW_ERRORS,
+        action="get config",
         request_headers=(IF_NONE_MATCH_READ,),
     ),
     Endpoint(
@@ -127,8 +143,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "One config with its summary fields",
         "configs",
         (Reply(200, "The config.", ConfigWire, headers=(ETAG,)),),
-        errors=(*_MAC_ERRORS, "CORRUPT_DOCUMENT"),
+        errors=(*_MAC_ERRORS, *_STORED_ERRORS),
+        action="get config",
         admin=True,
+        legacy_operation_id="get__api_configs_{mac_address}",
     ),
     Endpoint(
         "put_config",
@@ -138,22 +156,24 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "configs",
         (Reply(200, "What was stored.", ConfigWire, headers=(ETAG,)),),
         errors=(
-            *_MAC_ERRORS[:1],
-            "INVALID_BODY",
-            "INVALID_DOCUMENT",
-            "INVALID_ETAG",
-            "PRECONDITION_FAILED",
-            "ALREADY_EXISTS",
-            "PAYLOAD_TOO_LARGE",
-            "UNSUPPORTED_MEDIA_TYPE",
-            "STORE_UNAVAILABLE",
-            "STORE_BUSY",
-            "UNSUPPORTED_STORE",
+            ErrorCode.INVALID_MAC,
+            ApiErrorCode.INVALID_BODY,
+            ErrorCode.INVALID_DOCUMENT,
+            ApiErrorCode.INVALID_HEADER,
+            ErrorCode.PRECONDITION_FAILED,
+            ErrorCode.ALREADY_EXISTS,
+            ApiErrorCode.PAYLOAD_TOO_LARGE,
+            ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode.STORE_UNAVAILABLE,
+            ApiErrorCode.STORE_BUSY,
+            ErrorCode.UNSUPPORTED_STORE,
         ),
+        action="save config",
         admin=True,
         request_model=PutConfigRequest,
         request_headers=(IF_MATCH, IF_NONE_MATCH_WRITE),
         description="`allow_overwrite: false` refuses to replace an existing config (409).",
+        legacy_operation_id="put__api_configs_{mac_address}",
     ),
     Endpoint(
         "delete_config",
@@ -162,9 +182,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Delete a config",
         "configs",
         (Reply(204, "Deleted."),),
-        errors=(*_MAC_ERRORS, "INVALID_ETAG", "PRECONDITION_FAILED", "UNSUPPORTED_STORE"),
+        errors=(
+            *_MAC_ERRORS,
+            ApiErrorCode.INVALID_HEADER,
+            ErrorCode.PRECONDITION_FAILED,
+            ErrorCode.UNSUPPORTED_STORE,
+        ),
+        action="delete config",
         admin=True,
         request_headers=(IF_MATCH,),
+        legacy_operation_id="delete__api_configs_{mac_address}",
     ),
     Endpoint(
         "device_config",
@@ -174,6 +201,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "devices",
         _RAW_REPLIES,
         errors=_RAW_ERRORS,
+        action="get config",
         request_headers=(IF_NONE_MATCH_READ,),
     ),
     Endpoint(
@@ -229,7 +257,24 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Interactive API documentation",
         "documentation",
         (Reply(200, "HTML page.", media_type="text/html"),),
-        errors=("DOCS_UNAVAILABLE",),
+        errors=(ApiErrorCode.DOCS_UNAVAILABLE,),
+    ),
+    Endpoint(
+        "docs_slash",
+        "GET",
+        "/api/docs/",
+        "Interactive API documentation (the old service's address)",
+        "documentation",
+        (Reply(200, "HTML page.", media_type="text/html"),),
+        errors=(ApiErrorCode.DOCS_UNAVAILABLE,),
+    ),
+    Endpoint(
+        "openapi_at_docs",
+        "GET",
+        "/api/docs/openapi.json",
+        "This OpenAPI document (the old service's address, where generator scripts fetch it)",
+        "documentation",
+        (Reply(200, "OpenAPI 3.1 document.", media_type="application/json"),),
     ),
     Endpoint(
         "docs_asset",
@@ -238,20 +283,41 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Static files of the documentation page",
         "documentation",
         (Reply(200, "The file.", media_type="application/octet-stream"),),
-        errors=("ROUTE_NOT_FOUND", "DOCS_UNAVAILABLE"),
+        errors=(ApiErrorCode.ROUTE_NOT_FOUND, ApiErrorCode.DOCS_UNAVAILABLE),
     ),
 )
 
 _PARAM = re.compile(r"<(\w+)(?::[^>]*)?>")
+#: Documented names of route arguments whose Python name is shorter: the old service's clients
+#: were generated with ``{mac_address}``, and the metrics' route labels keep ``<mac>``.
+DOCUMENTED_NAMES = {"mac": "mac_address"}
+
+
+def _documented(match: re.Match[str]) -> str:
+    return "{" + DOCUMENTED_NAMES.get(match[1], match[1]) + "}"
 
 
 def openapi_path(rule: str) -> str:
-    """The OpenAPI path template of a Bottle rule (``<mac:mac>`` -> ``{mac}``)."""
-    return _PARAM.sub(r"{\1}", rule)
+    """The OpenAPI path template of a Bottle rule (``<mac:re:...>`` -> ``{mac_address}``)."""
+    return _PARAM.sub(_documented, rule)
 
 
 def path_parameters(rule: str) -> list[str]:
-    return _PARAM.findall(rule)
+    """The documented names of a rule's arguments, in order."""
+    return [DOCUMENTED_NAMES.get(name, name) for name in _PARAM.findall(rule)]
+
+
+def operation_id(endpoint: Endpoint) -> str:
+    """The operationId: the old service's style (``get__api_health``), as a plain identifier.
+
+    Parameter braces are dropped and any other character that is not a letter, digit or ``_``
+    (``/``, ``.``) becomes ``_``, so every generator can use it as a function name:
+    ``get__esp32_config_mac_address_json``.
+    """
+    if endpoint.legacy_operation_id:
+        return endpoint.legacy_operation_id
+    path = openapi_path(endpoint.rule).replace("{", "").replace("}", "")
+    return endpoint.method.lower() + "_" + re.sub(r"\W", "_", path, flags=re.ASCII)
 
 
 def rules() -> list[str]:

@@ -1,284 +1,289 @@
-"""Prometheus metrics of one app, in a registry of its own (two apps in a process stay apart).
+"""Prometheus metrics of one app, on stock prometheus_client types.
 
 Label values are route templates (``/api/configs/<mac>``), operation names and codes, never raw
-paths or MACs, so the series count is bounded by the route table.
+paths or MACs, so the series count is bounded by the route table. Each label combination's child
+is looked up once and kept, so counting a request is a dict lookup and the child's increment.
 
-The per-request series (requests, durations, store operations) are counted by `RequestStats`:
-plain integers in per-thread shards, summed only when Prometheus scrapes. prometheus_client's own
-counters take a lock and run checks on every increment, which measured as the largest share of
-this layer's cost on the device hot path; rare series (config count, build info) use it as usual.
+One process (tests, embedding, ``serve --workers 1``): every metric lives in the app's own
+registry, so two apps in one process stay apart.
+
+Several worker processes (``serve --workers N``): each worker counts in its own files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode) and a scrape, whichever
+worker answers it, sums the files of every worker that ever ran, so totals are exact and a worker
+that dies and is respawned loses nothing it counted. The directory is made empty when the server
+starts (`multiprocess_directory`). The config count and build info are not kept in files: the
+worker answering the scrape computes them (the store is the same for every worker), so there is
+no per-process gauge to aggregate and nothing to clean up when a worker exits (prometheus_client's
+``mark_process_dead`` only removes files of live gauges, which this module never creates).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import platform
+import shutil
+import tempfile
 import threading
-from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping
-from importlib import metadata
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Gauge, Info
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+from iot_config_core import __version__
 
 __all__ = [
     "CONTENT_TYPE",
+    "MULTIPROCESS_ENV",
     "UNMATCHED_ROUTE",
     "AppMetrics",
+    "FreshValue",
     "OperationMetrics",
-    "RequestStats",
     "RouteMetrics",
+    "multiprocess_directory",
 ]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The variable prometheus_client's multiprocess mode reads: the directory of per-process files.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The route label of requests that matched no route (404/405), so typos cannot add series.
 UNMATCHED_ROUTE = "<unmatched>"
-# Device polls answer in well under a millisecond from cache; writes fsync and take milliseconds.
+NAMESPACE = "iot_config"
+log = logging.getLogger(__name__)
+
+#: How long a scrape waits for the config count; a slower (or hung) store gets the last count.
+#: Below Prometheus' default 10 s scrape timeout by far, and short enough that a hung store
+#: leaves ``/metrics`` answering quickly.
+SCRAPE_WAIT_SECONDS = 0.1
+# Fine buckets at the low end: device polls answer from cache, far faster than writes that fsync.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-def _version() -> str:
+@contextlib.contextmanager
+def multiprocess_directory(workers: int) -> Iterator[str | None]:
+    """Per-process metric files for a server with ``workers`` processes, for the server's life.
+
+    Entered by the server's supervisor before any worker starts: workers inherit the variable
+    and count in files there. With one worker (and no directory configured) nothing is set up:
+    metrics stay in memory. An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used (for any
+    number of workers) after removing the metric files a previous run left; otherwise a private
+    temporary directory is made and removed afterwards. Either way a restarted server starts
+    counting from zero, as Prometheus expects of a new process.
+    """
+    configured = os.environ.get(MULTIPROCESS_ENV)
+    if configured:
+        Path(configured).mkdir(parents=True, exist_ok=True)
+        for stale in Path(configured).glob("*.db"):
+            stale.unlink(missing_ok=True)
+        yield configured
+        return
+    if workers < 2:
+        yield None
+        return
+    directory = tempfile.mkdtemp(prefix="iot-config-metrics-")
+    os.environ[MULTIPROCESS_ENV] = directory
     try:
-        return metadata.version("iot-config")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+        yield directory
+    finally:
+        del os.environ[MULTIPROCESS_ENV]
+        shutil.rmtree(directory, ignore_errors=True)
 
 
-class _Shard:
-    """One thread's counts; only that thread writes it, so increments need no lock."""
+def _use_file_backed_values() -> None:
+    """Make metrics created from now on in this process keep their values in files.
 
-    __slots__ = ("durations", "operations", "requests", "store_errors", "sums")
-
-    def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str], int] = {}
-        self.durations: dict[str, list[int]] = {}
-        self.sums: dict[str, float] = {}
-        self.operations: dict[tuple[str, str], int] = {}
-        self.store_errors: dict[str, int] = {}
+    prometheus_client picks its value class when it is first imported, and Granian forks workers
+    from a supervisor that may have imported it before the directory was set: choose again here.
+    """
+    if values.ValueClass is values.MutexValue:
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
 
 
-def _add(total: _Shard, shard: _Shard, width: int) -> None:
-    """Add ``shard``'s counts into ``total`` (dict copies are atomic under the GIL)."""
-    for key, value in dict(shard.requests).items():
-        total.requests[key] = total.requests.get(key, 0) + value
-    shard_sums = dict(shard.sums)
-    for route, counts in dict(shard.durations).items():
-        into = total.durations.setdefault(route, [0] * width)
-        for i, count in enumerate(list(counts)):
-            into[i] += count
-        total.sums[route] = total.sums.get(route, 0.0) + shard_sums.get(route, 0.0)
-    for op_key, value in dict(shard.operations).items():
-        total.operations[op_key] = total.operations.get(op_key, 0) + value
-    for operation, value in dict(shard.store_errors).items():
-        total.store_errors[operation] = total.store_errors.get(operation, 0) + value
+class FreshValue:
+    """A value computed anew for each scrape, in the background, waited for a bounded time.
 
+    Computing it reads the store, which may hang (a stalled mount): the scrape waits at most
+    `SCRAPE_WAIT_SECONDS`, then answers with the last value computed (None before the first, or
+    while the store fails). At most one computation runs at a time, so a hung store holds one
+    thread, not one per scrape; a scrape arriving while one runs waits for that one.
+    """
 
-class RequestStats(Collector):
-    """Request, duration and operation counts, kept per thread and merged at scrape time."""
-
-    #: Past this many shards, those of finished threads are folded into one (servers that start
-    #: a thread per request would otherwise grow the list forever).
-    FOLD_THRESHOLD = 64
-
-    def __init__(self, namespace: str, buckets: tuple[float, ...] = DURATION_BUCKETS) -> None:
-        self._namespace = namespace
-        self._buckets = buckets
-        self._width = len(buckets) + 1
-        self._local = threading.local()
-        self._shards: list[tuple[threading.Thread, _Shard]] = []
-        self._retired = _Shard()
+    def __init__(self, compute: Callable[[], int], what: str) -> None:
+        self._compute = compute
+        self._what = what
+        self._value: int | None = None
+        self._failing = False
         self._lock = threading.Lock()
-        self._routes: set[str] = set()
-        self._operations: set[str] = set()
+        self._running: threading.Event | None = None
 
-    def shard(self) -> _Shard:
-        """This thread's shard (created on the thread's first request)."""
+    def __call__(self) -> int | None:
+        """The value computed for this scrape, or the last one if that takes too long."""
+        with self._lock:
+            done = self._running
+            if done is None:
+                done = self._running = threading.Event()
+                threading.Thread(
+                    target=self._refresh, args=(done,), name=f"metrics: {self._what}", daemon=True
+                ).start()
+        done.wait(SCRAPE_WAIT_SECONDS)
+        return self._value
+
+    def _refresh(self, done: threading.Event) -> None:
         try:
-            shard: _Shard = self._local.shard
-        except AttributeError:
-            shard = self._local.shard = _Shard()
+            self._value = self._compute()
+            self._failing = False
+        except Exception as exc:  # logged once per outage (readiness reports it as well)
+            self._value = None
+            if not self._failing:
+                log.warning("cannot compute %s for /metrics: %s", self._what, exc)
+            self._failing = True
+        finally:
             with self._lock:
-                if len(self._shards) >= self.FOLD_THRESHOLD:
-                    self._fold_finished()
-                self._shards.append((threading.current_thread(), shard))
-        return shard
-
-    def _fold_finished(self) -> None:
-        """Merge shards of threads that ended into the retired totals (caller holds the lock)."""
-        alive = []
-        for thread, shard in self._shards:
-            if thread.is_alive():
-                alive.append((thread, shard))
-            else:
-                _add(self._retired, shard, self._width)
-        self._shards = alive
-
-    def declare(self, route: str | None = None, operation: str | None = None) -> None:
-        """Make a route's histogram and an operation's error counter visible before any use."""
-        with self._lock:
-            if route is not None:
-                self._routes.add(route)
-            if operation is not None:
-                self._operations.add(operation)
-
-    def observe(self, method: str, route: str, status: int, seconds: float | None) -> None:
-        """Count one answer, and its duration unless ``seconds`` is None."""
-        shard = self.shard()
-        key = (method, route, str(status))
-        requests = shard.requests
-        requests[key] = requests.get(key, 0) + 1
-        if seconds is not None:
-            counts = shard.durations.get(route)
-            if counts is None:
-                counts = shard.durations[route] = [0] * self._width
-                shard.sums[route] = 0.0
-            counts[bisect_left(self._buckets, seconds)] += 1
-            shard.sums[route] += seconds
-
-    def operation(self, operation: str, outcome: str, *, store_error: bool = False) -> None:
-        """Count one store operation by outcome (``ok`` or a lower-case error code)."""
-        shard = self.shard()
-        key = (operation, outcome)
-        shard.operations[key] = shard.operations.get(key, 0) + 1
-        if store_error:
-            shard.store_errors[operation] = shard.store_errors.get(operation, 0) + 1
-
-    def shard_count(self) -> int:
-        """Shards currently kept (for tests of the folding)."""
-        with self._lock:
-            return len(self._shards)
-
-    def collect(self) -> Iterator[Metric]:
-        """Sum the shards into Prometheus families; writers are never blocked."""
-        total = _Shard()
-        with self._lock:
-            self._fold_finished()
-            _add(total, self._retired, self._width)
-            shards = [shard for _, shard in self._shards]
-            for route in self._routes:
-                total.durations.setdefault(route, [0] * self._width)
-                total.sums.setdefault(route, 0.0)
-            for operation in self._operations:
-                total.store_errors.setdefault(operation, 0)
-        for shard in shards:
-            _add(total, shard, self._width)
-        ns = self._namespace
-        yield _counter(
-            f"{ns}_http_requests",
-            "HTTP requests answered, by method, route template and status.",
-            ["method", "route", "status"],
-            total.requests,
-        )
-        histogram = HistogramMetricFamily(
-            f"{ns}_http_request_duration_seconds",
-            "Time to produce an answer, by route template.",
-            labels=["route"],
-        )
-        bounds = [repr(bound) for bound in self._buckets] + ["+Inf"]
-        for route, counts in sorted(total.durations.items()):
-            cumulative, buckets = 0, []
-            for bound, count in zip(bounds, counts, strict=True):
-                cumulative += count
-                buckets.append((bound, float(cumulative)))
-            histogram.add_metric([route], buckets, total.sums[route])
-        yield histogram
-        yield _counter(
-            f"{ns}_config_operations",
-            "Store operations, by operation and outcome (ok or the error code).",
-            ["operation", "outcome"],
-            total.operations,
-        )
-        yield _counter(
-            f"{ns}_store_errors",
-            "Store failures (backend unavailable), by operation.",
-            ["operation"],
-            {(operation,): value for operation, value in total.store_errors.items()},
-        )
-
-
-_Labels = TypeVar("_Labels", bound=tuple[str, ...])
-
-
-def _counter(
-    name: str, documentation: str, labels: list[str], counts: Mapping[_Labels, int]
-) -> CounterMetricFamily:
-    """A counter family with one sample per label tuple, in a stable order."""
-    family = CounterMetricFamily(name, documentation, labels=labels)
-    for values, value in sorted(counts.items()):
-        family.add_metric(list(values), value)
-    return family
+                self._running = None
+            done.set()
 
 
 class RouteMetrics:
     """The request counter and duration histogram of one route template."""
 
-    def __init__(self, stats: RequestStats, route: str) -> None:
-        self._stats = stats
-        self._route = route
+    def __init__(self, requests: Counter, durations: Histogram | None, route: str) -> None:
+        self._requests = requests
+        self.template = route
+        # Created up front so a route's histogram is visible (at zero) before its first request.
+        self._duration = None if durations is None else durations.labels(route)
+        self._children: dict[tuple[str, int], Counter] = {}
+
+    def _counter(self, method: str, status: int) -> Counter:
+        child = self._children.get((method, status))
+        if child is None:  # a race creates the same child twice: labels() returns one object
+            child = self._requests.labels(method, self.template, str(status))
+            self._children[(method, status)] = child
+        return child
 
     def count(self, method: str, status: int) -> None:
         """Count an answer without timing it (requests that matched no route)."""
-        self._stats.observe(method, self._route, status, None)
+        self._counter(method, status).inc()
 
     def observe(self, method: str, status: int, seconds: float) -> None:
         """Count an answer and record how long it took."""
-        self._stats.observe(method, self._route, status, seconds)
+        self._counter(method, status).inc()
+        if self._duration is not None:
+            self._duration.observe(seconds)
 
 
 class OperationMetrics:
     """Outcome counters of one store operation (``get_raw``, ``put``, ...)."""
 
-    def __init__(self, stats: RequestStats, operation: str) -> None:
-        self._stats = stats
+    def __init__(self, operations: Counter, store_errors: Counter, operation: str) -> None:
+        self._operations = operations
         self._operation = operation
-        stats.declare(operation=operation)
+        self._ok = operations.labels(operation, "ok")
+        self._store_errors = store_errors.labels(operation)  # visible at zero from the start
+        self._failures: dict[str, Counter] = {}
 
     def ok(self) -> None:
         """Count a successful operation."""
-        self._stats.operation(self._operation, "ok")
+        self._ok.inc()
 
     def failed(self, code: str) -> None:
         """Count a failed operation by the core error code (``NOT_FOUND``, ...)."""
-        self._stats.operation(
-            self._operation, code.lower(), store_error=code == "STORE_UNAVAILABLE"
+        child = self._failures.get(code)
+        if child is None:
+            child = self._failures[code] = self._operations.labels(self._operation, code.lower())
+        child.inc()
+        if code == "STORE_UNAVAILABLE":
+            self._store_errors.inc()
+
+
+class _ScrapeTimeMetrics(Collector):
+    """The config count and build info: computed by the process answering the scrape."""
+
+    def __init__(self, config_count: Callable[[], int | None]) -> None:
+        self._config_count = config_count
+        self._build = {"version": __version__, "python": platform.python_version()}
+
+    def collect(self) -> Iterator[Metric]:
+        configs = GaugeMetricFamily(
+            f"{NAMESPACE}_configs", "Valid configs in the store when scraped."
+        )
+        count = self._config_count()
+        if count is not None:  # an unreadable store has no count (its errors are counted)
+            configs.add_metric([], float(count))
+        yield configs
+        yield InfoMetricFamily(
+            f"{NAMESPACE}_build", "Version of the running server.", value=self._build
         )
 
 
 class AppMetrics:
-    """All metrics of one app; ``config_count`` is read at scrape time, without store I/O."""
+    """All metrics of one app.
 
-    def __init__(self, config_count: Callable[[], int], *, namespace: str = "iot_config") -> None:
+    ``config_count`` is called at every scrape: the number of valid configs in the store now, or
+    None when it cannot be had.
+    """
+
+    def __init__(self, config_count: Callable[[], int | None]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.stats = RequestStats(namespace)
-        self.registry.register(self.stats)
-        self.configs = Gauge(
-            "configs",
-            "Valid configs in the most recent listing of the store.",
-            namespace=namespace,
-            registry=self.registry,
+        files = os.environ.get(MULTIPROCESS_ENV)
+        counted_in: CollectorRegistry | None = self.registry
+        if files:
+            _use_file_backed_values()
+            MultiProcessCollector(self.registry, path=files)  # type: ignore[no-untyped-call]
+            counted_in = None  # the values live in the files the collector above sums
+        self._requests = Counter(
+            "http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            namespace=NAMESPACE,
+            registry=counted_in,
         )
-        self.configs.set_function(lambda: float(config_count()))
-        self.build = Info(
-            "build", "Version of the running server.", namespace=namespace, registry=self.registry
+        self._durations = Histogram(
+            "http_request_duration_seconds",
+            "Time to produce an answer, by route template.",
+            ["route"],
+            namespace=NAMESPACE,
+            buckets=DURATION_BUCKETS,
+            registry=counted_in,
         )
-        self.build.info({"version": _version(), "python": platform.python_version()})
+        self._operations = Counter(
+            "config_operations",
+            "Store operations, by operation and outcome (ok or the error code).",
+            ["operation", "outcome"],
+            namespace=NAMESPACE,
+            registry=counted_in,
+        )
+        self._store_errors = Counter(
+            "store_errors",
+            "Store failures (backend unavailable), by operation.",
+            ["operation"],
+            namespace=NAMESPACE,
+            registry=counted_in,
+        )
+        self.registry.register(_ScrapeTimeMetrics(config_count))
         self._routes: dict[str, RouteMetrics] = {}
+        self._counted_in = counted_in
+
+    def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+        """Another counter of this app, kept where its request counters are (one or N workers)."""
+        return Counter(name, documentation, labels, namespace=NAMESPACE, registry=self._counted_in)
 
     def route(self, template: str) -> RouteMetrics:
         """The metrics of a route template (one object per template)."""
         found = self._routes.get(template)
         if found is None:
-            found = self._routes[template] = RouteMetrics(self.stats, template)
-            if template != UNMATCHED_ROUTE:
-                self.stats.declare(route=template)
+            durations = None if template == UNMATCHED_ROUTE else self._durations
+            found = self._routes[template] = RouteMetrics(self._requests, durations, template)
         return found
 
     def operation(self, name: str) -> OperationMetrics:
         """Outcome counters of one store operation."""
-        return OperationMetrics(self.stats, name)
+        return OperationMetrics(self._operations, self._store_errors, name)
 
     def exposition(self) -> bytes:
-        """The Prometheus text format of every metric of this app."""
+        """The Prometheus text format of every metric of this app (of all workers, if several)."""
         return generate_latest(self.registry)

@@ -35,8 +35,8 @@ others' retained messages, so it publishes only what the broker does not hold ye
 the same change only when both find it before either's message has come back from the broker
 (their polls within one listing plus a broker round trip of each other; own writes are announced
 by the writer at once), so a change is announced at most once per publisher, and a duplicate
-carries the same ETag: a device that asks with ``If-None-Match`` gets a 304. ``tests/benchmarks/bench_mqtt.py``
-counts them.
+carries the same ETag: a device that asks with ``If-None-Match`` gets a 304.
+``tests/benchmarks/bench_mqtt.py`` counts them.
 
 **The API never waits for MQTT.** `Notifier.announce` only adds a MAC to a dict; the store reads
 and the publishing happen on the notifier's own thread, the network I/O on paho's. It runs in
@@ -58,6 +58,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import attrs
@@ -66,7 +67,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from iot_config_core import (
     Change,
@@ -77,6 +80,7 @@ from iot_config_core import (
 )
 
 from .broker import BrokerAddress
+from .metrics import AppMetrics
 from .settings import Settings
 
 __all__ = ["COMPAT_TOPIC", "MqttOptions", "Notifier", "NotifierMetrics", "notifier_from_settings"]
@@ -134,50 +138,60 @@ class MqttOptions:
         return f"{self.prefix}/{mac}"
 
 
-class NotifierMetrics:
-    """Publishes by topic and outcome, broker connection state, pending announcements."""
+class NotifierMetrics(Collector):
+    """Publishes by topic and outcome, failed connections, connection state, pending devices.
 
-    def __init__(self) -> None:
-        ns = "iot_config"
-        self.publishes = Counter(
+    The counters live where the app keeps its own (`AppMetrics.counter`), so with several worker
+    processes they add up; the two gauges are read at scrape time from the answering worker.
+    """
+
+    def __init__(self, app: AppMetrics | None, pending: Callable[[], int]) -> None:
+        def counter(name: str, documentation: str, labels: tuple[str, ...]) -> Counter:
+            if app is not None:
+                return app.counter(name, documentation, labels)
+            return Counter(name, documentation, labels, namespace="iot_config", registry=None)
+
+        publishes = counter(
             "mqtt_publishes",
             "MQTT publishes by topic (compat, device) and outcome (ok, refused by the broker, "
             "error handing it to the client).",
-            ["topic", "outcome"],
-            namespace=ns,
-            registry=None,
+            ("topic", "outcome"),
         )
         # Children looked up once: a publish is counted on paho's busy thread.
-        self._publish_counters = {
-            (topic, outcome): self.publishes.labels(topic, outcome)
+        self._publishes = {
+            (topic, outcome): publishes.labels(topic, outcome)
             for topic in (COMPAT, DEVICE)
             for outcome in ("ok", "refused", "error")
         }
-        self.connected = Gauge(
-            "mqtt_connected", "1 while connected to the MQTT broker.", namespace=ns, registry=None
+        self._failures = counter(
+            "mqtt_connect_failures", "Failed attempts to connect to the MQTT broker.", ("reason",)
         )
-        self.connect_failures = Counter(
-            "mqtt_connect_failures",
-            "Failed attempts to connect to the MQTT broker, by reason.",
-            ["reason"],
-            namespace=ns,
-            registry=None,
-        )
-        self.pending = Gauge(
-            "mqtt_pending_announcements",
-            "Devices whose change is waiting to be published (at most one entry per device).",
-            namespace=ns,
-            registry=None,
-        )
+        self.connected = False
+        self._pending = pending
+        if app is not None:
+            app.registry.register(self)
 
     def published(self, topic: str, outcome: str) -> None:
         """Count one publish on ``topic`` (compat or device) by outcome."""
-        self._publish_counters[topic, outcome].inc()
+        self._publishes[topic, outcome].inc()
 
-    def register(self, registry: CollectorRegistry) -> None:
-        """Expose these metrics in ``registry`` (the app's, so ``/metrics`` shows them)."""
-        for metric in (self.publishes, self.connected, self.connect_failures, self.pending):
-            registry.register(metric)
+    def connect_failed(self, reason: str) -> None:
+        """Count one failed connection attempt by reason (a small fixed set of labels)."""
+        self._failures.labels(reason).inc()
+        self.connected = False
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauges, as they are now."""
+        yield GaugeMetricFamily(
+            "iot_config_mqtt_connected",
+            "1 while connected to the MQTT broker.",
+            value=float(self.connected),
+        )
+        yield GaugeMetricFamily(
+            "iot_config_mqtt_pending_announcements",
+            "Devices whose change is waiting to be published (at most one entry per device).",
+            value=float(self._pending()),
+        )
 
 
 @attrs.frozen
@@ -215,7 +229,7 @@ class Notifier:
     def __init__(self, store: ConfigStore, options: MqttOptions) -> None:
         self._store = store
         self._options = options
-        self.metrics = NotifierMetrics()
+        self.metrics = NotifierMetrics(None, self._pending_count)  # until `start` is given one
         self._feed = ChangeFeed(store)
         self._wake = threading.Condition(threading.Lock())
         # Guarded by _wake: the queue, the broker mirror, what devices were told, in-flight ids.
@@ -240,16 +254,18 @@ class Notifier:
         self._connection_trouble: str | None = None
         self._store_trouble: str | None = None
         self._refusals: set[tuple[str, str]] = set()
-        self.metrics.pending.set_function(lambda: float(len(self._pending)))
         self._client = self._make_client()
         self._thread = threading.Thread(target=self._run, name="mqtt-announcer", daemon=True)
 
     # -- public ---------------------------------------------------------------------------------
 
-    def start(self, registry: CollectorRegistry | None = None) -> None:
-        """Connect in the background and start announcing; never blocks on the broker."""
-        if registry is not None:
-            self.metrics.register(registry)
+    def start(self, metrics: AppMetrics | None = None) -> None:
+        """Connect in the background and start announcing; never blocks on the broker.
+
+        ``metrics``: the app's, so that ``/metrics`` shows the notifier's too.
+        """
+        if metrics is not None:
+            self.metrics = NotifierMetrics(metrics, self._pending_count)
         options = self._options
         log.info(
             "MQTT notifications to %s%s: %s and %s/<mac> (retained); other writers' changes "
@@ -266,6 +282,9 @@ class Notifier:
         self._client.loop_start()
         self._thread.start()
         atexit.register(self.stop)
+
+    def _pending_count(self) -> int:
+        return len(self._pending)
 
     def announce(self, mac: MacAddress) -> None:
         """Queue an announcement of ``mac``'s current version (cheap: no I/O, no waiting)."""
@@ -285,7 +304,7 @@ class Notifier:
             self._thread.join(timeout)
         self._client.disconnect()
         self._client.loop_stop()
-        self.metrics.connected.set(0)
+        self.metrics.connected = False
 
     # -- paho's thread --------------------------------------------------------------------------
 
@@ -312,8 +331,8 @@ class Notifier:
     def _trouble(self, label: str, message: str, *, count: bool = True) -> None:
         """Count a failed connection and log it, once until the reason changes."""
         if count:
-            self.metrics.connect_failures.labels(label).inc()
-        self.metrics.connected.set(0)
+            self.metrics.connect_failed(label)
+        self.metrics.connected = False
         if message != self._connection_trouble:
             self._connection_trouble = message
             log.error(
@@ -349,7 +368,7 @@ class Notifier:
             self._ready = False
             self._syncing_since = time.monotonic()
             pending = len(self._pending)
-        self.metrics.connected.set(1)
+        self.metrics.connected = True
         if self._connection_trouble is not None or self._session == 1:
             log.info(
                 "connected to MQTT broker %s; %d announcements pending",
@@ -384,7 +403,7 @@ class Notifier:
         if was_ready:
             self._trouble("disconnected", f"connection lost ({reason})", count=False)
         else:
-            self.metrics.connected.set(0)
+            self.metrics.connected = False
 
     def _on_subscribe(
         self,

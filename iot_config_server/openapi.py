@@ -13,39 +13,40 @@ import types
 import typing
 from collections.abc import Mapping
 from datetime import datetime
-from importlib import metadata
 from typing import Any, Literal, Union
 
 import attrs
 
-from iot_config_core import ConfigSummary, MacAddress
-from iot_config_core.mac import SPELLINGS_PATTERN
+from iot_config_core import ConfigSummary, MacAddress, __version__
+from iot_config_core.mac import CANONICAL_PATTERN, SPELLINGS_PATTERN
 from iot_config_core.wire import SUMMARY_FILE_FIELDS
 
-from .api_models import ERROR_BODY_RENAMES, ErrorBody
+from .api_models import ERROR_BODY_RENAMES, SCHEMA_NAMES, ErrorBody, SchemaName
 from .endpoints import (
+    DOCUMENTED_NAMES,
     ENDPOINTS,
     Endpoint,
     Header,
-    allowed_methods,
     openapi_path,
+    operation_id,
     path_parameters,
-    rules,
 )
-from .http_errors import ERROR_TABLE, wire_codes
+from .http_errors import ERROR_TABLE, ApiErrorCode, wire_codes
 
 __all__ = ["OpenApiCache", "build_document", "schema_components"]
 
 OPENAPI_VERSION = "3.1.0"
-MAC_PATTERN = r"^[0-9a-f]{2}(-[0-9a-f]{2}){5}$"
+DEVICE_TAG = "devices"
 #: Tag order and descriptions (the docs UI shows groups in this order).
 TAGS = {
     "configs": "Admin REST API used by the web UI (bearer token when the server has tokens).",
-    "devices": "What device firmware polls: exact stored bytes with ETag revalidation. Open.",
+    "devices": "What device firmware polls: exact stored bytes with ETag revalidation. Open, "
+    "unless device auth is on: then the device's own token (or an admin token).",
     "operations": "Health checks and Prometheus metrics. Open.",
     "documentation": "This document and the interactive docs. Open.",
-    "cors": "OPTIONS on every path: allowed methods and CORS preflight answers.",
 }
+#: The documented name of the MAC path parameter.
+MAC_NAME = DOCUMENTED_NAMES["mac"]
 MAC_PARAMETER = (
     "MAC address in any common spelling: aa-bb-cc-dd-ee-ff, AA:BB:CC:DD:EE:FF, aabb.ccdd.eeff, "
     "aabbccddeeff"
@@ -86,11 +87,14 @@ class _SchemaBuilder:
         self._shapes = _shapes()
 
     def ref(self, cls: type, *, output: bool) -> dict[str, Any]:
-        name = cls.__name__
-        if name not in self.components:
-            self.components[name] = {}  # placeholder stops recursion
-            self.components[name] = self._object(cls, output=output)
-        return {"$ref": f"#/components/schemas/{name}"}
+        name = SCHEMA_NAMES.get(cls) or SchemaName(cls.__name__, cls.__name__)
+        if name.key not in self.components:
+            self.components[name.key] = {}  # placeholder stops recursion
+            self.components[name.key] = {
+                "title": name.title,
+                **self._object(cls, output=output),
+            }
+        return {"$ref": f"#/components/schemas/{name.key}"}
 
     def _object(self, cls: type, *, output: bool) -> dict[str, Any]:
         shape = self._shapes.get(cls, WireShape())
@@ -130,7 +134,7 @@ class _SchemaBuilder:
         if tp is MacAddress:
             return {
                 "type": "string",
-                "pattern": MAC_PATTERN,
+                "pattern": CANONICAL_PATTERN,
                 "description": "MAC address, canonical spelling",
                 "examples": ["aa-bb-cc-dd-ee-ff"],
             }
@@ -148,10 +152,10 @@ class _SchemaBuilder:
             return {"type": "array", "items": self.schema(item, output=output)}
         if origin is dict or tp is dict:
             value = args[1] if len(args) == 2 else Any
-            value_schema = self.schema(value, output=output)
+            # `true`, not absent, for any value: generators read a bare object as "no keys".
             return {
                 "type": "object",
-                **({"additionalProperties": value_schema} if value_schema else {}),
+                "additionalProperties": self.schema(value, output=output) or True,
             }
         if attrs.has(tp):
             return self.ref(tp, output=output)
@@ -167,19 +171,21 @@ _REQUEST_ID = Header("X-Request-ID", "The request id (the client's if sane, else
 
 def _error_responses(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
     codes = list(endpoint.errors)
-    if endpoint.admin:
-        codes.append("UNAUTHORIZED")
-    codes.append("INTERNAL_ERROR")
+    if endpoint.admin or endpoint.tag == DEVICE_TAG:
+        codes.append(ApiErrorCode.UNAUTHORIZED)
+    codes.append(ApiErrorCode.INTERNAL_ERROR)
     by_status: dict[int, set[str]] = {}
+    headers_by_status: dict[int, dict[str, Any]] = {}
     for code in codes:
         entry = ERROR_TABLE[code]
         by_status.setdefault(entry.status, set()).add(entry.wire_code)
+        headers = headers_by_status.setdefault(entry.status, _header_objects((_REQUEST_ID,)))
+        for name, value in entry.headers:
+            headers[name] = {"schema": {"type": "string", "examples": [value]}}
     ref = builder.ref(ErrorBody, output=True)
     responses: dict[str, Any] = {}
     for status, wire in sorted(by_status.items()):
-        headers = _header_objects((_REQUEST_ID,))
-        if status == 401:
-            headers["WWW-Authenticate"] = {"schema": {"type": "string"}}
+        headers = headers_by_status[status]
         responses[str(status)] = {
             "description": "Error: " + ", ".join(sorted(wire)),
             "headers": headers,
@@ -195,9 +201,9 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
             "in": "path",
             "required": True,
             "schema": {"type": "string", "pattern": SPELLINGS_PATTERN}
-            if name == "mac"
+            if name == MAC_NAME
             else {"type": "string"},
-            "description": MAC_PARAMETER if name == "mac" else "File name",
+            "description": MAC_PARAMETER if name == MAC_NAME else "File name",
         }
         for name in path_parameters(endpoint.rule)
     ]
@@ -229,7 +235,7 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
         responses[str(reply.status)] = answer
     responses.update(_error_responses(endpoint, builder))
     operation: dict[str, Any] = {
-        "operationId": endpoint.name,
+        "operationId": operation_id(endpoint),
         "summary": endpoint.summary,
         "tags": [endpoint.tag],
         "responses": responses,
@@ -248,41 +254,15 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
     if endpoint.admin:
         # Required only when the server is configured with admin tokens.
         operation["security"] = [{"adminToken": []}, {}]
-    return operation
-
-
-def _options_operation(rule: str) -> dict[str, Any]:
-    operation: dict[str, Any] = {
-        "operationId": "options_" + "_".join(p for p in openapi_path(rule).strip("/").split("/")),
-        "summary": "Allowed methods; answers CORS preflight requests for configured origins",
-        "tags": ["cors"],
-        "responses": {
-            "204": {
-                "description": f"Allowed methods: {allowed_methods(rule)}",
-                "headers": _header_objects(
-                    (
-                        Header("Allow", "The methods of this path."),
-                        Header("Access-Control-Allow-Origin", "Present for allowed origins."),
-                        Header("Access-Control-Allow-Methods", "Present for allowed origins."),
-                        Header("Access-Control-Allow-Headers", "Present for allowed origins."),
-                    )
-                ),
-            }
-        },
-    }
-    names = path_parameters(rule)
-    if names:
-        operation["parameters"] = [
-            {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
+    elif endpoint.tag == DEVICE_TAG:
+        # Required only with IOT_CONFIG_DEVICE_AUTH=required (optional: used when sent).
+        operation["security"] = [
+            {"deviceToken": []},
+            {"deviceTokenQuery": []},
+            {"adminToken": []},
+            {},
         ]
     return operation
-
-
-def _version() -> str:
-    try:
-        return metadata.version("iot-config")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 def build_document(base_path: str = "/") -> dict[str, Any]:
@@ -292,13 +272,12 @@ def build_document(base_path: str = "/") -> dict[str, Any]:
     for endpoint in ENDPOINTS:
         path = paths.setdefault(openapi_path(endpoint.rule), {})
         path[endpoint.method.lower()] = _operation(endpoint, builder)
-    for rule in rules():
-        paths[openapi_path(rule)]["options"] = _options_operation(rule)
+    # CORS preflight OPTIONS routes are protocol, not API: undocumented.
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": "iot-config",
-            "version": _version(),
+            "version": __version__,
             "description": (
                 "Configs of ESP32 devices, keyed by MAC address. Devices poll the raw document "
                 "endpoints; admins and the web UI use /api/configs. Every error answer is an "
@@ -315,7 +294,21 @@ def build_document(base_path: str = "/") -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "Admin token; required only when the server has tokens set.",
-                }
+                },
+                "deviceToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The device's own token (`iot-config device-token MAC`); "
+                    "required only with IOT_CONFIG_DEVICE_AUTH=required. Without a valid one, "
+                    "existing and absent MACs get the same 401.",
+                },
+                "deviceTokenQuery": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "access_token",
+                    "description": "The device token as a query parameter, for HTTP clients "
+                    "that cannot set headers (prefer the header: proxies log query strings).",
+                },
             },
         },
     }

@@ -11,8 +11,8 @@ from typing import Any
 
 from iot_config_core import DocumentLimits, InvalidDocumentError, decode_document
 
-from .api_models import PutConfigRequest
-from .http_errors import ApiError
+from .api_models import PutConfigRequest, api_converter
+from .http_errors import ApiError, ApiErrorCode
 
 __all__ = ["ENVELOPE_ALLOWANCE", "parse_put_request", "read_body", "require_json"]
 
@@ -21,7 +21,7 @@ __all__ = ["ENVELOPE_ALLOWANCE", "parse_put_request", "read_body", "require_json
 ENVELOPE_ALLOWANCE = 64 * 1024
 _CHUNK = 64 * 1024
 # Reasons of `InvalidDocumentError` that are about the request's JSON text, not the content rules.
-_SYNTAX_REASONS = frozenset({"syntax", "invalid_utf8", "byte_order_mark", "not_an_object"})
+_SYNTAX_REASONS = frozenset({"empty", "syntax", "invalid_utf8", "byte_order_mark", "not_an_object"})
 
 
 def require_json(environ: dict[str, Any]) -> None:
@@ -33,10 +33,10 @@ def require_json(environ: dict[str, Any]) -> None:
         media_type.startswith("application/") and media_type.endswith("+json")
     ):
         raise ApiError(
-            "UNSUPPORTED_MEDIA_TYPE",
-            f"request body must be application/json, not {declared[:100]!r}"
+            ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            f"the request body is {declared[:100]!r}, not application/json"
             if declared
-            else "request body must be application/json (Content-Type header missing)",
+            else "the request has no Content-Type header (expected application/json)",
             content_type=declared[:100],
             expected="application/json",
         )
@@ -47,8 +47,8 @@ def require_json(environ: dict[str, Any]) -> None:
             "utf8",
         ):
             raise ApiError(
-                "UNSUPPORTED_MEDIA_TYPE",
-                f"JSON bodies must be UTF-8, not {value.strip()[:40]!r}",
+                ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+                f"the request body must be UTF-8, not {value.strip()[:40]!r}",
                 content_type=declared[:100],
                 expected="application/json",
             )
@@ -60,7 +60,9 @@ def _too_large(size: int | None, cap: int) -> ApiError:
         details["size"] = size
     shown = f"{size} bytes" if size is not None else "more bytes"
     return ApiError(
-        "PAYLOAD_TOO_LARGE", f"request body of {shown} exceeds the limit of {cap} bytes", **details
+        ApiErrorCode.PAYLOAD_TOO_LARGE,
+        f"the request body of {shown} is over the limit of {cap} bytes",
+        **details,
     )
 
 
@@ -78,8 +80,8 @@ def read_body(environ: dict[str, Any], cap: int) -> bytes:
         length = int(length_text) if length_text.isdigit() else -1
         if length < 0:
             raise ApiError(
-                "INVALID_HEADER",
-                f"invalid Content-Length {length_text[:40]!r}",
+                ApiErrorCode.INVALID_HEADER,
+                f"the Content-Length header {length_text[:40]!r} is not a byte count",
                 header="Content-Length",
             )
         if length > cap:
@@ -122,7 +124,11 @@ def _read_to_eof(read: Callable[[int], bytes], cap: int) -> bytes:
 
 
 def _bad_chunking() -> ApiError:
-    return ApiError("INVALID_BODY", "malformed chunked transfer encoding", reason="chunked_framing")
+    return ApiError(
+        ApiErrorCode.INVALID_BODY,
+        "the request body's chunked transfer encoding is malformed",
+        reason="chunked_framing",
+    )
 
 
 def _read_chunked(read: Callable[[int], bytes], cap: int) -> bytes:
@@ -159,7 +165,9 @@ def parse_put_request(data: bytes, limits: DocumentLimits) -> PutConfigRequest:
     """
     if not data:
         raise ApiError(
-            "INVALID_BODY", 'request body is empty; expected {"content": {...}}', reason="empty"
+            ApiErrorCode.INVALID_BODY,
+            'the request body is empty (expected {"content": {...}})',
+            reason="empty",
         )
     # The envelope adds one level of nesting and some bytes around the content.
     envelope_limits = DocumentLimits(
@@ -171,32 +179,39 @@ def parse_put_request(data: bytes, limits: DocumentLimits) -> PutConfigRequest:
         reason = exc.details.get("reason")
         if reason == "not_an_object":
             raise ApiError(
-                "INVALID_BODY",
-                exc.message.replace("document must be", "request body must be"),
+                ApiErrorCode.INVALID_BODY,
+                exc.message.replace("document must be", "the request body must be"),
                 reason="not_an_object",
             ) from None
         if reason in _SYNTAX_REASONS:
-            raise ApiError("INVALID_BODY", f"request body: {exc.message}", **exc.details) from None
+            raise ApiError(
+                ApiErrorCode.INVALID_BODY,
+                f"the request body is not valid JSON ({exc.message})",
+                **exc.details,
+            ) from None
         raise
     if "content" not in body:
         raise ApiError(
-            "INVALID_BODY", 'request body lacks the "content" object', reason="missing_content"
+            ApiErrorCode.INVALID_BODY,
+            'the request body has no "content" object',
+            reason="missing_content",
         )
     content = body["content"]
     if not isinstance(content, dict):
         raise ApiError(
-            "INVALID_BODY",
+            ApiErrorCode.INVALID_BODY,
             f'"content" must be a JSON object, not {_json_kind(content)}',
             reason="content_not_object",
         )
     allow_overwrite = body.get("allow_overwrite", True)
     if not isinstance(allow_overwrite, bool):
         raise ApiError(
-            "INVALID_BODY",
+            ApiErrorCode.INVALID_BODY,
             f'"allow_overwrite" must be true or false, not {_json_kind(allow_overwrite)}',
             reason="allow_overwrite_not_boolean",
         )
-    return PutConfigRequest(content=content, allow_overwrite=allow_overwrite)
+    request: PutConfigRequest = api_converter.structure(body, PutConfigRequest)
+    return request
 
 
 def _json_kind(value: object) -> str:

@@ -8,84 +8,135 @@ gunicorn and cheroot); and on SIGTERM it stops accepting, lets in-flight request
 0 (waitress-serve dropped the request in flight, cheroot hung).
 
 Granian runs the app in worker processes (one by default) under a small supervisor process that
-owns the listening socket. Each worker builds its own app from the `Settings` it is handed (no
-global state crosses the fork), and several workers on one store are safe because the core's
-compare-and-swap holds across processes. This module imports neither Bottle nor the app, so the
-supervisor stays small; workers import them when they build the app.
+owns the listening socket, which we bind ourselves (see `listen`) so that a port is never shared.
+Each worker builds its own app from the `Settings` it is handed (no global state crosses the
+fork), and several workers on one store are safe because the core's compare-and-swap holds
+across processes. This module imports neither Bottle nor the app, so the supervisor stays small;
+workers import them when they build the app.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
-import os
+import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from iot_config_core import ConfigError, DocumentLimits, open_store
+from iot_config_core import ConfigError, StoreMissingError, StoreUnavailableError
 
+from .device_auth import settings_problem
 from .logging_setup import configure_logging
 from .settings import Settings
 
-__all__ = ["EXIT_OK", "EXIT_UNAVAILABLE", "GRACEFUL_STOP_SECONDS", "run_wsgi", "serve"]
+__all__ = [
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "GRACEFUL_STOP_SECONDS",
+    "ListenError",
+    "listen",
+    "run_wsgi",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
 #: Exit statuses, the same numbers the rest of the ``iot-config`` command uses.
 EXIT_OK = 0
+EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 #: How long in-flight requests get to finish after SIGTERM before a worker is killed: below
 #: Kubernetes' default 30 s grace period, above the core's 10 s lock timeout.
 GRACEFUL_STOP_SECONDS = 25
 #: A client gets this long to send its request headers (a slow or stalled client is dropped).
 HEADER_READ_TIMEOUT_MS = 30_000
+#: Connections the kernel queues for the workers to accept (Granian's own default).
+BACKLOG = 1024
 
 WsgiApp = Callable[..., Any]
 
 
-def _default_store_url() -> str:
-    return Settings().store_url
+class ListenError(Exception):
+    """The server cannot listen where it was asked to; ``status`` is the exit status to use."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
-def _is_local_path(url: str) -> bool:
-    return "://" not in url or url.startswith(("file://", "local://"))
+def resolve_host(host: str, port: int) -> tuple[socket.AddressFamily, str]:
+    """The address family and numeric address to bind for ``host`` (an address or a hostname).
+
+    A hostname binds its first address (``localhost`` is usually ``127.0.0.1``). Raises
+    `ListenError` with exit status 2 when ``host`` is neither an address nor resolvable.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        message = f"host {host!r} is not an address to listen on: {reason}"
+        raise ListenError(EXIT_USAGE, message) from None
+    family, _, _, _, address = infos[0]
+    return family, str(address[0])
 
 
-def _local_root(url: str) -> str:
-    for scheme in ("file://", "local://"):
-        if url.startswith(scheme):
-            return url[len(scheme) :]
-    return url
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port``, bound *without* ``SO_REUSEPORT``.
+
+    Granian's own listeners set ``SO_REUSEPORT`` (so that its workers can each bind the port),
+    and the kernel lets any other process of the same user with that option bind the port too
+    and splits connections between them: a second server, on another store, would silently
+    answer half the fleet. A socket bound without the option cannot share the port with any
+    listener, so the kernel refuses the second server atomically, with no window between a
+    check and the bind. Raises `ListenError` (exit status 3 for a taken port, 2 for an address
+    this machine does not have).
+    """
+    family, address = resolve_host(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart over TIME_WAIT
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by connections
+        sock.bind((address, port))
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(
+                EXIT_UNAVAILABLE,
+                f"cannot listen on {where}: port {port} is already in use by another process "
+                "(another iot-config?)",
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ListenError(
+                EXIT_USAGE, f"cannot listen on {where}: not an address of this machine"
+            ) from None
+        raise ListenError(EXIT_UNAVAILABLE, f"cannot listen on {where}: {exc.strerror}") from None
+    return sock
 
 
 def _prepare_store(settings: Settings) -> str | None:
-    """Create the default store directory if missing; refuse a missing one that was configured.
+    """Open the store (creating only the default directory); refuse a missing one.
 
     Returns the store's description for the start-up log line, or ``None`` (after logging why)
     when the server must not start.
     """
-    from .wsgi import is_default_store  # noqa: PLC0415 -- wsgi imports Bottle; only names here
-
-    url = settings.store_url
-    limits = DocumentLimits(max_bytes=settings.max_document_bytes)
     try:
-        store = open_store(url, create=is_default_store(settings), limits=limits)
+        store = settings.open_store()
+        store.check()
+    except StoreMissingError as exc:  # only the default store is created automatically
+        log.error("%s", exc.message)  # noqa: TRY400 -- one line, no traceback
+        return None
+    except StoreUnavailableError as exc:  # an outage: serve, and let readiness report it
+        log.warning("store %s is not answering yet: %s", settings.store_url, exc.message)
+        return settings.store_url
     except ConfigError as exc:
-        log.error("cannot open store %s: %s", url, exc.message)  # noqa: TRY400 -- no traceback
+        log.error("cannot open store %s: %s", settings.store_url, exc.message)  # noqa: TRY400
         return None
-    if _is_local_path(url) and not os.path.isdir(_local_root(url)):
-        log.error(
-            "store directory %s does not exist; create it (only the default %s is created "
-            "automatically)",
-            store.description,
-            _default_store_url(),
-        )
-        return None
-    if url.startswith("memory://") and settings.workers > 1:
-        log.warning(
-            "memory:// stores are private to one process: each of the %d workers has its own",
-            settings.workers,
-        )
     return store.description
 
 
@@ -93,8 +144,7 @@ def _load_app(settings: Settings) -> WsgiApp:
     """Build the app inside a worker process (module-level, so it pickles by reference)."""
     from .wsgi import create_app_from_settings  # noqa: PLC0415 -- Bottle only in workers
 
-    app: WsgiApp = create_app_from_settings(settings)
-    return app
+    return create_app_from_settings(settings)
 
 
 def run_wsgi(
@@ -106,22 +156,52 @@ def run_wsgi(
     workers: int,
     log_level: str = "INFO",
     description: str = "iot_config_server.wsgi:create_app_from_env",
+    listener: socket.socket | None = None,
 ) -> int:
     """Serve the WSGI app ``load_app()`` builds (called once in each worker) until SIGTERM/SIGINT.
 
     ``load_app`` must pickle (a module-level function or a `functools.partial` of one). Shared
     with the server benchmark, so its baseline app runs on exactly this server configuration.
-    Returns 0 after a graceful stop, non-zero when a worker died or the port could not be bound.
+    ``listener`` is a socket from `listen` (made here from ``host`` and ``port`` if not given).
+    Returns 0 after a graceful stop, 2 or 3 when it cannot listen (see `listen`, which logged
+    why), non-zero when a worker died.
     """
-    from granian import Granian  # noqa: PLC0415 -- the server extra, only when serving
+    from granian._granian import SocketHolder  # noqa: PLC0415 -- the server extra, when serving
     from granian.constants import Interfaces, RuntimeModes  # noqa: PLC0415
     from granian.http import HTTP1Settings  # noqa: PLC0415
     from granian.log import LogLevels  # noqa: PLC0415
+    from granian.server import MPServer  # noqa: PLC0415
 
-    server = Granian(
+    if listener is None:
+        try:
+            listener = listen(host, port)
+        except ListenError as exc:
+            log.error("%s", exc.message)  # noqa: TRY400 -- one line, no traceback
+            return exc.status
+    sock = listener
+
+    class _Server(MPServer):
+        """Granian's worker processes serving our listener: all accept on the one socket we bound.
+
+        Granian's own path for a socket built in its main process (its non-Linux and Unix
+        socket path), given our socket instead of one it binds with ``SO_REUSEPORT``.
+        """
+
+        def _init_shared_socket(self) -> None:
+            sock.set_inheritable(True)
+            self._ssp = None
+            # Granian's attributes are declared as None until it fills them itself.
+            self._sfd = sock.fileno()  # type: ignore[assignment]
+            # Linux and FreeBSD holders also take the backlog (they listen in each worker).
+            extra = (BACKLOG,) if sys.platform.startswith(("linux", "freebsd")) else ()
+            holder = SocketHolder(sock.fileno(), False, *extra)  # type: ignore[call-arg]  # noqa: FBT003
+            self._shd = holder  # type: ignore[assignment]
+            self._sso = sock
+
+    server = _Server(
         description,
-        address=host,
-        port=port,
+        address=listener.getsockname()[0],
+        port=listener.getsockname()[1],
         interface=Interfaces.WSGI,
         workers=workers,
         # One Rust runtime thread per worker: measured fastest on one core, and request handling
@@ -129,6 +209,7 @@ def run_wsgi(
         # slow store call does not hold up every other request.
         runtime_mode=RuntimeModes.st,
         blocking_threads=threads,
+        backlog=BACKLOG,
         http1_settings=HTTP1Settings(header_read_timeout=HEADER_READ_TIMEOUT_MS),
         websockets=False,
         log_level=LogLevels(log_level.lower()),
@@ -142,9 +223,8 @@ def run_wsgi(
         server.serve(target_loader=load_app, wrap_loader=False)
     except SystemExit as exc:  # granian exits 1 when a worker died and could not be respawned
         return exc.code if isinstance(exc.code, int) else 1
-    except (OSError, RuntimeError) as exc:  # granian reports a taken address as RuntimeError
-        log.error("cannot listen on %s:%d: %s", host, port, exc)  # noqa: TRY400 -- no traceback
-        return EXIT_UNAVAILABLE
+    finally:
+        listener.close()
     return EXIT_OK
 
 
@@ -152,35 +232,57 @@ def serve(settings: Settings) -> int:
     """Serve the REST and device API with ``settings`` until SIGTERM or SIGINT.
 
     In-flight requests finish before the process exits with status 0. Logs go to stdout.
-    Returns 3 without serving when the store cannot be used or the port cannot be bound.
+    Returns 2 without serving for a host it cannot listen on, 3 when the store cannot be used
+    or the port is taken (by any process, even one that shares ports with ``SO_REUSEPORT``).
     """
     configure_logging(settings)
+    try:
+        resolve_host(settings.host, settings.port)  # a bad host is a usage error, found first
+    except ListenError as exc:
+        log.error("%s", exc.message)  # noqa: TRY400 -- one line, no traceback
+        return exc.status
+    problem = settings_problem(settings)
+    if problem is not None:
+        log.error("device auth %s: %s", settings.device_auth, problem)
+        return EXIT_UNAVAILABLE
     description = _prepare_store(settings)
     if description is None:
         return EXIT_UNAVAILABLE
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    try:
+        listener = listen(settings.host, settings.port)
+    except ListenError as exc:
+        log.error("%s", exc.message)  # noqa: TRY400 -- one line, no traceback
+        return exc.status
+    address, port = listener.getsockname()[:2]
+    host = f"[{address}]" if ":" in address else address
     log.info(
-        "serving http://%s:%d/ from store %s; admin auth %s; %d worker(s) x %d thread(s)",
+        "serving http://%s:%d/ from store %s; admin auth %s; %d worker(s) x %d thread(s); "
+        "access log %s",
         host,
-        settings.port,
+        port,
         description,
         "enabled" if settings.auth_enabled else "DISABLED",
         settings.workers,
         settings.threads,
+        "on" if settings.access_log else "off",
     )
     if not settings.auth_enabled:
         log.warning(
             "no admin tokens are set (IOT_CONFIG_ADMIN_TOKENS): anyone who can reach this port "
             "can change or delete configs"
         )
-    status = run_wsgi(
-        functools.partial(_load_app, settings),
-        host=settings.host,
-        port=settings.port,
-        threads=settings.threads,
-        workers=settings.workers,
-        log_level=settings.log_level,
-    )
+    from .metrics import multiprocess_directory  # noqa: PLC0415 -- prometheus_client: serving only
+
+    with multiprocess_directory(settings.workers):  # workers count into files summed at scrape
+        status = run_wsgi(
+            functools.partial(_load_app, settings),
+            host=address,
+            port=port,
+            threads=settings.threads,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            listener=listener,
+        )
     # Granian's dictConfig closed every existing handler, ours included: reinstall it.
     configure_logging(settings)
     log.info("stopped (exit status %d)", status)

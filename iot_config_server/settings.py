@@ -7,14 +7,17 @@ are still read (the new names win) so existing deployments keep working unchange
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import attrs
 
+from iot_config_core import ConfigStore, DocumentLimits, open_store
+
 from .broker import BrokerAddress
 
-__all__ = ["ENV_PREFIX", "LEGACY_VARIABLES", "Settings", "SettingsError"]
+__all__ = ["DEFAULT_STORE_URL", "ENV_PREFIX", "LEGACY_VARIABLES", "Settings", "SettingsError"]
 
 ENV_PREFIX = "IOT_CONFIG_"
 #: Old variable -> new one, read only when the new one is unset.
@@ -27,8 +30,13 @@ LEGACY_VARIABLES = {
     "MQTT_PASSWORD": "IOT_CONFIG_MQTT_PASSWORD",
 }
 
+#: The store used when none is configured, and the only one ever created.
+DEFAULT_STORE_URL = "./iot-configs"
+
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 LOG_FORMATS = ("text", "json")
+#: ``IOT_CONFIG_DEVICE_AUTH``: who may read a device endpoint (see docs/security.md).
+DEVICE_AUTH_MODES = ("off", "optional", "required")
 
 T = TypeVar("T")
 
@@ -50,6 +58,23 @@ def _positive(name: str) -> Callable[[Any, attrs.Attribute[int], int], None]:
             raise SettingsError(name, f"must be at least 1, not {value}")
 
     return check
+
+
+def _positive_seconds(name: str) -> Callable[[Any, attrs.Attribute[float], float], None]:
+    def check(_: Any, __: attrs.Attribute[float], value: float) -> None:
+        if not value > 0:
+            raise SettingsError(name, f"must be a positive number of seconds, not {value}")
+
+    return check
+
+
+def default_threads() -> int:
+    """Python threads per worker: as many as Granian accepts without warning (2 per CPU + 1).
+
+    A thread waiting on the store costs little, so more helps a slow store; fewer than three
+    would leave no thread for store calls beside the two the store gate keeps for probes.
+    """
+    return 2 * (os.cpu_count() or 1) + 1
 
 
 def _check_port(_: Any, __: attrs.Attribute[int], value: int) -> None:
@@ -108,6 +133,13 @@ def _strip_slashes(value: str) -> str:
     return value.strip("/")
 
 
+def _check_device_auth(_: Any, __: attrs.Attribute[str], value: str) -> None:
+    if value not in DEVICE_AUTH_MODES:
+        raise SettingsError(
+            "device_auth", f"must be one of {', '.join(DEVICE_AUTH_MODES)}, not {value!r}"
+        )
+
+
 def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
@@ -124,14 +156,21 @@ def _lower(value: str) -> str:
 class Settings:
     """Everything the server runner and `create_app` need to know; no secrets in ``repr``."""
 
-    store_url: str = "./iot-configs"
+    store_url: str = DEFAULT_STORE_URL
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8080, validator=_check_port)
-    threads: int = attrs.field(default=8, validator=_positive("threads"))
+    threads: int = attrs.field(factory=default_threads, validator=_positive("threads"))
     workers: int = attrs.field(default=1, validator=_positive("workers"))
     max_document_bytes: int = attrs.field(
-        default=1048576, validator=_positive("max_document_bytes")
+        default=DocumentLimits().max_bytes, validator=_positive("max_document_bytes")
     )
+    #: Seconds with store calls in flight and none completing after which the store counts as
+    #: hung and store requests are shed (see `iot_config_server.store_gate`).
+    store_stall_seconds: float = attrs.field(
+        default=1.0, converter=float, validator=_positive_seconds("store_stall_seconds")
+    )
+    #: One log line per request (method, route, status, duration, request id).
+    access_log: bool = False
     cors_origins: tuple[str, ...] = attrs.field(
         default=(), converter=_str_tuple, validator=_check_origins
     )
@@ -140,6 +179,9 @@ class Settings:
     )
     log_level: str = attrs.field(default="INFO", converter=_upper, validator=_check_log_level)
     log_format: str = attrs.field(default="text", converter=_lower, validator=_check_log_format)
+    device_auth: str = attrs.field(default="off", converter=_lower, validator=_check_device_auth)
+    device_secret_file: str | None = None
+
     # MQTT notifications (iot_config_server.notifications): off while mqtt_url is None.
     mqtt_url: str | None = attrs.field(default=None, validator=_check_mqtt_url)
     mqtt_username: str | None = None
@@ -151,6 +193,46 @@ class Settings:
         validator=_check_topic_prefix,
     )
     mqtt_poll_seconds: float = attrs.field(default=5.0, validator=_check_poll_seconds)
+
+    def __attrs_post_init__(self) -> None:
+        if self.store_url.startswith("memory://") and self.workers > 1:
+            raise SettingsError(
+                "workers",
+                f"a memory:// store lives in one process: {self.workers} workers would each "
+                "serve their own empty store; use 1 worker or a shared store",
+            )
+        if self.device_auth != "off" and self.device_secret_file is None:
+            raise SettingsError(
+                "device_secret_file", f"device_auth {self.device_auth!r} needs a secret file"
+            )
+
+    @property
+    def document_limits(self) -> DocumentLimits:
+        """The core's document limits these settings ask for (the one place they are built)."""
+        return DocumentLimits(max_bytes=self.max_document_bytes)
+
+    @property
+    def creates_store(self) -> bool:
+        """Whether the store is the default ``./iot-configs``, the only one ever created.
+
+        Any other store is an operator's explicit choice; creating it on a typo would serve an
+        empty fleet instead of failing loudly.
+        """
+        url = self.store_url
+        return url == DEFAULT_STORE_URL or (
+            "://" not in url and os.path.normpath(url) == os.path.normpath(DEFAULT_STORE_URL)
+        )
+
+    def open_store(self, *, create: bool = False) -> ConfigStore:
+        """The store these settings name, with their document limits; used by every entry point.
+
+        Creates the default directory (see `creates_store`), any other store only when ``create``
+        (an operator's explicit ``--create-store``). Raises the core's `ConfigError` subclasses,
+        like `iot_config_core.open_store`.
+        """
+        return open_store(
+            self.store_url, create=create or self.creates_store, limits=self.document_limits
+        )
 
     @property
     def auth_enabled(self) -> bool:
@@ -199,10 +281,14 @@ class Settings:
             "threads": ("THREADS", _integer),
             "workers": ("WORKERS", _integer),
             "max_document_bytes": ("MAX_DOCUMENT_BYTES", _integer),
+            "store_stall_seconds": ("STORE_STALL_SECONDS", _number),
+            "access_log": ("ACCESS_LOG", _boolean),
             "cors_origins": ("CORS_ORIGINS", _list),
             "admin_tokens": ("ADMIN_TOKENS", _list),
             "log_level": ("LOG_LEVEL", _text),
             "log_format": ("LOG_FORMAT", _text),
+            "device_auth": ("DEVICE_AUTH", _text),
+            "device_secret_file": ("DEVICE_SECRET_FILE", _text),
             "mqtt_url": ("MQTT_URL", _optional_text),
             "mqtt_username": ("MQTT_USERNAME", _optional_text),
             "mqtt_password": ("MQTT_PASSWORD", _optional_secret),
@@ -255,6 +341,24 @@ def _integer(value: str) -> int:
         return int(value.strip())
     except ValueError:
         raise ValueError(f"must be an integer, not {value[:40]!r}") from None
+
+
+def _number(value: str) -> float:
+    try:
+        return float(value.strip())
+    except ValueError:
+        raise ValueError(f"must be a number, not {value[:40]!r}") from None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _boolean(value: str) -> bool:
+    text = value.strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise ValueError(f"must be one of {', '.join(_TRUE + _FALSE)}, not {value[:40]!r}")
+    return text in _TRUE
 
 
 def _list(value: str) -> tuple[str, ...]:

@@ -14,10 +14,9 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import bottle
+from iot_config_core import ConfigError, ConfigStore
 
-from iot_config_core import ConfigError, ConfigStore, DocumentLimits, open_store
-
+from .access_log import WsgiApp, wrap_access_log
 from .app import METRICS_CONFIG_KEY, create_app
 from .logging_setup import configure_logging
 from .settings import Settings
@@ -27,51 +26,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "create_app_from_env",
-    "create_app_from_settings",
-    "is_default_store",
-    "open_settings_store",
-]
+__all__ = ["create_app_from_env", "create_app_from_settings"]
 
 
-def is_default_store(settings: Settings) -> bool:
-    """Whether the store is the default ``./iot-configs``, the only one we ever create.
-
-    Any other store is an operator's explicit choice; creating it on a typo would serve an empty
-    fleet instead of failing loudly.
-    """
-    default = Settings().store_url
-    url = settings.store_url
-    return url == default or (
-        "://" not in url and os.path.normpath(url) == os.path.normpath(default)
-    )
-
-
-def open_settings_store(settings: Settings) -> ConfigStore:
-    """The store ``settings`` name, with its document limits (the default directory is created)."""
-    return open_store(
-        settings.store_url,
-        create=is_default_store(settings),
-        limits=DocumentLimits(max_bytes=settings.max_document_bytes),
-    )
-
-
-def create_app_from_settings(settings: Settings) -> bottle.Bottle:
+def create_app_from_settings(settings: Settings) -> WsgiApp:
     """Configure logging, open the store and build the app: what one server worker runs.
+
+    The app is the Bottle app of `create_app`, wrapped by the access log when it is on.
 
     The first listing is started in the background, so the config count in ``/metrics`` is right
     from the first scrape and the first ``GET /api/configs`` finds a warm cache, while the server
     starts answering (and probes pass) at once.
     """
     configure_logging(settings)
-    store = open_settings_store(settings)
+    store = settings.open_store()
+    # MQTT: one publisher per worker process (see iot_config_server.notifications for why).
     notifier = _notifier(store, settings)
-    app = create_app(store, settings, on_change=None if notifier is None else notifier.announce)
-    if (
-        notifier is not None
-    ):  # one publisher per worker process: see iot_config_server.notifications
-        notifier.start(app.config[METRICS_CONFIG_KEY].registry)
+    bottle_app = create_app(
+        store, settings, on_change=None if notifier is None else notifier.announce
+    )
+    if notifier is not None:
+        notifier.start(bottle_app.config[METRICS_CONFIG_KEY])
+    app = wrap_access_log(bottle_app, settings)
     threading.Thread(
         target=_warm_listing, args=(store,), name="listing-warm-up", daemon=True
     ).start()
@@ -97,7 +73,7 @@ def _warm_listing(store: ConfigStore) -> None:
         log.info("%d configs in %s", len(listing.summaries), store.description)
 
 
-def create_app_from_env(environ: Mapping[str, str] | None = None) -> bottle.Bottle:
+def create_app_from_env(environ: Mapping[str, str] | None = None) -> WsgiApp:
     """The app configured by ``IOT_CONFIG_*`` variables (``os.environ`` unless given).
 
     Raises `iot_config_server.settings.SettingsError` naming a variable with an unusable value.

@@ -56,8 +56,9 @@ def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
     assert response.status_int == status
     assert response.content_type == "application/json"
     body: dict[str, Any] = response.json
-    assert set(body) == {"error", "code", "details", "correlationId"}
+    assert set(body) == {"error", "code", "status", "details", "correlationId"}
     assert body["code"] == code
+    assert body["status"] == status
     assert isinstance(body["details"], dict)
     assert body["error"]
     assert body["correlationId"] == response.headers["X-Request-ID"]
@@ -145,11 +146,16 @@ def test_get_accepts_any_spelling_and_answers_canonical(
 def test_get_absent_is_404_record_not_found(app: webtest.TestApp) -> None:
     body = assert_error(app.get(f"/api/configs/{MAC}", status=404), 404, "RECORD_NOT_FOUND")
     assert body["details"]["mac_address"] == MAC
+    assert body["error"] == f"Config {MAC} was not found"  # the old service's words
+    # Any spelling of the MAC: the message names the canonical one.
+    body = assert_error(app.get("/api/configs/AABBCCDDEEFF", status=404), 404, "RECORD_NOT_FOUND")
+    assert body["error"] == f"Config {MAC} was not found"
 
 
 def test_get_invalid_mac_is_400_invalid_operation(app: webtest.TestApp) -> None:
     body = assert_error(app.get("/api/configs/not-a-mac", status=400), 400, "INVALID_OPERATION")
-    assert "not-a-mac" in body["error"]
+    assert body["error"] == "Cannot get config because MAC address 'not-a-mac' has invalid format"
+    assert body["details"]["value"] == "not-a-mac"
 
 
 def test_get_corrupt_document_is_422(tmp_path: Path) -> None:
@@ -283,7 +289,7 @@ def test_put_ignores_unknown_envelope_keys(app: webtest.TestApp) -> None:
         (b'{"content": {"a": 1e400}}', "INVALID_DOCUMENT", "non_finite_number", "non-finite"),
         (b'{"content": {"a": "\\ud800"}}', "INVALID_DOCUMENT", "lone_surrogate", "surrogate"),
         (
-            b'{"content": ' + b'{"a": ' * 40 + b"1" + b"}" * 41,
+            b'{"content": ' + b'{"a": ' * 70 + b"1" + b"}" * 71,
             "INVALID_DOCUMENT",
             "too_deep",
             "deeper",
@@ -343,7 +349,8 @@ def test_put_accepts_json_media_types(app: webtest.TestApp, content_type: str) -
 
 def test_put_invalid_mac_is_400_before_the_body_is_looked_at(app: webtest.TestApp) -> None:
     response = raw_put(app, b"garbage", mac="xx-yy", content_type="text/plain")
-    assert_error(response, 400, "INVALID_OPERATION")
+    body = assert_error(response, 400, "INVALID_OPERATION")
+    assert body["error"] == "Cannot save config because MAC address 'xx-yy' has invalid format"
 
 
 # -- sizes --------------------------------------------------------------------------------------
@@ -352,7 +359,7 @@ def test_put_invalid_mac_is_400_before_the_body_is_looked_at(app: webtest.TestAp
 @pytest.fixture
 def small_app(tmp_path: Path) -> tuple[webtest.TestApp, ConfigStore]:
     store = open_store(str(tmp_path / "small"), create=True, limits=DocumentLimits(max_bytes=1000))
-    return webtest.TestApp(create_app(store, Settings())), store
+    return webtest.TestApp(create_app(store, Settings(max_document_bytes=1000))), store
 
 
 def test_document_over_the_core_limit_is_413(
@@ -451,7 +458,8 @@ def test_malformed_chunking_is_400(small_app: tuple[webtest.TestApp, ConfigStore
 
 def test_invalid_content_length_is_400(small_app: tuple[webtest.TestApp, ConfigStore]) -> None:
     _, store = small_app
-    app = webtest.TestApp(create_app(store, Settings()), lint=False)  # lint rejects the header
+    settings = Settings(max_document_bytes=1000)
+    app = webtest.TestApp(create_app(store, settings), lint=False)  # lint rejects the header
     request = webtest.TestRequest.blank(
         f"/api/configs/{MAC}", method="PUT", headers={"Content-Type": "application/json"}
     )
@@ -488,7 +496,8 @@ def test_delete_if_match(app: webtest.TestApp, store: ConfigStore) -> None:
 def test_delete_invalid_mac_and_malformed_if_match(
     app: webtest.TestApp, store: ConfigStore
 ) -> None:
-    assert_error(app.delete("/api/configs/12345", status=400), 400, "INVALID_OPERATION")
+    body = assert_error(app.delete("/api/configs/12345", status=400), 400, "INVALID_OPERATION")
+    assert body["error"] == "Cannot delete config because MAC address '12345' has invalid format"
     put(app, MAC, {"v": 1})
     assert_error(
         app.delete(f"/api/configs/{MAC}", headers={"If-Match": '"open'}, status=400),
@@ -547,3 +556,24 @@ def test_whitespace_around_a_mac_is_the_cores_to_strip(
     response = app.put_json("/api/configs/%20AA:BB:CC:DD:EE:FF%0A", {"content": {"v": 1}})
     assert response.json["mac_address"] == MAC
     assert store.get(MAC).content == {"v": 1}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "expected"),
+    [
+        ("GET", f"/api/configs/{MAC}.json", 404, f"Config {MAC} was not found"),
+        ("GET", "/api/configs/zz.json", 400, "MAC address 'zz' has invalid format"),
+        ("PUT", f"/api/configs/{MAC}", 415, "Cannot save config because the request "),
+        ("GET", "/nope", 404, "There is no API route at '/nope'"),
+        ("POST", "/api/configs", 405, "Method POST is not allowed here"),
+    ],
+)
+def test_every_message_is_a_sentence_for_admins(
+    app: webtest.TestApp, method: str, path: str, status: int, expected: str
+) -> None:
+    """New messages follow the old service's style: capitalized, no code needed to understand."""
+    response = app.request(path, method=method, body=b"x", status=status)
+    body = assert_error(response, status, response.json["code"])
+    assert expected in body["error"]
+    assert body["error"][0].isupper()
+    assert body["code"] not in body["error"]

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import wsgiref.util
 from pathlib import Path
 
+import bottle
 import pytest
 import webtest
+from prometheus_client.parser import text_string_to_metric_families
 
 from iot_config_core import ConfigStore, compute_etag, open_store
 from iot_config_server import Settings, create_app
+from iot_config_server.logging_setup import RequestIdFilter
 
 MAC = "aa-bb-cc-dd-ee-ff"
 PATHS = ["/api/configs/{mac}.json", "/esp32/config/{mac}.json"]
@@ -136,3 +142,148 @@ def test_device_paths_are_read_only(app: webtest.TestApp, method: str, path: str
     assert response.status_int == 405
     assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
     assert response.json["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_answer_headers_exactly(app: webtest.TestApp, store: ConfigStore) -> None:
+    stored = store.put(MAC, {"v": 1})
+    url = f"/esp32/config/{MAC}.json"
+    tag = f'"{stored.etag}"'
+    common = [("X-Request-ID", "dev-1"), ("X-Content-Type-Options", "nosniff")]
+    for method in ("GET", "HEAD"):
+        ok = app.request(url, method=method, headers={"X-Request-ID": "dev-1"})
+        assert ok.headerlist == [
+            ("ETag", tag),
+            ("Cache-Control", "no-cache"),
+            ("Content-Type", "application/json"),
+            *common,
+            ("Content-Length", str(stored.size)),
+        ]
+        fresh = app.request(
+            url, method=method, headers={"X-Request-ID": "dev-1", "If-None-Match": tag}
+        )
+        assert fresh.status_int == 304
+        assert fresh.headerlist == [("ETag", tag), ("Cache-Control", "no-cache"), *common]
+
+
+def test_request_id_is_generated_or_kept_and_in_error_bodies(app: webtest.TestApp) -> None:
+    url = f"/esp32/config/{MAC}.json"
+    generated = app.get(url, status=404)
+    rid = generated.headers["X-Request-ID"]
+    assert len(rid) == 24
+    assert generated.json["correlationId"] == rid
+    for sent, kept in (("abc-123", "abc-123"), ("has space", None)):
+        answer = app.get(url, headers={"X-Request-ID": sent}, status=404)
+        assert (answer.headers["X-Request-ID"] == sent) == (kept is not None)
+        assert answer.json["correlationId"] == answer.headers["X-Request-ID"]
+
+
+@pytest.mark.parametrize("cors", [("https://ui.example.org",), ("*",)])
+def test_cors_headers(store: ConfigStore, cors: tuple[str, ...]) -> None:
+    store.put(MAC, {"v": 1})
+    app = webtest.TestApp(create_app(store, Settings(cors_origins=cors)))
+    url = f"/esp32/config/{MAC}.json"
+    ui = "https://ui.example.org"
+    plain = app.get(url).headerlist
+    assert (("Vary", "Origin") in plain) == (cors != ("*",))  # a shared cache must not mix origins
+    assert not any(name.startswith("Access-Control") for name, _ in plain)
+    allowed = app.get(url, headers={"Origin": ui})
+    assert allowed.headers["Access-Control-Allow-Origin"] == (ui if cors != ("*",) else "*")
+    assert "ETag" in allowed.headers["Access-Control-Expose-Headers"]
+    other = app.get(url, headers={"Origin": "https://elsewhere.example"})
+    if cors == ("*",):
+        assert other.headers["Access-Control-Allow-Origin"] == "*"
+    else:
+        assert "Access-Control-Allow-Origin" not in other.headers
+        assert other.headers["Vary"] == "Origin"
+    missing = app.get("/esp32/config/00-00-00-00-00-01.json", headers={"Origin": ui}, status=404)
+    assert "Access-Control-Allow-Origin" in missing.headers
+
+
+def counts(app: webtest.TestApp) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    result = {}
+    for family in text_string_to_metric_families(app.get("/metrics").text):
+        for sample in family.samples:
+            result[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return result
+
+
+def test_outage_is_answered_logged_with_the_request_id_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "configs"
+    store = open_store(str(root), create=True)
+    app = webtest.TestApp(create_app(store, Settings()))
+    root.rename(tmp_path / "gone")
+    caplog.handler.addFilter(RequestIdFilter())
+    with caplog.at_level(logging.ERROR):
+        answer = app.get(f"/esp32/config/{MAC}.json", headers={"X-Request-ID": "out-1"}, status=503)
+    assert answer.headers["Retry-After"] == "1"
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert "ETag" not in answer.headers
+    logged = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert [r.request_id for r in logged] == ["out-1"]  # type: ignore[attr-defined]
+    found = counts(app)
+    route = (("route", "/esp32/config/<mac>.json"),)
+    request = (("method", "GET"), ("route", "/esp32/config/<mac>.json"), ("status", "503"))
+    assert found[("iot_config_http_requests_total", request)] == 1
+    assert found[("iot_config_http_request_duration_seconds_count", route)] == 1
+    outcome = (("operation", "get_raw"), ("outcome", "store_unavailable"))
+    assert found[("iot_config_config_operations_total", outcome)] == 1
+
+
+def test_odd_paths_get_json_errors(app: webtest.TestApp) -> None:
+    for path, status in (("/esp32/config/.json", 404), (f"/esp32/config/x/{MAC}.json", 404)):
+        answer = app.get(path, status=status)
+        assert answer.content_type == "application/json"
+        assert answer.json["correlationId"] == answer.headers["X-Request-ID"]
+
+
+def test_non_ascii_path_is_an_invalid_mac(store: ConfigStore) -> None:
+    """UTF-8 bytes in the path, as a WSGI server passes them (webtest cannot send them)."""
+    environ: dict[str, object] = {}
+    wsgiref.util.setup_testing_defaults(environ)
+    environ["PATH_INFO"] = "/esp32/config/\xc3\xa9.json"
+    started: list[str] = []
+    body = create_app(store, Settings())(
+        environ, lambda status, _headers, _exc=None: started.append(status)
+    )
+    assert started == ["400 Bad Request"]
+    assert json.loads(b"".join(body))["code"] == "INVALID_OPERATION"
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-Request-ID": "m-1"}])
+def test_behind_a_prefix_or_mounted_in_a_parent_app(
+    store: ConfigStore, headers: dict[str, str]
+) -> None:
+    """Behind a proxy (SCRIPT_NAME) or merged into a parent Bottle app, the answers are alike."""
+    store.put(MAC, {"v": 1})
+    direct = webtest.TestApp(create_app(store, Settings()))
+    proxied = webtest.TestApp(create_app(store, Settings()), extra_environ={"SCRIPT_NAME": "/p"})
+    parent = bottle.Bottle()
+    parent.mount("/iot/", create_app(store, Settings()))
+    mounted = webtest.TestApp(parent)
+    tag = direct.get(f"/esp32/config/{MAC}.json").headers["ETag"]
+    for method in ("GET", "HEAD"):
+        for extra in ({}, {"If-None-Match": tag}):
+            for mac in (MAC, "00-00-00-00-00-01", "zz"):
+                path = f"/esp32/config/{mac}.json"
+                sent = {**headers, **extra}
+                want = direct.request(path, method=method, headers=sent, expect_errors=True)
+                for got in (
+                    proxied.request(path, method=method, headers=sent, expect_errors=True),
+                    mounted.request("/iot" + path, method=method, headers=sent, expect_errors=True),
+                ):
+                    assert got.status == want.status
+                    assert _comparable(got) == _comparable(want)
+
+
+def _comparable(answer: webtest.TestResponse) -> tuple[dict[str, str], bytes]:
+    """Headers by lower-case name and the body, with a generated request id blanked out."""
+    headers = {name.lower(): value for name, value in answer.headerlist}
+    rid = headers["x-request-id"]
+    body = answer.body
+    if rid != "m-1":
+        headers["x-request-id"] = "<generated>"
+        body = body.replace(rid.encode(), b"<generated>")
+    return headers, body

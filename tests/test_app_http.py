@@ -37,7 +37,8 @@ def app(store: ConfigStore) -> webtest.TestApp:
 
 def error_code(response: Any) -> str:
     assert response.content_type == "application/json"
-    assert set(response.json) == {"error", "code", "details", "correlationId"}
+    assert set(response.json) == {"error", "code", "status", "details", "correlationId"}
+    assert response.json["status"] == response.status_int
     return str(response.json["code"])
 
 

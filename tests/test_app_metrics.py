@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
+import test_e2e_serve as e2e  # the real-server helpers
 import webtest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from iot_config_core import ConfigStore, open_store
-from iot_config_server import Settings, create_app
-from iot_config_server.app import METRICS_CONFIG_KEY
+from iot_config_server import Settings, create_app, metrics
 
 MAC = "aa-bb-cc-dd-ee-ff"
 
@@ -103,17 +109,41 @@ def test_operations_by_outcome_and_store_errors(tmp_path: Path) -> None:
     assert values[("iot_config_store_errors_total", (("operation", "put"),))] == 0
 
 
-def test_config_count_comes_from_the_last_listing(app: webtest.TestApp, store: ConfigStore) -> None:
-    for i in range(3):
-        store.put(f"00-00-00-00-00-0{i}", {})
-    # The gauge reads the cached listing: a scrape never lists the store itself.
+@pytest.fixture
+def patient_scrapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scrapes that wait for the count however loaded the machine (the default is short)."""
+    monkeypatch.setattr(metrics, "SCRAPE_WAIT_SECONDS", 30.0)
+
+
+@pytest.mark.usefixtures("patient_scrapes")
+def test_config_count_is_the_store_now(
+    app: webtest.TestApp, store: ConfigStore, tmp_path: Path
+) -> None:
+    """Writes by anyone (this app, another replica, the CLI, by hand) show in the next scrape."""
     assert samples(app)[("iot_config_configs", ())] == 0
-    app.get("/api/configs")
+    for i in range(3):
+        store.put(f"00-00-00-00-00-0{i}", {})  # another writer on the same directory
     assert samples(app)[("iot_config_configs", ())] == 3
-    store.put("00-00-00-00-00-09", {})
-    assert samples(app)[("iot_config_configs", ())] == 3
-    app.get("/api/configs")
+    (tmp_path / "configs" / "00-00-00-00-00-09.json").write_text('{"by": "hand"}')
+    (tmp_path / "configs" / "00-00-00-00-00-08.json").write_text("{not json")
+    (tmp_path / "configs" / "notes.txt").write_text("not a config")
     assert samples(app)[("iot_config_configs", ())] == 4
+    (tmp_path / "configs" / "00-00-00-00-00-00.json").unlink()
+    assert samples(app)[("iot_config_configs", ())] == 3
+
+
+@pytest.mark.usefixtures("patient_scrapes")
+def test_unreadable_store_leaves_the_count_out_and_the_scrape_working(tmp_path: Path) -> None:
+    root = tmp_path / "configs"
+    store = open_store(str(root), create=True)
+    store.put(MAC, {})
+    app = webtest.TestApp(create_app(store, Settings()))
+    assert samples(app)[("iot_config_configs", ())] == 1
+    root.rename(tmp_path / "gone")
+    values = samples(app)
+    assert ("iot_config_configs", ()) not in values
+    assert ("iot_config_build_info", ()) not in values  # build info has labels, still there
+    assert any(name == "iot_config_build_info" for name, _ in values)
 
 
 def test_build_info(app: webtest.TestApp) -> None:
@@ -133,24 +163,17 @@ def test_metrics_stay_separate_between_apps(store: ConfigStore, tmp_path: Path) 
     assert requests(second, "GET", "/api/health/live", 200) == 1
 
 
-def test_counts_from_many_threads_add_up_and_finished_threads_are_folded(
-    app: webtest.TestApp,
-) -> None:
-    """A server that starts a thread per request must not grow the per-thread shards forever."""
-
+def test_counts_from_many_threads_add_up(app: webtest.TestApp) -> None:
     def poll() -> None:
         for _ in range(3):
             app.get("/api/health/live")
 
-    for _ in range(5):
-        threads = [threading.Thread(target=poll) for _ in range(40)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    assert requests(app, "GET", "/api/health/live", 200) == 5 * 40 * 3
-    collector = app.app.config[METRICS_CONFIG_KEY].stats
-    assert collector.shard_count() <= collector.FOLD_THRESHOLD + 1
+    threads = [threading.Thread(target=poll) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert requests(app, "GET", "/api/health/live", 200) == 40 * 3
 
 
 def test_invented_methods_do_not_add_series(store: ConfigStore) -> None:
@@ -163,3 +186,127 @@ def test_invented_methods_do_not_add_series(store: ConfigStore) -> None:
     assert "BAR" not in text
     assert requests(app, "OTHER", "<unmatched>", 405) == 3
     assert requests(app, "OTHER", "<unmatched>", 404) == 3
+
+
+# -- several worker processes ---------------------------------------------------------------------
+
+DEVICE_ROUTE = (("method", "GET"), ("route", "/esp32/config/<mac>.json"), ("status", "200"))
+
+
+def scraped_device_gets(port: int) -> float:
+    status, _, body = e2e.request(port, "GET", "/metrics")
+    assert status == 200
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            labels = tuple(sorted(sample.labels.items()))
+            if sample.name == "iot_config_http_requests_total" and labels == DEVICE_ROUTE:
+                return sample.value
+    return 0.0
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    pids: set[int] = set()
+    for task in Path(f"/proc/{supervisor}/task").iterdir():
+        pids.update(int(pid) for pid in (task / "children").read_text().split())
+    return pids
+
+
+def get_devices(port: int, count: int) -> None:
+    for _ in range(count):  # a new connection each: the kernel spreads them over the workers
+        assert e2e.request(port, "GET", f"/esp32/config/{MAC}.json")[0] == 200
+
+
+def counted_by(directory: Path, pid: int) -> float:
+    """The device GETs one worker counted, from its own file alone (none before it has one)."""
+    if not (directory / f"counter_{pid}.db").exists():  # a worker still building its app
+        return 0.0
+    alone = directory.parent / f"alone-{pid}"
+    alone.mkdir()
+    shutil.copy(directory / f"counter_{pid}.db", alone)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
+    labels = dict(DEVICE_ROUTE)
+    value = registry.get_sample_value("iot_config_http_requests_total", labels)
+    shutil.rmtree(alone)
+    return value or 0.0
+
+
+def wait_for_workers(supervisor: int, count: int, unlike: set[int]) -> set[int]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pids = worker_pids(supervisor)
+        if len(pids) == count and not pids & unlike:
+            return pids
+        time.sleep(0.05)
+    pytest.fail(f"workers of {supervisor}: {worker_pids(supervisor)}")
+
+
+@pytest.mark.slow
+def test_two_workers_scrape_exact_totals_and_a_killed_worker_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "store"
+    open_store(str(store), create=True).put(MAC, {})
+    files = tmp_path / "metrics"
+    files.mkdir()
+    (files / "counter_1.db").write_bytes(b"left by an earlier run")  # removed at start
+    port = e2e.free_port()
+    args = ["--store", str(store), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    env = e2e.child_env(PROMETHEUS_MULTIPROC_DIR=str(files))
+    with e2e.running(args, tmp_path, port, env) as server:
+        workers = wait_for_workers(server.proc.pid, 2, set())
+        sent = 0
+        # Until both workers served some (bounded): scrapes must then agree whichever answers.
+        while sent < 400 and not all(counted_by(files, pid) for pid in workers):
+            get_devices(port, 10)
+            sent += 10
+        assert all(counted_by(files, pid) for pid in workers)
+        assert [scraped_device_gets(port) for _ in range(8)] == [sent] * 8
+
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        respawned = wait_for_workers(server.proc.pid, 2, {victim})
+        get_devices(port, 10)
+        assert [scraped_device_gets(port) for _ in range(8)] == [sent + 10] * 8
+        assert sum(counted_by(files, pid) for pid in workers | respawned) == sent + 10
+    assert not (files / "counter_1.db").exists()
+
+
+@pytest.mark.slow
+def test_two_workers_without_a_configured_directory(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    open_store(str(store), create=True).put(MAC, {})
+    port = e2e.free_port()
+    args = ["--store", str(store), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    with e2e.running(args, tmp_path, port, e2e.child_env()) as server:
+        wait_for_workers(server.proc.pid, 2, set())
+        get_devices(port, 30)
+        assert [scraped_device_gets(port) for _ in range(8)] == [30.0] * 8
+
+
+def test_a_hung_store_holds_neither_the_scrape_nor_more_than_one_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    release = threading.Event()
+    calls: list[int] = []
+
+    def count() -> int:
+        calls.append(1)
+        if len(calls) == 2:  # the store hangs during the second scrape's count
+            release.wait(30)
+        return len(calls)
+
+    fresh = metrics.FreshValue(count, "a test count")
+    monkeypatch.setattr(metrics, "SCRAPE_WAIT_SECONDS", 30.0)
+    assert fresh() == 1
+    monkeypatch.setattr(metrics, "SCRAPE_WAIT_SECONDS", 0.05)
+    started = time.monotonic()
+    assert [fresh(), fresh(), fresh()] == [1, 1, 1]  # the last count, without waiting long
+    assert time.monotonic() - started < 10
+    assert len(calls) == 2  # the scrapes shared the one hung computation
+    release.set()
+    monkeypatch.setattr(metrics, "SCRAPE_WAIT_SECONDS", 30.0)
+    deadline = time.monotonic() + 30
+    while fresh() != 3 and time.monotonic() < deadline:  # the hung one ends, the next is fresh
+        pass
+    assert fresh() in (3, 4)

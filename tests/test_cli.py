@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 import textwrap
+from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
@@ -17,8 +20,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import iot_config_core
+import iot_config_server
 from iot_config_core import MacAddress, compute_etag, encode_document
-from iot_config_server.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, main
+from iot_config_server.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    build_parser,
+    main,
+)
+from iot_config_server.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 MAC1 = "aa-bb-cc-dd-ee-01"
@@ -286,15 +299,137 @@ def test_help_on_every_subcommand_documents_exit_statuses(cli: Cli, command: str
     assert "3  store unavailable" in result.out
 
 
-def test_unsupported_store_url_is_a_usage_error_and_unreachable_is_3(cli: Cli) -> None:
-    # http:// opens without connecting; the store refuses it (no conditional writes there).
-    unsupported = cli("--store", "http://127.0.0.1:1/configs", "list")
-    assert unsupported.status == EXIT_USAGE
-    assert "UNSUPPORTED_STORE" in unsupported.err
-    # ftp:// connects when opened; nothing listens on port 1 of the loopback.
-    unreachable = cli("--store", "ftp://127.0.0.1:1/configs", "list")
-    assert unreachable.status == EXIT_UNAVAILABLE
-    assert "STORE_UNAVAILABLE" in unreachable.err
+def test_version_is_the_package_version_everywhere(cli: Cli) -> None:
+    result = cli("--version")
+    assert result.status == EXIT_OK
+    assert result.out == f"iot-config {metadata.version('iot-config')}\n"
+    assert iot_config_core.__version__ == iot_config_server.__version__
+    assert iot_config_core.__version__ == metadata.version("iot-config")
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["list", "--no-such-option"], "list"),
+        (["--no-such-option", "list"], "list"),
+        (["put", "zz"], "put"),
+        (["get", MAC1, "--if-match", "x"], "get"),
+        (["delete"], "delete"),
+    ],
+)
+def test_command_line_errors_show_the_usage_of_their_subcommand(
+    cli: Cli, store: Path, argv: list[str], command: str
+) -> None:
+    result = cli("--store", store, *argv)
+    assert result.status == EXIT_USAGE
+    assert result.err.startswith(f"usage: iot-config {command} ")
+    assert f"iot-config {command}: error: " in result.err
+
+
+@pytest.mark.parametrize(
+    "argv", [["delete", MAC1, "--if-match", 'W/"unterminated'], ["import", "/no/such/dir"]]
+)
+def test_errors_found_while_running_are_one_line(cli: Cli, store: Path, argv: list[str]) -> None:
+    result = cli("--store", store, *argv)
+    assert result.status == EXIT_USAGE
+    assert result.err.startswith("iot-config: error: ")
+    assert result.err.count("\n") == 1
+
+
+def test_help_explains_positionals_and_shows_the_serve_defaults() -> None:
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if not action.option_strings:
+                assert action.help, f"{name} {action.metavar} has no help"
+    serve_help = commands.choices["serve"].format_help()
+    defaults = Settings()
+    assert f"or {defaults.threads} on this machine)" in serve_help
+    assert f"or {defaults.workers})" in serve_help
+
+
+def test_an_empty_store_option_is_an_error(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = cli("--store", "", "list")
+    assert result.status == EXIT_USAGE
+    assert "--store: must not be empty" in result.err
+    assert not (tmp_path / "iot-configs").exists()
+
+
+def test_a_relative_file_url_is_relative_to_the_working_directory(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As documented: ``file://fleet`` is ``./fleet`` (fsspec's reading), not a host."""
+    monkeypatch.chdir(tmp_path)
+    put = cli("--store", "file://fleet", "put", MAC1, "--create-store", stdin=b'{"a": 1}')
+    assert put.status == EXIT_OK, put.err
+    assert (tmp_path / "fleet" / f"{MAC1}.json").exists()
+
+
+@pytest.mark.parametrize("payload", [b"", b"\n", b"  \r\n\t"])
+def test_an_empty_document_says_so(cli: Cli, store: Path, tmp_path: Path, payload: bytes) -> None:
+    source = tmp_path / "empty.json"
+    source.write_bytes(payload)
+    put = cli("--store", store, "put", MAC1, source)
+    assert put.status == EXIT_FAILED
+    assert put.err == "iot-config: error: document is empty [INVALID_DOCUMENT]\n"
+    checked = cli("validate", source)
+    assert f"invalid  {source}: document is empty [INVALID_DOCUMENT]" in checked.out
+    assert stored_names(store) == []
+
+
+def test_put_from_a_terminal_says_it_is_reading_standard_input(store: Path) -> None:
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iot_config_server.cli", "--store", str(store), "put", MAC1],
+            stdin=follower,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
+        os.write(leader, b'{"deviceName": "typed"}\n\x04')  # Ctrl-D at a line start: EOF
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert proc.returncode == EXIT_OK, err
+    assert b"reading the document from standard input" in err
+    assert json.loads((store / f"{MAC1}.json").read_bytes()) == {"deviceName": "typed"}
+    assert out.strip() == compute_etag((store / f"{MAC1}.json").read_bytes()).encode()
+
+
+def test_get_etag_of_a_corrupt_document_shows_the_etag_that_repairs_it(
+    cli: Cli, store: Path, tmp_path: Path
+) -> None:
+    (store / f"{MAC1}.json").write_bytes(b'{"broken": ')
+    etag = compute_etag(b'{"broken": ')
+    result = cli("--store", store, "get", MAC1, "--etag")
+    assert result.status == EXIT_FAILED
+    assert f"(current ETag {etag}) [CORRUPT_DOCUMENT]" in result.err
+    write_doc(tmp_path / "fixed.json", DOC1)
+    fixed = cli("--store", store, "put", MAC1, tmp_path / "fixed.json", "--if-match", etag)
+    assert fixed.status == EXIT_OK, fixed.err
+
+
+def test_memory_store_commands_say_nothing_is_kept(cli: Cli) -> None:
+    result = cli("--store", "memory://fleet", "put", MAC1, stdin=b'{"a": 1}', env={})
+    assert "nothing is kept after the command ends" in result.err
+
+
+def test_unsupported_store_url_is_a_usage_error_and_missing_is_3(cli: Cli, tmp_path: Path) -> None:
+    # Refused before any connection is made, naming the schemes that are supported.
+    for url in ("http://127.0.0.1:1/configs", "ftp://127.0.0.1:1/configs"):
+        unsupported = cli("--store", url, "list")
+        assert unsupported.status == EXIT_USAGE
+        assert "UNSUPPORTED_STORE" in unsupported.err
+        assert "s3://" in unsupported.err
+    missing = cli("--store", str(tmp_path / "nowhere"), "list")
+    assert missing.status == EXIT_UNAVAILABLE
+    assert "--create-store" in missing.err
 
 
 # -- list -----------------------------------------------------------------------------------------
@@ -422,7 +557,7 @@ def test_import_overwrite_unchanged_and_skipped(cli: Cli, store: Path, tmp_path:
     assert report["imported"] == []
     assert report["unchanged"] == [f"{MAC1}.json"]
     assert [s["file"] for s in report["skipped"]] == [f"{MAC2}.json"]
-    assert "--overwrite" in report["skipped"][0]["reason"]
+    assert "overwrite replaces it" in report["skipped"][0]["reason"]
     assert (store / f"{MAC2}.json").read_bytes() == original2
 
     second = cli("--store", store, "import", docs, "--overwrite", "--json")
@@ -556,6 +691,41 @@ def test_export_target_that_is_a_file_is_a_usage_error(
     target.write_text("x")
     result = cli("--store", store, "export", target)
     assert result.status == EXIT_USAGE
+    assert f"{target}: not a directory" in result.err
+    assert result.err.rstrip().endswith("[FILE_ERROR]")
+
+
+def test_export_write_failure_names_the_file_and_the_reason(store: Path, tmp_path: Path) -> None:
+    """A file size limit (RLIMIT_FSIZE) makes the write fail with EFBIG, as a full disk would."""
+    seed(store, MAC1, {"blob": "x" * 4096})
+    out = tmp_path / "out"
+    limit = textwrap.dedent(
+        """
+        import resource, signal, sys
+        from iot_config_server.cli import main
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))
+        try:
+            status = main(sys.argv[1:], environ={})
+        finally:  # coverage, when it measures this process, writes its data at exit
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        sys.exit(status)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", limit, "--store", str(store), "export", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == EXIT_UNAVAILABLE
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("iot-config")]
+    assert error.startswith(f"iot-config: error: cannot write {out / MAC1}.json: File too large")
+    assert error.endswith("[FILE_ERROR]")
+    assert "Traceback" not in result.stderr
+    assert [p.name for p in out.iterdir()] == []  # the temp file is gone too
 
 
 # -- validate -------------------------------------------------------------------------------------
@@ -566,33 +736,77 @@ def test_validate_files_and_directories(cli: Cli, tmp_path: Path) -> None:
     good.mkdir()
     write_doc(good / f"{MAC1}.json", DOC1)
     write_doc(good / "AA:BB:CC:DD:EE:02.json", DOC2)
-    (good / "README.md").write_text("ignored: not *.json")
     single = tmp_path / "any-name.json"  # a single file is checked for content only
     write_doc(single, DOC1)
     ok = cli("validate", good, single, "-v")
     assert ok.status == EXIT_OK, ok.out
     assert ok.out.splitlines()[-1] == "3 valid, 0 invalid"
+    assert f"ok       {good / MAC1}.json" in ok.out.splitlines()
+    assert f"ok       {single}" in ok.out.splitlines()
 
     bad = make_import_dir(tmp_path / "bad")
     result = cli("--max-document-bytes", "300", "validate", bad, single)
     assert result.status == EXIT_FAILED
-    invalid = [line for line in result.out.splitlines() if line.startswith("invalid")]
-    flagged = sorted(Path(line.split()[1].rstrip(":")).name for line in invalid)
-    # Duplicate MACs are an import-time conflict, not a property of one file.
-    assert flagged == [
-        "aa-bb-cc-dd-ee-04.json",
-        "aa-bb-cc-dd-ee-05.json",
-        "aa-bb-cc-dd-ee-06.json",
-        "not-a-mac.json",
-    ]
-    assert result.out.splitlines()[-1] == "6 valid, 4 invalid"
+    assert result.out.splitlines()[-1] == "4 valid, 7 invalid"
 
 
-def test_validate_needs_no_store(cli: Cli, tmp_path: Path) -> None:
+def invalid_names(out: str) -> set[str]:
+    return {
+        Path(line.split()[1].rstrip(":")).name
+        for line in out.splitlines()
+        if line.startswith("invalid")
+    }
+
+
+def rejected_names(out: str) -> set[str]:
+    return {line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("rejected")}
+
+
+def test_validate_rejects_exactly_what_import_rejects(
+    cli: Cli, store: Path, tmp_path: Path
+) -> None:
+    """A clean validate means a clean import: duplicates and stray files included."""
+    docs = make_import_dir(tmp_path / "docs")
+    checked = cli("--max-document-bytes", "300", "validate", docs)
+    imported = cli("--store", store, "--max-document-bytes", "300", "import", docs, "--dry-run")
+    assert invalid_names(checked.out) == rejected_names(imported.out)
+    assert {"README.txt", "AA-BB-CC-DD-EE-07.json", "aabbccddee07.json"} <= invalid_names(
+        checked.out
+    )
+    for name in invalid_names(checked.out):
+        (docs / name).unlink()
+    clean = cli("--max-document-bytes", "300", "validate", docs)
+    assert clean.status == EXIT_OK, clean.out
+    assert cli("--store", store, "import", docs).status == EXIT_OK
+
+
+def test_validate_of_a_store_lists_hand_copied_legacy_names(cli: Cli, store: Path) -> None:
+    seed(store, MAC1, DOC1)
+    (store / "AA-BB-CC-DD-EE-02.json").write_bytes(encode_document(DOC2))  # copied by hand
+    listed = cli("--store", store, "list", "--json")
+    assert json.loads(listed.out)["skipped"] == ["AA-BB-CC-DD-EE-02.json"]  # its device gets 404
+    result = cli("validate", store)
+    assert result.status == EXIT_OK
+    (line,) = [line for line in result.out.splitlines() if line.startswith("legacy")]
+    assert "AA-BB-CC-DD-EE-02.json" in line
+    assert f"only as {MAC2}.json" in line
+    assert "iot-config import" in line
+    # The fix it names works on the store itself: the canonical file is created beside it.
+    fixed = cli("--store", store, "import", store)
+    assert fixed.status == EXIT_OK, fixed.out
+    assert fixed.out.splitlines()[-1] == "imported 1, unchanged 1, skipped 0, rejected 0"
+    assert json.loads(cli("--store", store, "get", MAC2).out) == DOC2
+
+
+def test_validate_takes_no_store(cli: Cli, tmp_path: Path) -> None:
     single = tmp_path / "doc.json"
     write_doc(single, DOC1)
+    assert cli("validate", single, env={"IOT_CONFIG_STORE": str(tmp_path / "x")}).status == 0
     result = cli("--store", tmp_path / "absent", "validate", single)
-    assert result.status == EXIT_OK
+    assert result.status == EXIT_USAGE
+    assert "without a store" in result.err
+    help_text = cli("validate", "--help").out
+    assert "--store" not in help_text
 
 
 # -- the real entry points, in fresh processes ----------------------------------------------------
@@ -682,7 +896,7 @@ def test_cli_works_without_the_server_extra(store: Path, tmp_path: Path) -> None
     assert run("validate", str(tmp_path / "out")).returncode == EXIT_OK
     serve = run("--store", str(store), "serve")
     assert serve.returncode == EXIT_USAGE
-    assert "iot-config[server]" in serve.stderr.decode()
+    assert "pip install '.[server]'" in serve.stderr.decode()
     assert b"Traceback" not in serve.stderr
 
 
@@ -698,3 +912,39 @@ def test_serve_on_a_missing_store_exits_3_without_serving(tmp_path: Path) -> Non
     assert result.returncode == EXIT_UNAVAILABLE
     assert b"does not exist" in result.stdout + result.stderr  # the server logs to stdout
     assert not (tmp_path / "absent").exists()
+
+
+# -- the README's commands ------------------------------------------------------------------------
+
+
+def readme_commands() -> list[str]:
+    """The ``$ ...`` lines of the README's "The two commands" section."""
+    section = (REPO / "README.md").read_text().split("## The two commands")[1].split("\n## ")[0]
+    return [line[2:] for line in section.splitlines() if line.startswith("$ ")]
+
+
+def test_ci_runs_the_readmes_test_command_word_for_word() -> None:
+    run_command, test_command = readme_commands()
+    assert run_command.startswith("python3 -m venv .venv && ")
+    assert test_command.startswith("python3 -m venv .venv && ")
+    assert test_command in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+OUTSIDE_FILES = re.compile(r"shared/(ceph|STORAGE-NOTES|STYLE|compat)")
+
+
+def test_the_repository_needs_nothing_beside_it() -> None:
+    """Sessions and CI use the in-repo Ceph scripts, never files outside the checkout."""
+    noxfile = (REPO / "noxfile.py").read_text()
+    assert '"tests" / "ceph"' in noxfile
+    for script in ("start-ceph.sh", "stop-ceph.sh"):
+        assert os.access(REPO / "tests" / "ceph" / script, os.X_OK)
+    tracked = subprocess.run(
+        ["git", "ls-files"], capture_output=True, text=True, cwd=REPO, check=False
+    ).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    for name in tracked:
+        path = REPO / name
+        if path.suffix in {".py", ".toml", ".sh", ".md", ".yaml"} or name == ".ci/run":
+            assert not OUTSIDE_FILES.search(path.read_text()), name

@@ -86,7 +86,6 @@ def test_syntax_error_says_line_and_column() -> None:
     error = _reject(b'{\n  "a": 1,\n}')
     assert error.details == {"reason": "syntax", "line": 3, "column": 1}
     assert "line 3, column 1" in error.message
-    assert _reject(b"").details["reason"] == "syntax"
     assert _reject(b'{"a": 1} trailing').details == {"reason": "syntax", "line": 1, "column": 10}
     assert _reject(b"{'a': 1}").details["reason"] == "syntax"
 
@@ -120,26 +119,85 @@ def test_top_level_must_be_an_object(data: bytes, kind: str) -> None:
     ],
 )
 def test_non_finite_numbers_are_refused(data: bytes) -> None:
-    assert _reject(data).details["reason"] == "non_finite_number"
+    error = _reject(data)
+    assert error.details["reason"] == "non_finite_number"
+    assert f"line 1, column {error.details['column']}" in error.message
 
 
 def test_duplicate_keys_are_refused_at_any_depth() -> None:
     error = _reject(b'{"a": 1, "b": 2, "a": 3}')
-    assert error.details == {"reason": "duplicate_key", "key": "a"}
-    assert "'a'" in error.message
-    assert _reject(b'{"x": [{"k": 1, "k": 1}]}').details["key"] == "k"
+    assert error.details == {
+        "reason": "duplicate_key",
+        "key": "a",
+        "line": 1,
+        "column": 18,
+        "pointer": "/a",
+    }
+    assert "'a' at line 1, column 18" in error.message
+    nested = _reject(b'{"x": [{"k": 1,\n  "k": 1}]}')
+    assert (nested.details["key"], nested.details["pointer"]) == ("k", "/x/0/k")
+    assert (nested.details["line"], nested.details["column"]) == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "line", "column", "pointer"),
+    [
+        (b'{"a": NaN}', "non_finite_number", 1, 7, "/a"),
+        (
+            b'{\n  "wifi": {\n    "x": [1, -Infinity]\n  }\n}',
+            "non_finite_number",
+            3,
+            14,
+            "/wifi/x/1",
+        ),
+        (b'{"a": {"b": 1e400}}', "non_finite_number", 1, 13, "/a/b"),
+        (b'{"a/b": {"~": -1E999}}', "non_finite_number", 1, 15, "/a~1b/~0"),
+        (b'{"a": 1, "a": 1e400}', "duplicate_key", 1, 10, "/a"),
+        (b'{"s": "\\ud800"}', "lone_surrogate", 1, 7, "/s"),
+        (b'{"n": [' + b"1" * 5000 + b"]}", "invalid_number", 1, 8, "/n/0"),
+        (b'{"d": ' + b"[" * 70 + b"]" * 70 + b"}", "too_deep", 1, 70, "/d" + "/0" * 63),
+    ],
+)
+def test_every_decode_error_says_where(
+    data: bytes, reason: str, line: int, column: int, pointer: str
+) -> None:
+    error = _reject(data)
+    assert error.details["reason"] == reason
+    assert (error.details["line"], error.details["column"]) == (line, column)
+    assert error.details["pointer"] == pointer
+    assert f"at line {line}, column {column}" in error.message
+
+
+@pytest.mark.parametrize("data", [b"", b" ", b"\n\n", b" \t\r\n"])
+def test_empty_document_says_so(data: bytes) -> None:
+    error = _reject(data)
+    assert error.details == {"reason": "empty"}
+    assert error.message == "document is empty"
+
+
+def test_documents_nested_like_the_old_service_accepted_are_kept() -> None:
+    assert DEFAULT_MAX_DEPTH == 64
+    old = nest_depth(40)
+    assert decode_document(encode_document(old)) == old
 
 
 def test_nesting_depth_is_bounded() -> None:
     at_limit = json.dumps(nest_depth(DEFAULT_MAX_DEPTH)).encode()
     assert decode_document(at_limit) == nest_depth(DEFAULT_MAX_DEPTH)
     too_deep = json.dumps(nest_depth(DEFAULT_MAX_DEPTH + 1)).encode()
-    assert _reject(too_deep).details == {"reason": "too_deep", "limit": DEFAULT_MAX_DEPTH}
-    arrays = b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}"
+    assert _reject(too_deep).details["limit"] == DEFAULT_MAX_DEPTH
+    arrays = b'{"a": ' + b"[" * DEFAULT_MAX_DEPTH + b"]" * DEFAULT_MAX_DEPTH + b"}"
     assert _reject(arrays).details["reason"] == "too_deep"
     custom = DocumentLimits(max_depth=2)
     assert decode_document(b'{"a": {}}', custom) == {"a": {}}
-    assert _reject(b'{"a": {"b": {}}}', custom).details == {"reason": "too_deep", "limit": 2}
+    error = _reject(b'{"a": {"b": {}}}', custom)
+    assert error.details == {
+        "reason": "too_deep",
+        "limit": 2,
+        "line": 1,
+        "column": 13,
+        "pointer": "/a/b",
+    }
 
 
 def test_nesting_beyond_the_interpreter_stack_is_refused_cleanly() -> None:
@@ -192,18 +250,18 @@ def _refuse(content: Any) -> InvalidDocumentError:
 @pytest.mark.parametrize(
     ("content", "reason", "message"),
     [
-        ({1: "a"}, "invalid_key", "object key 1 is not a string"),
-        ({"a": {None: 1}}, "invalid_key", "object key None is not a string"),
-        ({"a": (1, 2)}, "invalid_type", "value of type tuple at key 'a'"),
-        ({"a": [b"x"]}, "invalid_type", "value of type bytes in an array"),
-        ({"a": {1, 2}}, "invalid_type", "value of type set at key 'a'"),
-        ({"a": float("nan")}, "non_finite_number", "non-finite number at key 'a'"),
-        ({"a": [float("-inf")]}, "non_finite_number", "non-finite number in an array"),
+        ({1: "a"}, "invalid_key", "object key 1 at / is not a string"),
+        ({"a": {None: 1}}, "invalid_key", "object key None at /a is not a string"),
+        ({"a": (1, 2)}, "invalid_type", "value of type tuple at /a"),
+        ({"a": [b"x"]}, "invalid_type", "value of type bytes at /a/0"),
+        ({"a": {1, 2}}, "invalid_type", "value of type set at /a"),
+        ({"a": float("nan")}, "non_finite_number", "non-finite number at /a"),
+        ({"a": [float("-inf")]}, "non_finite_number", "non-finite number at /a/0"),
         ({"a": "\ud800"}, "lone_surrogate", "lone UTF-16 surrogate"),
         ({"a": 10**5000}, "invalid_number", "cannot encode number"),
         ([1, 2], "not_an_object", "content must be a JSON object, not list"),
         ("{}", "not_an_object", "not str"),
-        (nest_depth(DEFAULT_MAX_DEPTH + 1), "too_deep", "nesting deeper than 32 levels"),
+        (nest_depth(DEFAULT_MAX_DEPTH + 1), "too_deep", "nesting deeper than 64 levels at /d/d"),
     ],
 )
 def test_encode_refuses_what_would_not_round_trip(content: Any, reason: str, message: str) -> None:

@@ -420,3 +420,179 @@ def test_config_count_is_known_before_anyone_lists(tmp_path: Path, store: Path) 
             time.sleep(0.1)
         assert "\niot_config_configs 3.0" in text, text
         assert srv.terminate() == 0
+
+
+# -- where the server listens ----------------------------------------------------------------------
+
+
+def run_serve(args: list[str], cwd: Path, timeout: float = 30) -> tuple[int, str]:
+    """``iot-config serve ARGS`` expected to exit by itself: (status, stdout and stderr)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "iot_config_server.cli", "serve", *args],
+        cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    return proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace")
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "ERROR" in line or "error:" in line]
+
+
+def test_a_second_server_on_the_same_port_is_refused(server: Server, store: Path) -> None:
+    """Granian shares ports with SO_REUSEPORT: a second iot-config must not split the traffic."""
+    body = json.dumps({"content": {"deviceName": "first"}}).encode()
+    json_headers = {"Content-Type": "application/json"}
+    assert request(server.port, "PUT", f"/api/configs/{MAC}", body, json_headers)[0] in (200, 201)
+    other = store.parent / "other-store"
+    other.mkdir()
+    args = ["--store", str(other), "--host", "127.0.0.1", "--port", str(server.port)]
+    status, output = run_serve(args, store.parent)
+    assert status == 3, output
+    assert error_lines(output) == [error_lines(output)[0]], output  # one line
+    assert f"127.0.0.1:{server.port}" in error_lines(output)[0]
+    assert "already in use" in error_lines(output)[0]
+    assert "Traceback" not in output
+    # The first server still answers every request itself (the second never got any).
+    answers = [request(server.port, "GET", f"/esp32/config/{MAC}.json")[0] for _ in range(16)]
+    assert answers == [200] * 16
+    assert server.proc.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("no-such-host.invalid", "is not an address to listen on"),
+        ("300.1.2.3", "is not an address to listen on"),
+        ("192.0.2.1", "not an address of this machine"),  # TEST-NET-1: never local
+    ],
+)
+def test_a_host_that_cannot_be_listened_on_is_a_usage_error(
+    tmp_path: Path, store: Path, host: str, reason: str
+) -> None:
+    args = ["--store", str(store), "--host", host, "--port", str(free_port())]
+    status, output = run_serve(args, tmp_path)
+    assert status == 2, output
+    assert len(error_lines(output)) == 1, output
+    assert reason in output
+    assert "Traceback" not in output
+
+
+def test_a_hostname_is_resolved(tmp_path: Path, store: Path) -> None:
+    port = free_port()
+    args = ["--store", str(store), "--host", "localhost", "--port", str(port)]
+    server = Server(args, tmp_path, port, child_env())
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "serving http://" not in server.log() and time.monotonic() < deadline:
+            assert server.proc.poll() is None, server.log()
+            time.sleep(0.05)
+        line = next(x for x in server.log().splitlines() if "serving http://" in x)
+        assert f"http://127.0.0.1:{port}/" in line or f"http://[::1]:{port}/" in line
+        if "127.0.0.1" in line:
+            server.wait_live()
+        assert server.terminate() == 0
+    finally:
+        server.close()
+
+
+def test_a_memory_store_with_several_workers_is_refused(tmp_path: Path) -> None:
+    status, output = run_serve(["--store", "memory://fleet", "--workers", "2"], tmp_path)
+    assert status == 2, output
+    assert len(output.strip().splitlines()) == 1, output
+    assert "memory://" in output
+    assert "Traceback" not in output
+
+
+# -- load the store absorbs is never shed ---------------------------------------------------------
+
+
+def burst(port: int, requests: list[tuple[str, str, bytes | None]]) -> list[int]:
+    """Send every request at once, one connection each; the statuses in order."""
+    statuses = [0] * len(requests)
+    start = threading.Barrier(len(requests))
+    json_headers = {"Content-Type": "application/json"}
+
+    def send(index: int) -> None:
+        method, path, body = requests[index]
+        start.wait(30)
+        try:
+            statuses[index] = request(port, method, path, body, json_headers if body else None)[0]
+        except (OSError, http.client.HTTPException):
+            statuses[index] = -1
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return statuses
+
+
+def test_bursts_of_writes_are_never_shed(server: Server, store: Path) -> None:
+    """200 concurrent PUTs to one MAC (queued on its lock), then to 200 MACs, with device reads
+    in between: all succeed on a local disk, however long the queue."""
+    body = json.dumps({"content": {"n": 0}}).encode()
+    json_headers = {"Content-Type": "application/json"}
+    assert request(server.port, "PUT", f"/api/configs/{MAC}", body, json_headers)[0] in (200, 201)
+    one_mac: list[tuple[str, str, bytes | None]] = [
+        ("PUT", f"/api/configs/{MAC}", json.dumps({"content": {"n": i}}).encode())
+        for i in range(200)
+    ]
+    reads: list[tuple[str, str, bytes | None]] = [
+        ("GET", f"/esp32/config/{MAC}.json", None) for _ in range(40)
+    ]
+    statuses = burst(server.port, one_mac + reads)
+    assert statuses == [200] * len(statuses), sorted(set(statuses))
+    many_macs: list[tuple[str, str, bytes | None]] = [
+        ("PUT", f"/api/configs/02-00-00-00-{i // 256:02x}-{i % 256:02x}", body) for i in range(200)
+    ]
+    statuses = burst(server.port, many_macs)
+    assert set(statuses) <= {200, 201}, sorted(set(statuses))
+    assert len(list(store.glob("*.json"))) == 201
+    assert "STORE_BUSY" not in server.log()
+
+
+# -- the access log ------------------------------------------------------------------------------
+
+
+def test_access_log_one_json_line_per_request(tmp_path: Path, store: Path) -> None:
+    """Method, route template (not the raw path), status, duration and the request's id."""
+    port = free_port()
+    env = child_env(IOT_CONFIG_ACCESS_LOG="on", IOT_CONFIG_LOG_FORMAT="json")
+    with running(["--store", str(store), "--port", str(port)], tmp_path, port, env) as srv:
+        body = json.dumps({"content": {"deviceName": "logged"}}).encode()
+        sent = [
+            ("PUT", f"/api/configs/{MAC}", body, "rid-put"),
+            ("GET", f"/esp32/config/{MAC}.json", None, "rid-device"),
+            ("GET", "/esp32/config/not-a-mac.json", None, "rid-bad-mac"),
+            ("GET", "/no/such/route", None, "rid-unmatched"),
+            ("DELETE", "/api/health/live", None, "rid-wrong-method"),
+        ]
+        for method, path, payload, rid in sent:
+            headers = {"X-Request-ID": rid, "Content-Type": "application/json"}
+            request(port, method, path, payload, headers)
+        assert srv.terminate() == 0
+        lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
+    access = {
+        line["request_id"]: line for line in lines if line["logger"] == "iot_config_server.access"
+    }
+    expected = {
+        "rid-put": ("PUT", "/api/configs/<mac>", 200),
+        "rid-device": ("GET", "/esp32/config/<mac>.json", 200),
+        "rid-bad-mac": ("GET", "/esp32/config/<mac>.json", 400),
+        "rid-unmatched": ("GET", "-", 404),
+        "rid-wrong-method": ("DELETE", "-", 405),
+    }
+    logged = {rid: (a["method"], a["route"], a["status"]) for rid, a in access.items()}
+    assert {rid: logged.get(rid) for rid in expected} == expected
+    assert all(isinstance(a["duration_ms"], float) for a in access.values())
+    assert not any("not-a-mac" in line["message"] for line in access.values())
+
+
+def test_access_log_is_off_by_default(server: Server) -> None:
+    request(server.port, "GET", "/api/health/live")
+    assert "iot_config_server.access" not in server.log()

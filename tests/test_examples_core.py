@@ -84,21 +84,26 @@ def test_import_reports_and_stores_exactly_the_valid_files(legacy: Path, store_d
         "aa-bb-cc-dd-ee-05.json": "rejected",
         "AABB.CCDD.EE06.json": "rejected",
         "aa-bb-cc-dd-ee-07.json": "unchanged",
-        "aa-bb-cc-dd-ee-08.json": "rejected",
+        "aa-bb-cc-dd-ee-08.json": "skipped",
         "aa:bb:cc:dd:ee:09.json": "rejected",
     }
     assert files["AA:BB:CC:DD:EE:01.json"]["mac_address"] == "aa-bb-cc-dd-ee-01"
-    assert files["aa-bb-cc-dd-ee-03.json"]["reason"].startswith("syntax: ")
+    assert files["aa-bb-cc-dd-ee-03.json"]["code"] == "INVALID_DOCUMENT"
     assert "line 3, column 1" in files["aa-bb-cc-dd-ee-03.json"]["reason"]
-    assert files["not-a-mac.json"]["reason"].startswith("bad file name: ")
+    assert files["not-a-mac.json"]["code"] == "INVALID_MAC"
     assert files["not-a-mac.json"]["mac_address"] is None
-    assert files["aa-bb-cc-dd-ee-04.txt"]["reason"] == "not a .json file"
-    assert files["aa-bb-cc-dd-ee-05.json"]["reason"].startswith("too_large: ")
+    assert "does not end in .json" in files["aa-bb-cc-dd-ee-04.txt"]["reason"]
+    assert files["aa-bb-cc-dd-ee-05.json"]["code"] == "DOCUMENT_TOO_LARGE"
     assert "limit of 1024 bytes" in files["aa-bb-cc-dd-ee-05.json"]["reason"]
-    assert files["AABB.CCDD.EE06.json"]["reason"] == "duplicate_key: duplicate key 'a'"
-    assert "differs" in files["aa-bb-cc-dd-ee-08.json"]["reason"]
-    assert files["aa:bb:cc:dd:ee:09.json"]["reason"].startswith("not_an_object: ")
-    assert json.loads(result.stdout)["counts"] == {"imported": 2, "unchanged": 1, "rejected": 7}
+    assert files["AABB.CCDD.EE06.json"]["reason"].startswith("duplicate key 'a' at line ")
+    assert "different config" in files["aa-bb-cc-dd-ee-08.json"]["reason"]
+    assert "object" in files["aa:bb:cc:dd:ee:09.json"]["reason"]
+    assert json.loads(result.stdout)["counts"] == {
+        "imported": 2,
+        "unchanged": 1,
+        "skipped": 1,
+        "rejected": 6,
+    }
 
     store = open_store(str(store_dir))
     assert store.get("aa:bb:cc:dd:ee:01").content == VALID_1
@@ -111,22 +116,43 @@ def test_import_reports_and_stores_exactly_the_valid_files(legacy: Path, store_d
     )
 
 
+def test_the_example_and_the_cli_follow_one_policy(legacy: Path, store_dir: Path) -> None:
+    example = report(run(str(legacy), str(store_dir), "--max-bytes", "1024", "--json", "--dry-run"))
+    cli = subprocess.run(
+        [
+            *(sys.executable, "-m", "iot_config_server.cli", "--store", str(store_dir)),
+            *("--max-document-bytes", "1024", "import", str(legacy), "--dry-run", "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    answer = json.loads(cli.stdout)
+    by_cli = dict.fromkeys(answer["imported"], "imported")
+    by_cli |= dict.fromkeys(answer["unchanged"], "unchanged")
+    by_cli |= {f["file"]: "skipped" for f in answer["skipped"]}
+    by_cli |= {f["file"]: "rejected" for f in answer["rejected"]}
+    assert by_cli == {name: f["status"] for name, f in example.items()}
+
+
 def test_human_report_and_second_run_is_unchanged(legacy: Path, store_dir: Path) -> None:
     first = run(str(legacy), str(store_dir))
     assert first.returncode == 1
     lines = first.stdout.splitlines()
-    assert lines[-1] == "3 imported, 1 unchanged, 6 rejected"  # 5 KB is fine by default
+    assert lines[-1] == "3 imported, 1 unchanged, 1 skipped, 5 rejected"  # 5 KB is fine by default
     assert any(
         line.startswith("imported   aa-bb-cc-dd-ee-01  AA:BB:CC:DD:EE:01.json") for line in lines
     )
     assert any(line.startswith("rejected   -                  not-a-mac.json: ") for line in lines)
     rejected = [line[30:].partition(": ")[0] for line in lines if line.startswith("rejected")]
-    assert len(rejected) == 6
+    assert len(rejected) == 5
     for name in rejected:
         (legacy / name).unlink()
     second = run(str(legacy), str(store_dir))
     assert second.returncode == 0, second.stdout
-    assert second.stdout.splitlines()[-1] == "0 imported, 4 unchanged, 0 rejected"
+    assert second.stdout.splitlines()[-1] == "0 imported, 4 unchanged, 1 skipped, 0 rejected"
     assert second.stderr == ""
 
 
@@ -136,7 +162,6 @@ def test_dry_run_writes_nothing(legacy: Path, store_dir: Path) -> None:
     assert result.returncode == 1
     files = report(result)
     assert files["AA:BB:CC:DD:EE:01.json"]["status"] == "imported"
-    assert "dry run" in files["AA:BB:CC:DD:EE:01.json"]["reason"]
     assert files["aa-bb-cc-dd-ee-08.json"]["status"] == "imported"
     assert json.loads(result.stdout)["dry_run"] is True
     assert sorted(p.name for p in store_dir.iterdir()) == before
@@ -149,7 +174,7 @@ def test_overwrite_replaces_differing_and_corrupt_configs(legacy: Path, store_di
     result = run(str(legacy), str(store_dir), "--overwrite", "--json")
     files = report(result)
     assert files["aa-bb-cc-dd-ee-08.json"]["status"] == "imported"
-    assert files["aa-bb-cc-dd-ee-08.json"]["reason"] == "replaced stored config"
+    assert files["aa-bb-cc-dd-ee-08.json"]["reason"] == "replaced the stored config"
     assert files["AA:BB:CC:DD:EE:01.json"]["status"] == "imported"
     store = open_store(str(store_dir))
     assert store.get("aa:bb:cc:dd:ee:08").content == {"deviceName": "from legacy"}
@@ -159,34 +184,34 @@ def test_overwrite_replaces_differing_and_corrupt_configs(legacy: Path, store_di
 def test_corrupt_stored_config_needs_overwrite(legacy: Path, store_dir: Path) -> None:
     (store_dir / "aa-bb-cc-dd-ee-01.json").write_bytes(b"{corrupt")
     files = report(run(str(legacy), str(store_dir), "--json"))
-    assert files["AA:BB:CC:DD:EE:01.json"]["status"] == "rejected"
-    assert "corrupt" in files["AA:BB:CC:DD:EE:01.json"]["reason"]
+    assert files["AA:BB:CC:DD:EE:01.json"]["status"] == "skipped"
+    assert "overwrite" in files["AA:BB:CC:DD:EE:01.json"]["reason"]
     assert (store_dir / "aa-bb-cc-dd-ee-01.json").read_bytes() == b"{corrupt"
 
 
-def test_two_spellings_of_one_mac(tmp_path: Path) -> None:
+def test_two_spellings_of_one_mac_are_both_rejected(tmp_path: Path) -> None:
+    """Which spelling should win is a guess, even when they agree: a human removes one."""
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     (legacy / "AA:BB:CC:DD:EE:01.json").write_bytes(b'{"a": 1}')
     (legacy / "aabbccddee01.json").write_bytes(b'{"a":1}')
-    (legacy / "00:00:00:00:00:01.json").write_bytes(b'{"a": 1}')
-    (legacy / "000000000001.json").write_bytes(b'{"a": 2}')
+    (legacy / "000000000002.json").write_bytes(b'{"a": 2}')
     result = run(str(legacy), str(tmp_path / "store"), "--create", "--json")
     files = report(result)
-    assert files["AA:BB:CC:DD:EE:01.json"]["status"] == "imported"
-    assert files["aabbccddee01.json"]["status"] == "unchanged"
-    assert files["00:00:00:00:00:01.json"]["status"] == "rejected"
-    assert files["000000000001.json"]["status"] == "rejected"
-    assert "conflicting" in files["000000000001.json"]["reason"]
+    for name in ("AA:BB:CC:DD:EE:01.json", "aabbccddee01.json"):
+        assert files[name]["status"] == "rejected"
+        assert files[name]["code"] == "DUPLICATE_MAC"
+    assert "aabbccddee01.json" in files["AA:BB:CC:DD:EE:01.json"]["reason"]
+    assert files["000000000002.json"]["status"] == "imported"
     assert result.returncode == 1
     store = open_store(str(tmp_path / "store"))
-    assert [str(s.mac_address) for s in store.list()] == ["aa-bb-cc-dd-ee-01"]
+    assert [str(s.mac_address) for s in store.list()] == ["00-00-00-00-00-02"]
 
 
 def test_missing_store_root_is_an_error_not_a_traceback(legacy: Path, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     result = run(str(legacy), str(missing))
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert result.stderr.startswith("error: ")
     assert "STORE_UNAVAILABLE" in result.stderr
     assert "Traceback" not in result.stderr
@@ -195,8 +220,9 @@ def test_missing_store_root_is_an_error_not_a_traceback(legacy: Path, tmp_path: 
 
 def test_missing_legacy_dir_and_bad_arguments(tmp_path: Path) -> None:
     result = run(str(tmp_path / "none"), str(tmp_path / "store"))
-    assert result.returncode == 1
-    assert "is not a directory" in result.stderr
+    assert result.returncode == 2
+    assert "No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr
     usage = run(str(tmp_path), str(tmp_path), "--max-bytes", "0")
     assert usage.returncode == 2
     assert "--max-bytes" in usage.stderr

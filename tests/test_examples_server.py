@@ -345,3 +345,60 @@ def test_fleet_simulator_refuses_remote_hosts_without_a_flag() -> None:
     result = run_example("fleet_simulator.py", "--url", "http://192.0.2.1:8080", "--polls", "1")
     assert result.returncode == 2
     assert "--allow-remote" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "said"),
+    [
+        ("fleet_set_key.py", ["--regex", "(", "enableOTA", "true"], "not a regular expression"),
+        ("fleet_set_key.py", ["--max-attempts", "0", "enableOTA", "true"], "at least 1"),
+        ("fleet_simulator.py", ["--mac", "zz"], "invalid MAC address 'zz'"),
+        ("fleet_simulator.py", ["--first-mac", "02:00"], "invalid MAC address"),
+        ("fleet_simulator.py", ["--url", "http://127.0.0.1:port"], "http://host[:port]"),
+        ("fleet_simulator.py", ["--interval", "-1"], "0..86400"),
+        ("fleet_simulator.py", ["--duration", "nan"], "0..86400"),
+        ("fleet_simulator.py", ["--devices", "0"], "1..2000"),
+    ],
+)
+def test_bad_arguments_are_one_error_line_and_exit_2(
+    store_dir: Path, name: str, argv: list[str], said: str
+) -> None:
+    if name == "fleet_set_key.py":
+        argv = [*argv, "--store", str(store_dir)]
+    result = run_example(name, *argv)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert said in error
+    assert result.stdout == ""
+
+
+def test_fleet_set_key_names_a_device_without_a_name_by_its_mac(store_dir: Path) -> None:
+    seed(store_dir, "02-00-00-00-00-01", {"enableOTA": False})
+    result = run_example("fleet_set_key.py", "--store", str(store_dir), "enableOTA", "true")
+    assert result.returncode == 0, result.stderr
+    assert "02-00-00-00-00-01: changed" in result.stdout.splitlines()
+    assert "None" not in result.stdout
+
+
+def test_fleet_set_key_usage_lines_work_as_written(tmp_path: Path) -> None:
+    """The docstring's commands, run by a shell in an empty directory (activation aside)."""
+    doc = (EXAMPLES / "fleet_set_key.py").read_text().split('"""')[1]
+    commands = [line.strip() for line in doc.splitlines() if line.startswith("    ")]
+    assert commands
+    assert commands[0].startswith(". .venv/bin/activate")
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    env = clean_env()
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    for command in commands[1:]:
+        result = subprocess.run(
+            ["bash", "-c", command.replace("python3 ", f"{sys.executable} ", 1)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 0, (command, result.stdout, result.stderr)
+    assert read(tmp_path / "iot-configs", "aa-bb-cc-dd-ee-01")["enableOTA"] is True

@@ -63,8 +63,8 @@ def test_waiters_share_one_scan_that_sees_writes_acknowledged_before_their_call(
     tmp_path: Path,
 ) -> None:
     backend = HeldFirstScan(str(tmp_path))
-    store = ConfigStore.from_backend(backend)
-    writer = ConfigStore.from_backend(PosixBackend(str(tmp_path)))
+    store = ConfigStore(backend)
+    writer = ConfigStore(PosixBackend(str(tmp_path)))
     with ThreadPoolExecutor(max_workers=5) as pool:
         first = start_first_scan(pool, store, backend)
         writer.put(MAC_A, {"deviceName": "written while the first scan ran"})
@@ -81,7 +81,7 @@ def test_waiters_share_one_scan_that_sees_writes_acknowledged_before_their_call(
 
 def test_a_failed_shared_scan_is_not_handed_to_waiters(tmp_path: Path) -> None:
     backend = HeldFirstScan(str(tmp_path), fail_first=True)
-    store = ConfigStore.from_backend(backend)
+    store = ConfigStore(backend)
     store.put(MAC_B, {"deviceName": "b"})
     with ThreadPoolExecutor(max_workers=3) as pool:
         first = start_first_scan(pool, store, backend)
@@ -99,7 +99,7 @@ def test_a_failed_shared_scan_is_not_handed_to_waiters(tmp_path: Path) -> None:
 def test_sequential_listings_each_scan(tmp_path: Path) -> None:
     backend = HeldFirstScan(str(tmp_path))
     backend.go.set()
-    store = ConfigStore.from_backend(backend)
+    store = ConfigStore(backend)
     store.listing()
     store.put(MAC_A, {"deviceName": "a"})
     assert macs(store.listing()) == [str(MAC_A)]

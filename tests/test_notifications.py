@@ -91,7 +91,7 @@ def start(store: ConfigStore) -> Iterator[Callable[..., Running]]:
         target = store if on is None else on
         notifier = Notifier(target, opts)
         app = create_app(target, Settings(), on_change=notifier.announce)
-        notifier.start(app.config[METRICS_CONFIG_KEY].registry)
+        notifier.start(app.config[METRICS_CONFIG_KEY])
         started.append(notifier)
         return Running(notifier, webtest.TestApp(app))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from iot_config_core import DocumentLimits
 from iot_config_server.logging_setup import configure_logging
 from iot_config_server.request_ids import current_request_id
-from iot_config_server.settings import Settings, SettingsError
+from iot_config_server.settings import Settings, SettingsError, default_threads
 
 
 def test_defaults() -> None:
@@ -24,10 +26,12 @@ def test_defaults() -> None:
     assert (settings.host, settings.port, settings.threads, settings.workers) == (
         "127.0.0.1",
         8080,
-        8,
+        default_threads(),
         1,
     )
-    assert settings.max_document_bytes == 1048576
+    assert settings.max_document_bytes == DocumentLimits().max_bytes == 1048576
+    assert settings.store_stall_seconds == 1.0
+    assert not settings.access_log
     assert settings.cors_origins == ()
     assert settings.admin_tokens == ()
     assert not settings.auth_enabled
@@ -47,6 +51,8 @@ def test_every_variable() -> None:
             "IOT_CONFIG_ADMIN_TOKENS": "one,two",
             "IOT_CONFIG_LOG_LEVEL": "debug",
             "IOT_CONFIG_LOG_FORMAT": "JSON",
+            "IOT_CONFIG_STORE_STALL_SECONDS": "2.5",
+            "IOT_CONFIG_ACCESS_LOG": "on",
             "UNRELATED": "ignored",
         }
     )
@@ -61,6 +67,8 @@ def test_every_variable() -> None:
         admin_tokens=("one", "two"),
         log_level="DEBUG",
         log_format="json",
+        store_stall_seconds=2.5,
+        access_log=True,
     )
     assert settings.auth_enabled
     assert settings.log_level_number == logging.DEBUG
@@ -99,6 +107,13 @@ def test_legacy_variables_and_precedence() -> None:
         ({"IOT_CONFIG_STORE": "   "}, "IOT_CONFIG_STORE"),
         ({"ESP32_CONFIGS_DIR": ""}, "ESP32_CONFIGS_DIR"),
         ({"IOT_CONFIG_ADMIN_TOKENS": "caf\u00e9-token"}, "IOT_CONFIG_ADMIN_TOKENS"),
+        ({"IOT_CONFIG_STORE_STALL_SECONDS": "0"}, "IOT_CONFIG_STORE_STALL_SECONDS"),
+        ({"IOT_CONFIG_STORE_STALL_SECONDS": "soon"}, "IOT_CONFIG_STORE_STALL_SECONDS"),
+        ({"IOT_CONFIG_ACCESS_LOG": "maybe"}, "IOT_CONFIG_ACCESS_LOG"),
+        (
+            {"IOT_CONFIG_STORE": "memory://fleet", "IOT_CONFIG_WORKERS": "2"},
+            "IOT_CONFIG_WORKERS",
+        ),
     ],
 )
 def test_invalid_values_name_the_variable(environ: dict[str, str], variable: str) -> None:
@@ -107,6 +122,34 @@ def test_invalid_values_name_the_variable(environ: dict[str, str], variable: str
     assert caught.value.variable == variable
     assert str(caught.value).startswith(variable + ": ")
     assert caught.value.code == "INVALID_SETTING"
+
+
+def test_default_threads_do_not_make_granian_warn() -> None:
+    """Granian warns at start-up above 2 threads per CPU + 1; the default stays at that bound."""
+    cpus = os.cpu_count() or 1
+    assert Settings().threads == 2 * cpus + 1 >= 3
+
+
+def test_one_worker_may_serve_a_memory_store() -> None:
+    assert Settings(store_url="memory://fleet", workers=1).workers == 1
+    with pytest.raises(SettingsError, match="memory:// store lives in one process"):
+        Settings(store_url="memory://fleet", workers=3)
+
+
+def test_settings_open_their_store_with_their_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One method opens the store for serve, the WSGI factory and the CLI."""
+    store = Settings(store_url=str(tmp_path), max_document_bytes=2048).open_store()
+    assert store.limits == DocumentLimits(max_bytes=2048)
+    monkeypatch.chdir(tmp_path)
+    assert Settings(store_url="iot-configs/.").creates_store
+    Settings().open_store()
+    assert (tmp_path / "iot-configs").is_dir()  # only the default store is ever created
+    elsewhere = Settings(store_url=str(tmp_path / "elsewhere"))
+    assert not elsewhere.creates_store
+    elsewhere.open_store(create=True)  # the CLI's --create-store
+    assert (tmp_path / "elsewhere").is_dir()
 
 
 def test_tokens_never_in_repr_or_errors() -> None:

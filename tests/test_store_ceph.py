@@ -2,7 +2,7 @@
 
 Production runs several server replicas on one CephFS directory, each with its own client. Here
 the first mount is the one ``IOT_CONFIG_TEST_CEPHFS`` names (``nox -s ceph`` starts a throw-away
-cluster with ``shared/ceph/start-ceph.sh`` and sets it); this module adds a second ceph-fuse mount
+cluster with ``tests/ceph/start-ceph.sh`` and sets it); this module adds a second ceph-fuse mount
 of the same filesystem, and the contract's "second client", the cross-process races and the
 SIGKILL-mid-write test use both. Without the variable every test here is skipped.
 """

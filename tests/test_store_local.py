@@ -5,19 +5,21 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
-import fsspec
 import pytest
 
 from iot_config_core import (
     ConfigStore,
     MacAddress,
     NotFoundError,
+    StoreMissingError,
     StoreUnavailableError,
     UnsupportedStoreError,
     encode_document,
+    local_store_root,
     open_store,
     register_backend,
 )
@@ -48,6 +50,20 @@ def test_entries_that_are_not_regular_files_are_not_configs(tmp_path: Path) -> N
     assert not store.exists(MAC_B)
 
 
+def test_a_hand_copied_legacy_name_is_skipped_with_its_fix(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = open_store(str(tmp_path))
+    (tmp_path / "AA-BB-CC-DD-EE-02.json").write_bytes(b'{"deviceName": "x"}')
+    (tmp_path / "notes.json").write_bytes(b"{}")
+    with caplog.at_level("WARNING"):
+        assert store.list() == []
+    legacy, stray = sorted(r.getMessage() for r in caplog.records)
+    assert "devices ask for aa-bb-cc-dd-ee-02.json" in legacy
+    assert f"'iot-config --store {tmp_path} import {tmp_path}'" in legacy
+    assert "not a <canonical-mac>.json file name" in stray
+
+
 def test_symlinked_config_is_served(tmp_path: Path) -> None:
     store = open_store(str(tmp_path))
     (tmp_path / "shared.conf").write_bytes(b'{"deviceName": "shared"}')
@@ -59,7 +75,7 @@ def test_symlinked_config_is_served(tmp_path: Path) -> None:
 def test_wedged_lock_holder_is_an_outage_not_a_hang(tmp_path: Path) -> None:
     store = open_store(str(tmp_path))
     store.put(MAC_A, {"a": 1})
-    impatient = ConfigStore.from_backend(PosixBackend(str(tmp_path), lock_timeout=0.2))
+    impatient = ConfigStore(PosixBackend(str(tmp_path), lock_timeout=0.2))
     lock = os.open(tmp_path / LOCK_DIR / f"{MAC_A.file_name}.lock", os.O_RDWR)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a peer that never lets go
@@ -96,7 +112,7 @@ def test_create_root_and_url_forms(tmp_path: Path) -> None:
 
 
 def test_small_raw_cache_still_serves_the_right_bytes(tmp_path: Path) -> None:
-    store = ConfigStore(fsspec.filesystem("file"), str(tmp_path), raw_cache_bytes=400)
+    store = ConfigStore(PosixBackend(str(tmp_path)), raw_cache_bytes=400)
     macs = [MacAddress(i) for i in range(10)]
     for mac in macs:
         store.put(mac, {"mac": str(mac), "pad": "x" * 40})
@@ -107,21 +123,74 @@ def test_small_raw_cache_still_serves_the_right_bytes(tmp_path: Path) -> None:
         assert store.get_raw(MAC_A).data == encode_document({"big": "y" * 500})
 
 
-def test_unsupported_filesystem_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    data_fs = fsspec.filesystem("data")
-    with pytest.raises(UnsupportedStoreError) as info:
-        ConfigStore(data_fs, "/")
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://127.0.0.1:{port}/configs",
+        "http://127.0.0.1:{port}/configs",
+        "zip://configs.json::ftp://127.0.0.1:{port}/a.zip",
+        "gs://bucket/configs",
+        "SFTP://127.0.0.1:{port}/configs",
+        "nosuchprotocol://bucket/configs",
+    ],
+)
+def test_unsupported_scheme_is_refused_before_any_connection(url: str) -> None:
+    # A listening socket that records whether anything connected to it.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.2)
+        url = url.format(port=server.getsockname()[1])
+        with pytest.raises(UnsupportedStoreError) as info:
+            open_store(url)
+        with pytest.raises(TimeoutError):
+            server.accept()
     assert info.value.code == "UNSUPPORTED_STORE"
-    assert "'data'" in info.value.message
-    # A third party teaches the store a protocol by registering a backend factory for it.
+    scheme = url.split(":", 1)[0].lower()
+    assert info.value.details["scheme"] == scheme
+    for supported in ("file://", "memory://", "s3://"):
+        assert supported in info.value.message
+
+
+@pytest.mark.parametrize("url", ["", "  "])
+def test_empty_store_url_is_refused(url: str) -> None:
+    with pytest.raises(UnsupportedStoreError, match="empty"):
+        open_store(url)
+
+
+def test_a_registered_backend_makes_a_scheme_supported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setattr(store_module, "BACKENDS", dict(store_module.BACKENDS))
-    register_backend("data", lambda _fs, _root: PosixBackend(str(tmp_path)))
-    store = ConfigStore(data_fs, "/")
+    register_backend("data", lambda _url, _options: PosixBackend(str(tmp_path)))
+    store = open_store("data://anything")
     store.put(MAC_A, {"a": 1})
     assert (tmp_path / MAC_A.file_name).exists()
 
 
-def test_unknown_url_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedStoreError) as info:
-        open_store("nosuchprotocol://bucket/configs")
-    assert info.value.details["protocol"] == "nosuchprotocol"
+@pytest.mark.parametrize(
+    ("url", "root"),
+    [
+        ("/srv/fleet", "/srv/fleet"),
+        ("/srv/fleet/", "/srv/fleet"),
+        ("fleet", os.path.join(os.getcwd(), "fleet")),
+        ("file:///srv/fleet", "/srv/fleet"),
+        ("FILE:///srv/fleet", "/srv/fleet"),
+        ("local:///srv/fleet", "/srv/fleet"),
+        ("file://fleet", os.path.join(os.getcwd(), "fleet")),
+        ("memory://fleet", None),
+        ("s3://bucket/fleet", None),
+        ("ftp://host/fleet", None),
+    ],
+)
+def test_local_store_root(url: str, root: str | None) -> None:
+    assert local_store_root(url) == root
+
+
+def test_missing_directory_names_itself_and_the_fix(tmp_path: Path) -> None:
+    missing = tmp_path / "not" / "there"
+    with pytest.raises(StoreMissingError) as info:
+        open_store(str(missing)).list()
+    assert info.value.message == (
+        f"store file://{missing} does not exist; create it with --create-store"
+    )
+    assert info.value.details == {"store": f"file://{missing}"}
+    assert not missing.exists()  # opening and failing created nothing

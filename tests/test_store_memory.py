@@ -15,14 +15,15 @@ def _backend(store: ConfigStore) -> MemoryBackend:
 
 class TestMemoryStore(StoreContract):
     def make_store(self) -> ConfigStore:
-        return open_store("memory://fleet", create=True)
+        return open_store("memory://fleet")
 
     def make_missing_store(self) -> ConfigStore:
-        return open_store("memory://fleet")
+        # open_store creates a memory root; a backend built by hand has none yet.
+        return ConfigStore(MemoryBackend("/fleet"))
 
     def make_second_client(self, store: ConfigStore) -> ConfigStore:
         # A memory root lives in one process: a second client shares the backend, not the caches.
-        return ConfigStore.from_backend(_backend(store), limits=store.limits)
+        return ConfigStore(_backend(store), limits=store.limits)
 
     def write_raw(self, store: ConfigStore, name: str, data: bytes) -> None:
         backend = _backend(store)
@@ -41,8 +42,19 @@ class TestMemoryStore(StoreContract):
         ]
 
 
+def test_memory_store_is_ready_without_create() -> None:
+    store = open_store("memory://anything")
+    assert store.list() == []
+    assert store.count() == 0
+    assert not store.exists(MAC_A)
+    assert store.etag(MAC_A) is None
+    store.check()
+    store.put(MAC_A, {"a": 1})
+    assert store.get(MAC_A).content == {"a": 1}
+
+
 def test_memory_stores_are_private() -> None:
-    first = open_store("memory://fleet", create=True)
+    first = open_store("memory://fleet")
     second = open_store("memory://fleet", create=True)
     first.put(MAC_A, {"a": 1})
     assert second.list() == []
@@ -60,7 +72,7 @@ def test_memory_store_at_filesystem_root() -> None:
 def test_hand_edits_never_revive_a_cached_version() -> None:
     # Without the filesystem's help an edit is only visible as a new file object; a token made
     # of id(file) made a stale cache entry look current once CPython reused the id.
-    store = open_store("memory://fleet", create=True)
+    store = open_store("memory://fleet")
     backend = _backend(store)
     path = backend._path(MAC_A.file_name)
     backend._fs.pipe_file(path, b'{"v": 0}')

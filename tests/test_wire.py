@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from iot_config_core import ConfigSummary, MacAddress, RawDocument, StoredConfig, open_store
+from iot_config_core import (
+    ConfigSummary,
+    DocumentLimits,
+    MacAddress,
+    RawDocument,
+    StoredConfig,
+    open_store,
+)
 from iot_config_core.wire import (
     SUMMARY_FILE_FIELDS,
     ConfigListWire,
@@ -17,6 +24,8 @@ from iot_config_core.wire import (
     summaries_to_wire,
     summary_to_wire,
 )
+from iot_config_server.api_models import PutConfigRequest, api_converter
+from iot_config_server.request_body import parse_put_request
 
 MAC = MacAddress.parse("AA:BB:CC:DD:EE:FF")
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -114,3 +123,13 @@ def test_model_values() -> None:
     assert config.summary.etag == "e"
     assert config.summary.size == 10
     assert config.summary.modified == WHEN
+
+
+def test_put_request_is_structured_by_the_api_converter() -> None:
+    """Defaults and ignored extras come from the class the OpenAPI schema is built from."""
+    limits = DocumentLimits()
+    body = b'{"content": {"deviceName": "k"}, "mac_address": "sent by old UIs"}'
+    assert parse_put_request(body, limits) == PutConfigRequest({"deviceName": "k"})
+    assert PutConfigRequest({}).allow_overwrite is True
+    strict = parse_put_request(b'{"content": {}, "allow_overwrite": false}', limits)
+    assert api_converter.unstructure(strict) == {"content": {}, "allow_overwrite": False}

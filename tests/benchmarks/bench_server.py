@@ -15,7 +15,9 @@ health; req/s, p50/p99 latency and errors, and the server's RSS after a list of 
 gthread, cheroot, granian st/mt) on the bare route, plus robustness probes (SIGTERM with a request
 in flight, 50 header-trickling clients, RSS): how the production server was chosen.
 
-Run: ``python tests/benchmarks/bench_server.py [--quick] [--json PATH] [--compare-servers]``.
+Run: ``python tests/benchmarks/bench_server.py [--quick] [--device-only] [--json PATH]
+[--scrape-only] [--compare-servers]``; ``--quick --device-only`` gives the device GET vs bare
+ratio soonest.
 Needs ``wrk`` and ``nginx`` (Debian: ``apt-get install -y wrk nginx``); parts that need a missing
 tool are skipped with a message.
 """
@@ -458,6 +460,29 @@ def warm_latencies(port: int, path: str, count: int, headers: dict[str, str]) ->
     return samples
 
 
+def stat_floor(store: Path) -> float:
+    """Seconds to stat every file of the store once: the metadata scan a scrape cannot avoid."""
+    started = time.perf_counter()
+    for entry in os.scandir(store):
+        entry.stat()
+    return time.perf_counter() - started
+
+
+def scrape_line(port: int, store: Path, count: int, repeat: int) -> Line:
+    """Warm ``/metrics`` scrapes (each counts the store's valid configs) beside the stat floor."""
+    scrapes = warm_latencies(port, "/metrics", repeat, {})
+    floors = [stat_floor(store) for _ in range(repeat)]
+    median = statistics.median(scrapes) * 1000
+    floor = statistics.median(floors) * 1000
+    return Line(
+        f"/metrics of {count:,} warm single",
+        value=f"{median:.1f} ms",
+        target="<= 50 ms",
+        met=median <= 50,
+        note=f"median of {repeat} sequential; stat of every file (floor) {floor:.1f} ms",
+    )
+
+
 # -- the benchmark --------------------------------------------------------------------------------
 
 
@@ -469,6 +494,17 @@ def check_status(port: int, path: str, headers: dict[str, str], expected: int) -
 
 def fmt_ratio(value: float) -> str:
     return f"{value:.2f}x"
+
+
+def bench_scrape(args: Any, workdir: Path) -> Table:
+    """Only the warm ``/metrics`` scrape of a 10,000-config store, beside its stat floor."""
+    table = Table("scrape", {"configs": 10_000})
+    store = workdir / "store"
+    fill_store(store, 10_000)
+    server = app_server(free_port(), store, workdir, 8)
+    with running(server, "/api/health/live"):
+        table.add(scrape_line(server.port, store, 10_000, 10 if args.quick else 30))
+    return table
 
 
 def bench(args: Any, workdir: Path) -> Table:
@@ -546,6 +582,8 @@ def bench(args: Any, workdir: Path) -> Table:
                 met=dev.rps >= 0.9 * bare_rps and dev.rps >= 20_000 and dev.errors == 0,
             )
         )
+        if args.device_only:
+            return table
         r304 = run_wrk(
             app.port, device, seconds, connections, workdir, headers={"If-None-Match": etag}
         )
@@ -625,6 +663,7 @@ def bench(args: Any, workdir: Path) -> Table:
                         note=f"median of {len(warm)} sequential; max {max(warm) * 1000:.1f} ms",
                     )
                 )
+                table.add(scrape_line(server.port, store, count, 10 if quick else 30))
                 loaded = run_wrk(server.port, "/api/configs", seconds, 4, workdir, headers=auth)
                 table.add(
                     Line(
@@ -786,6 +825,14 @@ def main() -> int:
     parser.add_argument(
         "--compare-servers", action="store_true", help="measure the candidate WSGI servers"
     )
+    parser.add_argument(
+        "--device-only",
+        action="store_true",
+        help="stop after the device GET against its baselines (the quickest ratio)",
+    )
+    parser.add_argument(
+        "--scrape-only", action="store_true", help="only /metrics on a store of 10,000 configs"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench_server: wrk is not installed, skipping (Debian: apt-get install -y wrk nginx)")
@@ -795,7 +842,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-server-", dir=args.dir) as scratch:
         workdir = Path(scratch)
         workdir.chmod(0o755)  # nginx workers run as an unprivileged user
-        table = compare_servers(args, workdir) if args.compare_servers else bench(args, workdir)
+        if args.compare_servers:
+            table = compare_servers(args, workdir)
+        elif args.scrape_only:
+            table = bench_scrape(args, workdir)
+        else:
+            table = bench(args, workdir)
     table.print()
     if args.json:
         table.write_json(args.json)

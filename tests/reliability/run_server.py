@@ -30,7 +30,8 @@ def build_app(settings: Settings, root: str, delay: float) -> Any:
     configure_logging(settings)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     slow: Any = importlib.import_module("slow_backend")  # a sibling file, run as a script
-    store = ConfigStore.from_backend(slow.SlowBackend(PosixBackend(root), delay))
+    backend = slow.SlowBackend(PosixBackend(root), delay)
+    store = ConfigStore(backend, limits=settings.document_limits)
     return create_app(store, settings)
 
 

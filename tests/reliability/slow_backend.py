@@ -12,7 +12,7 @@ from collections.abc import Hashable
 from iot_config_core.backend import Absent, AnyVersion, Backend, Blob, Entry
 
 
-class SlowBackend:
+class SlowBackend(Backend):
     """Delegates every `Backend` call to ``inner`` after sleeping ``delay`` seconds."""
 
     def __init__(self, inner: Backend, delay: float) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from iot_config_server.settings import default_threads
+
 from .conftest import Figure
 from .support import (
     JSON_HEADERS,
@@ -169,28 +171,27 @@ def _flood(
             errors.append(repr(exc))
 
 
-# Four slow requests per worker thread: far more than the threads, as when a CephFS mount hangs.
-# The store gate keeps two threads free of store calls and sheds the excess with 503 STORE_BUSY.
+# Four slow requests per worker thread: far more than the threads, as when a CephFS mount is slow.
 SATURATED = pytest.param(4, id="saturated")
 
 
 @pytest.mark.parametrize("in_flight_per_thread", [pytest.param(0.5, id="below-pool"), SATURATED])
-def test_slow_store_does_not_block_liveness_or_metrics(
+def test_slow_store_is_queued_not_shed(
     in_flight_per_thread: float, tmp_path: Path, figure: Figure
 ) -> None:
+    """A store that is slow but completes calls is never shed: its requests queue and succeed.
+
+    Liveness is measured, not bounded: with more slow requests than threads it queues behind
+    them in the server (the figure is in docs/reliability.md); only a *hung* store is shed.
+    """
     store = tmp_path / "configs"
     store.mkdir()
-    fast = ServerProcess(store, tmp_path / "fast.log")
-    try:
-        fast.request("PUT", f"/api/configs/{MACS[0]}", put_body({"n": 0}), JSON_HEADERS)
-    finally:
-        fast.stop()
+    (store / f"{MACS[0]}.json").write_text('{"n": 0}\n')
     delay = 0.3
     slow = ServerProcess(store, tmp_path / "slow.log", slow=delay)
-    threads = 8  # the server's default worker threads
+    threads = default_threads()  # the server's default, as the child computes it
     flooders = max(1, int(threads * in_flight_per_thread))
-    # Each sample may wait behind the slow requests when the pool is saturated: keep them few.
-    samples = int(scaled(10, 100) if in_flight_per_thread < 1 else scaled(3, 30))
+    samples = int(scaled(5, 30))
     stop = threading.Event()
     errors: list[str] = []
     shed: list[int] = []
@@ -212,17 +213,84 @@ def test_slow_store_does_not_block_liveness_or_metrics(
     finally:
         stop.set()
         for worker in workers:
-            worker.join(timeout=30)
+            worker.join(timeout=60)
         slow.stop()
     for path, values in loaded.items():
         med0, med1 = statistics.median(baseline[path]), statistics.median(values)
+        figure(
+            f"{path} with {flooders} slow ({delay}s) requests on {threads} threads: p50/p99 ms",
+            f"{med1 * 1000:.1f}/{_p(values, 0.99) * 1000:.1f} (idle p50 {med0 * 1000:.1f})",
+        )
+        if flooders <= threads - 2:  # below the gate's slots nothing waits for a thread
+            assert _p(values, 0.99) < delay, f"{path} waited behind the slow store"
+    assert not errors, errors[:5]
+    assert not shed  # slow is not hung: every device request was answered
+
+
+#: A store call that does not return within any test: a hung CephFS mount.
+HANG_SECONDS = 600
+
+
+def _hammer(port: int, stop: threading.Event, out: list[tuple[int, str, bool, float]]) -> None:
+    """Poll a device path until stopped: (status, error code, Retry-After set, seconds)."""
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            status, headers, body = call(port, "GET", f"/esp32/config/{MACS[0]}.json", timeout=3)
+        except OSError:  # this request went into the hung store
+            out.append((0, "timeout", False, time.perf_counter() - started))
+            continue
+        code = json.loads(body).get("code", "") if status >= 400 else ""
+        out.append((status, code, "retry-after" in headers, time.perf_counter() - started))
+        time.sleep(0.01)
+
+
+def test_hung_store_sheds_fast_and_probes_keep_answering(tmp_path: Path, figure: Figure) -> None:
+    """No store call completes: store requests get 503 STORE_BUSY at once, probes stay fast."""
+    store = tmp_path / "configs"
+    store.mkdir()
+    (store / f"{MACS[0]}.json").write_text('{"n": 0}\n')
+    hung = ServerProcess(store, tmp_path / "hung.log", slow=HANG_SECONDS)
+    stop = threading.Event()
+    answers: list[tuple[int, str, bool, float]] = []
+    clients = [
+        threading.Thread(target=_hammer, args=(hung.port, stop, answers), daemon=True)
+        for _ in range(8)
+    ]
+    try:
+        for client in clients:
+            client.start()
+        deadline = time.monotonic() + 20
+        while not any(a[1] == "STORE_BUSY" for a in answers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(a[1] == "STORE_BUSY" for a in answers), answers[:10]
+        first = len(answers)
+        samples = int(scaled(40, 200))
+        probes = {p: _latencies(hung.port, p, samples) for p in ("/api/health/live", "/metrics")}
+        put = hung.request("PUT", f"/api/configs/{MACS[1]}", put_body({"n": 1}), JSON_HEADERS)
+        ready = hung.request("GET", "/api/health/ready", timeout=10)[0]
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(timeout=10)
+        hung.kill()  # its store calls never return: SIGTERM would wait for them
+        hung.stop()
+    assert put[0] == 503
+    assert json.loads(put[2])["code"] == "STORE_BUSY"
+    assert put[1].get("retry-after")
+    assert ready == 503
+    shed = [a for a in answers[first:] if a[0] == 503]
+    assert shed, answers[first:][:10]
+    assert all(a[1] == "STORE_BUSY" and a[2] for a in shed)
+    assert {a[0] for a in answers[first:]} <= {503, 0}  # nothing else; timeouts are the hung few
+    shed_p99 = _p([a[3] for a in shed], 0.99)
+    for path, values in probes.items():
         p99 = _p(values, 0.99)
         figure(
-            f"{path} with {flooders} slow ({delay}s) requests in flight: p50/p99 ms",
-            f"{med1 * 1000:.1f}/{p99 * 1000:.1f} (idle p50 {med0 * 1000:.1f})",
+            f"{path} while the store hangs: p50/p99 ms",
+            f"{statistics.median(values) * 1000:.1f}/{p99 * 1000:.1f}",
         )
-        assert p99 < delay, f"{path} waited behind the slow store: p99 {p99:.3f} s"
-    figure(f"device requests shed (503 STORE_BUSY) with {flooders} in flight", len(shed))
-    assert not errors, errors[:5]
-    if flooders <= threads - 2:
-        assert not shed  # below the gate's slots nothing is shed
+        assert p99 < 0.25, f"{path} p99 {p99:.3f} s while the store hangs"
+    figure("store requests shed (503 STORE_BUSY + Retry-After) while hung", len(shed))
+    figure("shed answer p99 ms", f"{shed_p99 * 1000:.1f}")
+    assert shed_p99 < 0.25

@@ -6,8 +6,8 @@ provoked (read back from the HAR recording) must carry the error shape.
 
 ``positive_data_acceptance`` is excluded on purpose: it counts every 412 as "valid data rejected",
 and a random but well-formed ``If-Match`` is exactly what must get 412; an empty ``If-Match``
-or ``If-None-Match`` header gets a 400 naming the header. (The ``mac`` path parameter carries the
-core's `SPELLINGS_PATTERN`, so MACs no longer trip it.) See ``docs/reliability.md``.
+or ``If-None-Match`` header gets a 400 naming the header. (The ``mac_address`` path parameter
+carries the core's `SPELLINGS_PATTERN`, so MACs no longer trip it.) See ``docs/reliability.md``.
 """
 
 from __future__ import annotations

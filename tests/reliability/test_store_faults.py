@@ -207,7 +207,7 @@ def test_slow_backend_is_real_and_slow(tmp_path: Path) -> None:
     """The latency wrapper the server tests use: same data as the real backend, added delay."""
     root = tmp_path / "configs"
     root.mkdir()
-    store = ConfigStore.from_backend(SlowBackend(PosixBackend(str(root)), 0.05))
+    store = ConfigStore(SlowBackend(PosixBackend(str(root)), 0.05))
     started = time.monotonic()
     store.put(NEW_MAC, {"deviceName": "slow"})
     assert time.monotonic() - started >= 0.1

@@ -1,42 +1,4 @@
-"""The contract every `ConfigStore` backend must honour, as a reusable pytest suite.
-
-One suite proves memory, local disk, CephFS and S3 alike (the habit of Kinto's
-``storage/testing.py``): a backend's test module subclasses `StoreContract`, says how to make a
-fresh store and how to touch its files behind the store's back, and inherits every test.
-
-This module needs the ``test`` extra (``pip install 'iot-config[test]'``: pytest and hypothesis);
-the library itself never imports it.
-
-Running the contract against your own fsspec backend::
-
-    import pytest
-    from iot_config_core import ConfigStore, open_store, register_backend
-    from iot_config_core.testing import StoreContract
-
-    register_backend("myfs", my_backend_factory)  # if open_store does not know it yet
-
-    class TestMyStore(StoreContract):
-        @pytest.fixture(autouse=True)
-        def _server(self, tmp_path):
-            self.base = start_or_point_at_my_server(tmp_path)  # anything the hooks need
-
-        def make_store(self) -> ConfigStore:
-            return open_store(f"myfs://bucket/{uuid.uuid4().hex}", create=True)
-
-        def make_missing_store(self) -> ConfigStore:  # optional: skipped when not overridden
-            return open_store(f"myfs://bucket/{uuid.uuid4().hex}-never-created")
-
-        def make_second_client(self, store) -> ConfigStore:  # optional: another process/mount
-            return open_store(store_url_of(store))
-
-        def write_raw(self, store, name, data): ...  # put bytes at <root>/<name>, bypassing store
-        def remove_raw(self, store, name): ...  # delete <root>/<name>, bypassing the store
-        def list_raw(self, store) -> list[str]: ...  # every file name in the root, hidden too
-
-``make_store`` may be called several times in one test (the stateful test calls it once per
-example), and each call must give an empty root of its own that already exists. Tune
-``stateful_settings``, ``race_threads`` or ``counter_increments`` on the subclass for slow backends.
-"""
+"""`StoreContract`: the behaviour every store shows, whatever its backend, as a pytest suite."""
 
 # Test names say what each test proves; docstrings on them would repeat the name.
 # ruff: noqa: D102
@@ -48,17 +10,16 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import run_state_machine_as_test
 
-from .document import compute_etag, encode_document
-from .errors import (
+from iot_config_core.document import DEFAULT_MAX_DEPTH, compute_etag, encode_document
+from iot_config_core.errors import (
     AlreadyExistsError,
     ConfigError,
     CorruptDocumentError,
@@ -68,77 +29,17 @@ from .errors import (
     InvalidMacError,
     NotFoundError,
     PreconditionFailedError,
+    StoredDocumentTooLargeError,
+    StoreMissingError,
     StoreUnavailableError,
 )
-from .mac import MacAddress
-from .store import ConfigStore, open_store
+from iot_config_core.mac import MacAddress
+from iot_config_core.store import ConfigStore, open_store
 
-__all__ = [
-    "JSON_SCALARS",
-    "PosixStoreContract",
-    "StoreContract",
-    "json_objects",
-    "json_values",
-    "mac_addresses",
-    "mac_spellings",
-    "spelled_macs",
-]
+from .stateful import StoreModelMachine
+from .strategies import MAC_A, MAC_B, MAC_C, etag_of, nest_depth
 
-# -- strategies shared by the contract and the unit tests ------------------------------------------
-
-mac_addresses = st.integers(min_value=0, max_value=(1 << 48) - 1).map(MacAddress)
-_WHITESPACE = st.text(alphabet=" \t\r\n\x0b\x0c\u00a0\u3000", max_size=3)
-
-
-@st.composite
-def mac_spellings(draw: st.DrawFn, mac: MacAddress) -> str:
-    """Any accepted spelling of ``mac``: colons, hyphens, dots or bare, any case, padded."""
-    digits = f"{mac.value:012x}"
-    upper = draw(st.integers(min_value=0, max_value=(1 << 12) - 1))
-    digits = "".join(c.upper() if upper >> i & 1 else c for i, c in enumerate(digits))
-    separator = draw(st.sampled_from([":", "-", ".", ""]))
-    width = 4 if separator == "." else 2
-    text = separator.join(digits[i : i + width] for i in range(0, 12, width))
-    return draw(_WHITESPACE) + text + draw(_WHITESPACE)
-
-
-def spelled_macs() -> st.SearchStrategy[tuple[MacAddress, str]]:
-    """A random MAC together with one random spelling of it."""
-    return mac_addresses.flatmap(lambda mac: mac_spellings(mac).map(lambda text: (mac, text)))
-
-
-JSON_SCALARS: st.SearchStrategy[Any] = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(1 << 80), max_value=1 << 80)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text()
-)
-json_values: st.SearchStrategy[Any] = st.recursive(
-    JSON_SCALARS,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
-    ),
-    max_leaves=16,
-)
-json_objects: st.SearchStrategy[dict[str, Any]] = st.dictionaries(
-    st.text(), json_values, max_size=6
-)
-
-# Small contents for the stateful test: few distinct values, so equal documents happen often.
-_small_contents = st.dictionaries(
-    st.sampled_from(["deviceName", "enableOTA", "deviceEntityId", "n"]),
-    st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(["a", "kitchen", "é"]),
-    max_size=3,
-)
-
-MAC_A = MacAddress.parse("aa-bb-cc-dd-ee-01")
-MAC_B = MacAddress.parse("02-00-00-00-00-02")
-MAC_C = MacAddress.parse("00-11-22-33-44-55")
-
-
-def _etag_of(content: Mapping[str, Any]) -> str:
-    return compute_etag(encode_document(content))
+__all__ = ["PosixStoreContract", "StoreContract", "cas_increment"]
 
 
 def _run_threads(count: int, target: Callable[[int], object]) -> list[object]:
@@ -241,7 +142,7 @@ class StoreContract(abc.ABC):
         stored = store.put("AA:BB:CC:DD:EE:01", content)
         assert stored.mac_address == MAC_A
         assert stored.content == content
-        assert stored.etag == _etag_of(content)
+        assert stored.etag == etag_of(content)
         assert stored.size == len(encode_document(content))
         got = store.get(MAC_A)
         assert got.content == content
@@ -323,7 +224,7 @@ class StoreContract(abc.ABC):
             {"x": b"bytes"},
             {"x": "\ud800"},
             ["not", "an", "object"],
-            nest_depth(40),
+            nest_depth(DEFAULT_MAX_DEPTH + 1),
         ]
         for bad in bad_contents:
             with pytest.raises(InvalidDocumentError):
@@ -366,7 +267,7 @@ class StoreContract(abc.ABC):
         assert store.get(MAC_A).content == {"a": 1}
 
     def test_if_match_on_missing_config_fails(self, store: ConfigStore) -> None:
-        for condition in ["*", '"abc"', _etag_of({"a": 1})]:
+        for condition in ["*", '"abc"', etag_of({"a": 1})]:
             with pytest.raises(PreconditionFailedError) as info:
                 store.put(MAC_A, {"a": 1}, if_match=condition)
             assert info.value.current_etag is None
@@ -494,12 +395,12 @@ class StoreContract(abc.ABC):
         with pytest.raises(NotFoundError):
             store.get_raw(MAC_B)
         with pytest.raises(PreconditionFailedError):  # store's last-seen etag is stale now
-            store.put(MAC_C, {"x": 1}, if_match=_etag_of({"deviceName": "other"}))
+            store.put(MAC_C, {"x": 1}, if_match=etag_of({"deviceName": "other"}))
 
     def test_hand_edits_are_seen(self, store: ConfigStore) -> None:
         store.put(MAC_A, {"deviceName": "old"})
         assert store.list()[0].device_name == "old"
-        assert store.get_raw(MAC_A).etag == _etag_of({"deviceName": "old"})
+        assert store.get_raw(MAC_A).etag == etag_of({"deviceName": "old"})
         edited = b'{"deviceName":"edited by hand"}'
         self.write_raw(store, MAC_A.file_name, edited)
         assert store.list()[0].device_name == "edited by hand"
@@ -578,20 +479,30 @@ class StoreContract(abc.ABC):
         with pytest.raises(AlreadyExistsError):
             store.put(MAC_A, {"a": 1}, create_only=True)
 
-    def test_oversized_stored_document_is_corrupt(self, store: ConfigStore) -> None:
-        big = b'{"blob": "' + b"x" * store.limits.max_bytes + b'"}'
+    def test_oversized_stored_document_is_reported_with_its_real_size(
+        self, store: ConfigStore
+    ) -> None:
+        big = b'{"blob": "' + b"x" * (store.limits.max_bytes + 100) + b'"}'
         self.write_raw(store, MAC_A.file_name, big)
-        with pytest.raises(CorruptDocumentError) as info:
-            store.get_raw(MAC_A)
-        assert info.value.details["reason"] == "too_large"
+        for call in (store.get_raw, store.get):
+            with pytest.raises(StoredDocumentTooLargeError) as info:
+                call(MAC_A)
+            assert info.value.code == "STORED_DOCUMENT_TOO_LARGE"
+            assert isinstance(info.value, CorruptDocumentError)  # reported, never served
+            assert info.value.details["reason"] == "too_large"
+            assert info.value.details["size"] == len(big)
+            assert info.value.details["limit"] == store.limits.max_bytes
+            assert f"{len(big)} bytes" in info.value.message
         assert store.list() == []
         assert MAC_A.file_name in store.listing().skipped
+        store.put(MAC_A, {"a": 1})  # overwriting repairs it
+        assert store.get(MAC_A).content == {"a": 1}
 
     def test_put_repairs_corrupt_document(self, store: ConfigStore) -> None:
         bad = b"{not json"
         self.write_raw(store, MAC_A.file_name, bad)
         with pytest.raises(PreconditionFailedError):
-            store.put(MAC_A, {"a": 1}, if_match=_etag_of({"a": 0}))
+            store.put(MAC_A, {"a": 1}, if_match=etag_of({"a": 0}))
         repaired = store.put(MAC_A, {"fixed": True}, if_match=compute_etag(bad))
         assert store.get(MAC_A).content == {"fixed": True}
         assert store.get_raw(MAC_A).etag == repaired.etag
@@ -604,7 +515,7 @@ class StoreContract(abc.ABC):
         bad = b"]"
         self.write_raw(store, MAC_A.file_name, bad)
         with pytest.raises(PreconditionFailedError):
-            store.delete(MAC_A, if_match=_etag_of({}))
+            store.delete(MAC_A, if_match=etag_of({}))
         store.delete(MAC_A, if_match=compute_etag(bad))
         assert not store.exists(MAC_A)
 
@@ -645,18 +556,29 @@ class StoreContract(abc.ABC):
         calls: list[Callable[[], object]] = [
             store.list,
             store.listing,
+            store.count,
             store.check,
             lambda: store.get(MAC_A),
             lambda: store.get_raw(MAC_A),
+            lambda: store.exists(MAC_A),
+            lambda: store.etag(MAC_A),
             lambda: store.put(MAC_A, {"a": 1}),
             lambda: store.put(MAC_A, {"a": 1}, create_only=True),
             lambda: store.delete(MAC_A),
         ]
+        messages = set()
         for call in calls:
-            with pytest.raises(StoreUnavailableError) as info:
+            with pytest.raises(StoreMissingError) as info:
                 call()
             assert info.value.code == "STORE_UNAVAILABLE"
+            assert isinstance(info.value, StoreUnavailableError)
             assert not isinstance(info.value, OSError)
+            messages.add(info.value.message)
+        # One message wherever it is noticed: where the store is, and how to create it.
+        assert len(messages) == 1
+        (message,) = messages
+        assert store.description in message
+        assert "--create-store" in message
         store.create_root()  # only now does the root exist, and nothing was written before
         assert store.list() == []
         store.put(MAC_A, {"a": 1})
@@ -761,163 +683,3 @@ class PosixStoreContract(StoreContract):
 
     def list_raw(self, store: ConfigStore) -> list[str]:
         return [p.name for p in self.root_of(store).iterdir() if not p.is_dir()]
-
-
-def nest_depth(depth: int) -> dict[str, Any]:
-    """An object nested ``depth`` levels deep."""
-    value: dict[str, Any] = {}
-    for _ in range(depth - 1):
-        value = {"d": value}
-    return value
-
-
-class StoreModelMachine(RuleBasedStateMachine):
-    """Store operations checked against a dict of MAC -> (content, etag).
-
-    Operations go through the store and, when the backend has one, a second client on the same
-    root, so cache coherence between clients is checked on every step.
-    """
-
-    def __init__(self, contract: StoreContract) -> None:
-        super().__init__()
-        self.contract = contract
-        self.store = contract.make_store()
-        self.clients = contract.clients(self.store)
-        self.model: dict[MacAddress, tuple[dict[str, Any], str]] = {}
-
-    macs = st.sampled_from([MAC_A, MAC_B, MAC_C])
-    client = st.integers(min_value=0, max_value=1)
-
-    def _client(self, index: int) -> ConfigStore:
-        return self.clients[index % len(self.clients)]
-
-    def _spell(self, data: st.DataObject, mac: MacAddress) -> str:
-        return data.draw(mac_spellings(mac), label="spelling")
-
-    def _current_etag(self, mac: MacAddress) -> str | None:
-        entry = self.model.get(mac)
-        return None if entry is None else entry[1]
-
-    def _stored(self, mac: MacAddress, content: dict[str, Any]) -> None:
-        self.model[mac] = (content, _etag_of(content))
-
-    @rule(data=st.data(), mac=macs, content=_small_contents, client=client)
-    def put(
-        self, data: st.DataObject, mac: MacAddress, content: dict[str, Any], client: int
-    ) -> None:
-        stored = self._client(client).put(self._spell(data, mac), content)
-        self._stored(mac, content)
-        assert stored.etag == self.model[mac][1]
-
-    @rule(
-        mac=macs,
-        content=_small_contents,
-        use_current=st.booleans(),
-        other=_small_contents,
-        client=client,
-    )
-    def put_if_match(
-        self,
-        mac: MacAddress,
-        content: dict[str, Any],
-        use_current: bool,
-        other: dict[str, Any],
-        client: int,
-    ) -> None:
-        current = self._current_etag(mac)
-        tag = current if use_current and current is not None else _etag_of(other)
-        if tag == current:
-            self._client(client).put(mac, content, if_match=tag)
-            self._stored(mac, content)
-        else:
-            with pytest.raises(PreconditionFailedError) as info:
-                self._client(client).put(mac, content, if_match=tag)
-            assert info.value.current_etag == current
-
-    @rule(mac=macs, content=_small_contents, client=client)
-    def create_only(self, mac: MacAddress, content: dict[str, Any], client: int) -> None:
-        if mac in self.model:
-            with pytest.raises(AlreadyExistsError) as info:
-                self._client(client).put(mac, content, create_only=True)
-            assert info.value.current_etag == self._current_etag(mac)
-        else:
-            self._client(client).put(mac, content, create_only=True)
-            self._stored(mac, content)
-
-    @rule(mac=macs, content=_small_contents, client=client)
-    def put_if_none_match_star(self, mac: MacAddress, content: dict[str, Any], client: int) -> None:
-        if mac in self.model:
-            with pytest.raises(PreconditionFailedError):
-                self._client(client).put(mac, content, if_none_match="*")
-        else:
-            self._client(client).put(mac, content, if_none_match="*")
-            self._stored(mac, content)
-
-    @rule(mac=macs, content=_small_contents)
-    def hand_edit(self, mac: MacAddress, content: dict[str, Any]) -> None:
-        data = json.dumps(content, separators=(",", ":")).encode()
-        self.contract.write_raw(self.store, mac.file_name, data)
-        self.model[mac] = (content, compute_etag(data))
-
-    @rule(data=st.data(), mac=macs, client=client)
-    def get(self, data: st.DataObject, mac: MacAddress, client: int) -> None:
-        store = self._client(client)
-        if mac in self.model:
-            got = store.get(self._spell(data, mac))
-            assert (got.content, got.etag) == self.model[mac]
-        else:
-            with pytest.raises(NotFoundError):
-                store.get(self._spell(data, mac))
-
-    @rule(mac=macs, client=client)
-    def get_raw(self, mac: MacAddress, client: int) -> None:
-        store = self._client(client)
-        if mac in self.model:
-            raw = store.get_raw(mac)
-            assert json.loads(raw.data) == self.model[mac][0]
-            assert raw.etag == self.model[mac][1] == compute_etag(raw.data)
-        else:
-            with pytest.raises(NotFoundError):
-                store.get_raw(mac)
-
-    @rule(mac=macs, client=client)
-    def delete(self, mac: MacAddress, client: int) -> None:
-        if mac in self.model:
-            self._client(client).delete(mac)
-            del self.model[mac]
-        else:
-            with pytest.raises(NotFoundError):
-                self._client(client).delete(mac)
-
-    @rule(mac=macs, use_current=st.booleans(), other=_small_contents, client=client)
-    def delete_if_match(
-        self, mac: MacAddress, use_current: bool, other: dict[str, Any], client: int
-    ) -> None:
-        current = self._current_etag(mac)
-        tag = current if use_current and current is not None else _etag_of(other)
-        store = self._client(client)
-        if current is None:
-            with pytest.raises(NotFoundError):
-                store.delete(mac, if_match=tag)
-        elif tag == current:
-            store.delete(mac, if_match=tag)
-            del self.model[mac]
-        else:
-            with pytest.raises(PreconditionFailedError) as info:
-                store.delete(mac, if_match=tag)
-            assert info.value.current_etag == current
-
-    @rule(client=client)
-    def list_configs(self, client: int) -> None:
-        summaries = self._client(client).list()
-        assert [s.mac_address for s in summaries] == sorted(self.model)
-        for summary in summaries:
-            content, etag = self.model[summary.mac_address]
-            assert summary.etag == etag
-            name = content.get("deviceName")
-            assert summary.device_name == (name if isinstance(name, str) else None)
-
-    @invariant()
-    def existence_agrees(self) -> None:
-        for mac in (MAC_A, MAC_B, MAC_C):
-            assert self.store.exists(mac) == (mac in self.model)

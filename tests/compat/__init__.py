@@ -1,0 +1,1 @@
+"""Compatibility with the old service's clients."""
