@@ -88,7 +88,14 @@ def make_certificates(directory: Path) -> Certificates:
 class Mosquitto:
     """One broker process; `stop` and `start` again keep the port (a broker restart)."""
 
-    def __init__(self, directory: Path, *, tls: Certificates | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        tls: Certificates | None = None,
+        users: dict[str, str] | None = None,
+        acl: str | None = None,
+    ) -> None:
         self._binary = mosquitto_binary()
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
@@ -97,11 +104,18 @@ class Mosquitto:
         passwords = directory / "passwords"
         passwords.write_text("")
         passwords.chmod(0o600)
-        subprocess.run(
-            [shutil.which("mosquitto_passwd", path=SBIN) or "", "-b", passwords, USER, PASSWORD],
-            check=True,
-            capture_output=True,
-        )
+        for user, password in {USER: PASSWORD, **(users or {})}.items():
+            subprocess.run(
+                [
+                    shutil.which("mosquitto_passwd", path=SBIN) or "",
+                    "-b",
+                    passwords,
+                    user,
+                    password,
+                ],
+                check=True,
+                capture_output=True,
+            )
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous false",
@@ -116,6 +130,9 @@ class Mosquitto:
             lines.insert(0, "user root")
         if tls is not None:
             lines += [f"cafile {tls.ca}", f"certfile {tls.cert}", f"keyfile {tls.key}"]
+        if acl is not None:
+            (directory / "acl").write_text(acl)
+            lines.append(f"acl_file {directory / 'acl'}")
         self.config = directory / "mosquitto.conf"
         self.config.write_text("\n".join(lines) + "\n")
         self.log_path = directory / "mosquitto.log"
@@ -174,14 +191,19 @@ class Subscriber:
     """A paho client that records every message on its topic filters, in arrival order."""
 
     def __init__(
-        self, broker: Mosquitto, *topics: str, password: str = PASSWORD, ca: Path | None = None
+        self,
+        broker: Mosquitto,
+        *topics: str,
+        user: str = USER,
+        password: str = PASSWORD,
+        ca: Path | None = None,
     ) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._topics = topics
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        client.username_pw_set(USER, password)
+        client.username_pw_set(user, password)
         if broker.tls is not None:
             client.tls_set_context(ssl.create_default_context(cafile=str(ca or broker.tls.ca)))
         client.on_connect = self._on_connect
@@ -212,8 +234,8 @@ class Subscriber:
 
 
 @contextlib.contextmanager
-def subscribed(broker: Mosquitto, *topics: str) -> Iterator[Subscriber]:
-    subscriber = Subscriber(broker, *topics)
+def subscribed(broker: Mosquitto, *topics: str, **login: str) -> Iterator[Subscriber]:
+    subscriber = Subscriber(broker, *topics, **login)
     try:
         yield subscriber
     finally:

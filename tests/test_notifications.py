@@ -322,3 +322,38 @@ def test_two_publishers_on_one_store_announce_a_change_at_most_once_each(
         assert set(compat(sub, OTHER)) == {foreign}
         assert len(compat(sub, MAC)) <= 2
         assert len(compat(sub, OTHER)) <= 2
+
+
+def test_the_acl_of_docs_security_lets_each_device_read_only_its_own_topic(
+    tmp_path: Path, start: Callable[..., Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Mosquitto ACL documented in docs/security.md, with the server's and devices' users."""
+    security = (Path(__file__).parent.parent / "docs" / "security.md").read_text()
+    (acl,) = [block for block in security.split("```") if "pattern read" in block]
+    broker = Mosquitto(
+        tmp_path / "acl-broker",
+        users={"iot-config-server": "server-pw", str(MAC): "token-1", str(OTHER): "token-2"},
+        acl=acl,
+    )
+    caplog.set_level(logging.WARNING, "iot_config_server.notifications")
+    prefix = "iotsupport/devices"
+    try:
+        server = options(broker, prefix, username="iot-config-server", password="server-pw")
+        running = start(server)
+        running.put(OTHER, {"n": 1})
+        mine = running.put(MAC, {"n": 1})
+        device = {"user": str(MAC), "password": "token-1"}
+        with subscribed(broker, f"{prefix}/+", COMPAT_TOPIC, **device) as sub:
+            message = wait_for(lambda: last(sub, f"{prefix}/{MAC}"), "its own retained topic")
+            assert message.json() == {"etag": mine}
+            later = running.put(MAC, {"n": 2})
+            wait_for(lambda: compat(sub, MAC) == [later], "the old topic, readable by devices")
+            wait_for(lambda: sub.on(f"{prefix}/{MAC}")[-1].json() == {"etag": later}, "update")
+            assert sub.on(f"{prefix}/{OTHER}") == []  # never another device's topic
+        # The server read its retained topics back (no sync time-out) and was refused nothing.
+        assert (
+            running.metric('iot_config_mqtt_publishes_total{outcome="refused",topic="compat"}') == 0
+        )
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    finally:
+        broker.stop()
