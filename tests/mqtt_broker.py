@@ -234,8 +234,10 @@ class Subscriber:
 
 
 @contextlib.contextmanager
-def subscribed(broker: Mosquitto, *topics: str, **login: str) -> Iterator[Subscriber]:
-    subscriber = Subscriber(broker, *topics, **login)
+def subscribed(
+    broker: Mosquitto, *topics: str, user: str = USER, password: str = PASSWORD
+) -> Iterator[Subscriber]:
+    subscriber = Subscriber(broker, *topics, user=user, password=password)
     try:
         yield subscriber
     finally:

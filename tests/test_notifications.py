@@ -342,8 +342,9 @@ def test_the_acl_of_docs_security_lets_each_device_read_only_its_own_topic(
         running = start(server)
         running.put(OTHER, {"n": 1})
         mine = running.put(MAC, {"n": 1})
-        device = {"user": str(MAC), "password": "token-1"}
-        with subscribed(broker, f"{prefix}/+", COMPAT_TOPIC, **device) as sub:
+        with subscribed(
+            broker, f"{prefix}/+", COMPAT_TOPIC, user=str(MAC), password="token-1"
+        ) as sub:
             message = wait_for(lambda: last(sub, f"{prefix}/{MAC}"), "its own retained topic")
             assert message.json() == {"etag": mine}
             later = running.put(MAC, {"n": 2})
