@@ -35,7 +35,14 @@ from .errors import (
 from .etags import EntityTag, ETagCondition
 from .mac import MacAddress
 from .model import ConfigSummary, RawDocument, StoredConfig
-from .store import ConfigStore, Listing, local_store_root, open_store, register_backend
+from .store import (
+    ConfigStore,
+    Listing,
+    local_store_root,
+    open_store,
+    register_backend,
+    store_scheme,
+)
 
 try:
     #: The installed distribution's version: pyproject.toml is its one source.
@@ -77,5 +84,6 @@ __all__ = [
     "local_store_root",
     "open_store",
     "register_backend",
+    "store_scheme",
     "watch",
 ]

@@ -37,7 +37,7 @@ from iot_config_core import (
     __version__,
     decode_document,
     encode_document,
-    open_store,
+    store_scheme,
 )
 from iot_config_core.device_tokens import (
     DeviceKeyring,
@@ -163,9 +163,9 @@ def _positive_float(text: str) -> float:
 class _Context:
     """What every subcommand needs: the server's settings, with the command line's store and limit.
 
-    Stores are opened with the settings' limits but never created unasked: unlike ``serve``
-    (`Settings.open_store`), no subcommand creates even the default ``./iot-configs``, so a
-    command run in the wrong directory fails instead of answering from a new, empty fleet.
+    Stores are opened by `Settings.open_store` but never created unasked: unlike ``serve``, no
+    subcommand creates even the default ``./iot-configs``, so a command run in the wrong
+    directory fails instead of answering from a new, empty fleet.
     """
 
     settings: Settings
@@ -179,12 +179,12 @@ class _Context:
         return self.settings.document_limits
 
     def open(self, *, create: bool = False) -> ConfigStore:
-        if self.store_url.startswith("memory://"):
+        if store_scheme(self.store_url) == "memory":
             _err(
                 f"{PROG}: note: {self.store_url} is in this process only: nothing is kept "
                 "after the command ends"
             )
-        return open_store(self.store_url, create=create, limits=self.limits)
+        return self.settings.open_store(create=create)
 
 
 # -- output helpers -------------------------------------------------------------------------------
@@ -629,7 +629,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool, store: b
         metavar="N",
         default=default,
         help="refuse documents larger than N bytes (default: $IOT_CONFIG_MAX_DOCUMENT_BYTES "
-        "or 1 MiB)",
+        f"or {DocumentLimits().max_bytes})",
     )
     parser.add_argument(
         "--debug",

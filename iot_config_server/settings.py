@@ -9,11 +9,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 
-from iot_config_core import ConfigStore, DocumentLimits, open_store
+from iot_config_core import (
+    ConfigStore,
+    DocumentLimits,
+    local_store_root,
+    open_store,
+    store_scheme,
+)
 
 from .broker import BrokerAddress
 
@@ -37,8 +43,6 @@ LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 LOG_FORMATS = ("text", "json")
 #: ``IOT_CONFIG_DEVICE_AUTH``: who may read a device endpoint (see docs/security.md).
 DEVICE_AUTH_MODES = ("off", "optional", "required")
-
-T = TypeVar("T")
 
 
 class SettingsError(ValueError):
@@ -195,7 +199,7 @@ class Settings:
     mqtt_poll_seconds: float = attrs.field(default=5.0, validator=_check_poll_seconds)
 
     def __attrs_post_init__(self) -> None:
-        if self.store_url.startswith("memory://") and self.workers > 1:
+        if store_scheme(self.store_url) == "memory" and self.workers > 1:
             raise SettingsError(
                 "workers",
                 f"a memory:// store lives in one process: {self.workers} workers would each "
@@ -218,21 +222,20 @@ class Settings:
         Any other store is an operator's explicit choice; creating it on a typo would serve an
         empty fleet instead of failing loudly.
         """
-        url = self.store_url
-        return url == DEFAULT_STORE_URL or (
-            "://" not in url and os.path.normpath(url) == os.path.normpath(DEFAULT_STORE_URL)
-        )
+        root = local_store_root(self.store_url)
+        return root is not None and root == local_store_root(DEFAULT_STORE_URL)
 
-    def open_store(self, *, create: bool = False) -> ConfigStore:
+    def open_store(self, *, create: bool | None = None) -> ConfigStore:
         """The store these settings name, with their document limits; used by every entry point.
 
-        Creates the default directory (see `creates_store`), any other store only when ``create``
-        (an operator's explicit ``--create-store``). Raises the core's `ConfigError` subclasses,
-        like `iot_config_core.open_store`.
+        By default (the server) only the default directory is created (see `creates_store`);
+        ``create`` says exactly whether to create a missing store (the CLI: ``--create-store``,
+        and even the default store only then). Raises the core's `ConfigError` subclasses, like
+        `iot_config_core.open_store`.
         """
-        return open_store(
-            self.store_url, create=create or self.creates_store, limits=self.document_limits
-        )
+        if create is None:
+            create = self.creates_store
+        return open_store(self.store_url, create=create, limits=self.document_limits)
 
     @property
     def auth_enabled(self) -> bool:

@@ -21,11 +21,6 @@ TOKEN = "s3cr3t-Token_value"
 UI = "https://ui.example.org"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ConfigStore:
-    return open_store(str(tmp_path / "configs"), create=True)
-
-
 def make(store: ConfigStore, **settings: Any) -> webtest.TestApp:
     return webtest.TestApp(create_app(store, Settings(**settings)))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import subprocess
@@ -12,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_e2e_serve import Answer, Server, child_env, free_port, request, running
+from support import PYTHON, SERVE, Answer, ServerProcess, call, child_env, free_port
 
 from iot_config_core import open_store
 from iot_config_core.device_tokens import new_secret_line
@@ -37,6 +36,7 @@ class Fleet:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.servers = 0
         self.store = root / "store"
         self.secret_file = root / "device-secrets"
         self.write_secrets(new_secret_line(1))
@@ -48,15 +48,18 @@ class Fleet:
         self.secret_file.write_text("".join(line + "\n" for line in lines))
         self.secret_file.chmod(0o600)
 
+    def settings(self, mode: str) -> dict[str, str]:
+        return {
+            "IOT_CONFIG_STORE": str(self.store),
+            "IOT_CONFIG_DEVICE_AUTH": mode,
+            "IOT_CONFIG_DEVICE_SECRET_FILE": str(self.secret_file),
+            "IOT_CONFIG_ADMIN_TOKENS": ADMIN,
+            "IOT_CONFIG_LOG_LEVEL": "DEBUG",  # so "never logged" covers every level
+            "IOT_CONFIG_ACCESS_LOG": "true",  # and the access log
+        }
+
     def env(self, mode: str) -> dict[str, str]:
-        return child_env(
-            IOT_CONFIG_STORE=str(self.store),
-            IOT_CONFIG_DEVICE_AUTH=mode,
-            IOT_CONFIG_DEVICE_SECRET_FILE=str(self.secret_file),
-            IOT_CONFIG_ADMIN_TOKENS=ADMIN,
-            IOT_CONFIG_LOG_LEVEL="DEBUG",  # so "never logged" covers every level
-            IOT_CONFIG_ACCESS_LOG="true",  # and the access log
-        )
+        return child_env(**self.settings(mode))
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -73,10 +76,11 @@ class Fleet:
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
-    def serve(self, mode: str) -> contextlib.AbstractContextManager[Server]:
-        port = free_port()
-        args = ["--host", "127.0.0.1", "--port", str(port), "--threads", "2"]
-        return running(args, self.root, port, self.env(mode))
+    def serve(self, mode: str) -> ServerProcess:
+        """A server in ``mode``, with a log of its own (a test may start several in turn)."""
+        self.servers += 1
+        log = self.root / f"server-{self.servers}.log"
+        return ServerProcess("--threads", "2", log_path=log, env=self.settings(mode))
 
 
 @pytest.fixture
@@ -85,13 +89,15 @@ def fleet(tmp_path: Path) -> Fleet:
 
 
 @pytest.fixture
-def required(fleet: Fleet) -> Iterator[Server]:
+def required(fleet: Fleet) -> Iterator[ServerProcess]:
     with fleet.serve("required") as server:
         yield server
 
 
-def get(server: Server, mac: str, headers: dict[str, str] | None = None, query: str = "") -> Answer:
-    return request(server.port, "GET", device_path(mac) + query, headers=headers)
+def get(
+    server: ServerProcess, mac: str, headers: dict[str, str] | None = None, query: str = ""
+) -> Answer:
+    return call(server.port, "GET", device_path(mac) + query, headers=headers)
 
 
 def comparable(answer: Answer) -> tuple[int, dict[str, str], dict[str, object]]:
@@ -103,13 +109,13 @@ def comparable(answer: Answer) -> tuple[int, dict[str, str], dict[str, object]]:
     return status, kept, document
 
 
-def metrics_text(server: Server) -> str:
-    status, _, body = request(server.port, "GET", "/metrics", headers=bearer(ADMIN))
+def metrics_text(server: ServerProcess) -> str:
+    status, _, body = call(server.port, "GET", "/metrics", headers=bearer(ADMIN))
     assert status == 200
     return body.decode()
 
 
-def metric(server: Server, name: str) -> float:
+def metric(server: ServerProcess, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", metrics_text(server), re.MULTILINE)
     assert match is not None, name
     return float(match.group(1))
@@ -139,7 +145,9 @@ def test_optional_serves_everyone_and_counts_the_unprovisioned(fleet: Fleet) -> 
     assert f"device {MAC_A} read its config" not in log
 
 
-def test_required_serves_only_the_device_itself_and_admins(fleet: Fleet, required: Server) -> None:
+def test_required_serves_only_the_device_itself_and_admins(
+    fleet: Fleet, required: ServerProcess
+) -> None:
     token_a, token_b = fleet.token(MAC_A), fleet.token(MAC_B)
     status, headers, body = get(required, MAC_A, bearer(token_a))
     assert status == 200
@@ -158,21 +166,19 @@ def test_required_serves_only_the_device_itself_and_admins(fleet: Fleet, require
     # Conditional polls and HEAD keep working with a token.
     etag = headers["etag"]
     assert get(required, MAC_A, {**bearer(token_a), "If-None-Match": etag})[0] == 304
-    assert request(required.port, "HEAD", device_path(MAC_A), headers=bearer(token_a))[0] == 200
+    assert call(required.port, "HEAD", device_path(MAC_A), headers=bearer(token_a))[0] == 200
     # A device asking for its own absent config learns it is absent.
     assert get(required, MAC_ABSENT, bearer(fleet.token(MAC_ABSENT)))[0] == 404
     # Admins read every device, on both device routes; only from the header.
     assert get(required, MAC_B, bearer(ADMIN))[0] == 200
-    assert (
-        request(required.port, "GET", f"/api/configs/{MAC_A}.json", headers=bearer(ADMIN))[0] == 200
-    )
+    assert call(required.port, "GET", f"/api/configs/{MAC_A}.json", headers=bearer(ADMIN))[0] == 200
     assert get(required, MAC_B, query=f"?access_token={ADMIN}")[0] == 401
     # The REST API is unchanged by device auth: devices' tokens are not admin tokens.
-    assert request(required.port, "GET", f"/api/configs/{MAC_A}", headers=bearer(token_a))[0] == 401
+    assert call(required.port, "GET", f"/api/configs/{MAC_A}", headers=bearer(token_a))[0] == 401
 
 
 def test_required_gives_one_answer_for_existing_and_absent_macs(
-    fleet: Fleet, required: Server
+    fleet: Fleet, required: ServerProcess
 ) -> None:
     token_a = fleet.token(MAC_A)
     for credentials in ({}, bearer(token_a), bearer("v1." + "A" * 43), bearer("garbage")):
@@ -190,7 +196,9 @@ def test_required_gives_one_answer_for_existing_and_absent_macs(
         }
 
 
-def test_failures_are_counted_and_logged_without_the_token(fleet: Fleet, required: Server) -> None:
+def test_failures_are_counted_and_logged_without_the_token(
+    fleet: Fleet, required: ServerProcess
+) -> None:
     token_a = fleet.token(MAC_A)
     headers = {**bearer(token_a), "X-Request-ID": "probe-42"}
     assert get(required, MAC_B, headers)[0] == 401
@@ -258,7 +266,7 @@ def test_a_bad_secret_file_stops_the_server_at_start(fleet: Fleet) -> None:
     fleet.secret_file.write_text("v1:too-short\n")
     port = free_port()
     done = subprocess.run(
-        [sys.executable, "-m", "iot_config_server.cli", "serve", "--port", str(port)],
+        [PYTHON, *SERVE, "--port", str(port)],
         env=fleet.env("required"),
         capture_output=True,
         text=True,
@@ -270,7 +278,7 @@ def test_a_bad_secret_file_stops_the_server_at_start(fleet: Fleet) -> None:
     assert "too-short" not in done.stdout + done.stderr
 
 
-def wait_for_status(server: Server, mac: str, headers: dict[str, str], wanted: int) -> int:
+def wait_for_status(server: ServerProcess, mac: str, headers: dict[str, str], wanted: int) -> int:
     deadline = time.monotonic() + REVOCATION_WAIT
     status = get(server, mac, headers)[0]
     while status != wanted and time.monotonic() < deadline:

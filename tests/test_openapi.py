@@ -29,16 +29,6 @@ ERROR_BODY = SCHEMA_NAMES[ErrorBody].key
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ConfigStore:
-    return open_store(str(tmp_path / "configs"), create=True)
-
-
-@pytest.fixture
-def app(store: ConfigStore) -> webtest.TestApp:
-    return webtest.TestApp(create_app(store, Settings()))
-
-
-@pytest.fixture
 def document(app: webtest.TestApp) -> dict[str, Any]:
     response = app.get("/api/openapi.json")
     assert response.content_type == "application/json"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -26,16 +25,16 @@ import _harness
 from bench_server import (
     HOT_CONTENT,
     HOT_MAC,
-    PYTHON,
+    WRK,
     Load,
     Proc,
     child_env,
-    free_port,
     http_get,
     median_load,
     run_wrk,
     running,
 )
+from support import PYTHON, free_port  # importable once bench_server has put tests/ on the path
 
 from iot_config_core import open_store
 from iot_config_core.device_tokens import load_keyring, new_secret_line
@@ -59,7 +58,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="wrk seconds per round")
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    if WRK is None:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-device-auth-") as tmp:
