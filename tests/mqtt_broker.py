@@ -25,7 +25,7 @@ import attrs
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from s3_server import free_ports
+from support import free_ports
 
 USER = "iot"
 PASSWORD = "s3cret-pw"

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mqtt_broker import PASSWORD, USER, Mosquitto, Received, subscribed, wait_for
-from test_e2e_serve import child_env, free_port, request, running
+from support import JSON_HEADERS, PYTHON, ServerProcess, call, child_env, put_body
 
 from iot_config_core import MacAddress, open_store
 from iot_config_server.notifications import COMPAT_TOPIC
@@ -33,19 +33,18 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     server.stop()
 
 
-def put(port: int, mac: MacAddress, content: dict[str, object]) -> str:
-    body = json.dumps({"content": content}).encode()
-    status, headers, answer = request(
-        port, "PUT", f"/api/configs/{mac}", body, {"Content-Type": "application/json"}
+def put(server: ServerProcess, mac: MacAddress, content: dict[str, object]) -> str:
+    status, headers, answer = server.request(
+        "PUT", f"/api/configs/{mac}", put_body(content), JSON_HEADERS
     )
     assert status == 200, answer
     return headers["etag"].strip('"')
 
 
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "iot_config_server.cli", *args],
-        env=env,
+        [PYTHON, "-m", "iot_config_server.cli", *args],
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -62,43 +61,41 @@ def test_every_writer_is_announced_by_the_publishing_server(
 ) -> None:
     store = tmp_path / "store"
     store.mkdir()
-    mqtt_env = child_env(
-        MQTT_URL=broker.url,  # the old service's names
-        MQTT_USERNAME=USER,
-        MQTT_PASSWORD=PASSWORD,
-        IOT_CONFIG_MQTT_TOPIC_PREFIX=PREFIX,
-        IOT_CONFIG_MQTT_POLL_SECONDS="0.3",
-    )
-    ports = free_port(), free_port()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-
-    def args(port: int) -> list[str]:
-        return ["--store", str(store), "--host", "127.0.0.1", "--port", str(port)]
-
+    mqtt_env = {
+        "MQTT_URL": broker.url,  # the old service's names
+        "MQTT_USERNAME": USER,
+        "MQTT_PASSWORD": PASSWORD,
+        "IOT_CONFIG_MQTT_TOPIC_PREFIX": PREFIX,
+        "IOT_CONFIG_MQTT_POLL_SECONDS": "0.3",
+    }
     with (
         subscribed(broker, COMPAT_TOPIC, f"{PREFIX}/+") as sub,
-        running(args(ports[0]), tmp_path / "a", ports[0], mqtt_env) as publisher,
-        running(args(ports[1]), tmp_path / "b", ports[1], child_env()) as replica,
+        ServerProcess(
+            "--store", str(store), log_path=tmp_path / "publisher.log", env=mqtt_env
+        ) as publisher,
+        ServerProcess("--store", str(store), log_path=tmp_path / "replica.log") as replica,
     ):
-        own = put(publisher.port, API_MAC, {"deviceName": "api"})
+        own = put(publisher, API_MAC, {"deviceName": "api"})
         wait_for(lambda: announced(sub.on(COMPAT_TOPIC), API_MAC) == [own], "the API write")
 
-        other = put(replica.port, REPLICA_MAC, {"deviceName": "replica"})
+        other = put(replica, REPLICA_MAC, {"deviceName": "replica"})
         wait_for(lambda: announced(sub.on(COMPAT_TOPIC), REPLICA_MAC) == [other], "the replica's")
 
         doc = tmp_path / "doc.json"
         doc.write_text('{"deviceName": "cli"}')
-        written = cli("put", str(CLI_MAC), str(doc), "--store", str(store), env=child_env())
+        written = cli("put", str(CLI_MAC), str(doc), "--store", str(store))
         assert written.returncode == 0, written.stderr
         etag = written.stdout.strip()
         wait_for(lambda: announced(sub.on(COMPAT_TOPIC), CLI_MAC) == [etag], "the CLI write")
 
-        for mac, version in ((API_MAC, own), (REPLICA_MAC, other), (CLI_MAC, etag)):
-            topic = f"{PREFIX}/{mac}"
-            assert [m.json() for m in sub.on(topic)] == [{"etag": version}]
+        def retained_topics() -> dict[MacAddress, list[Any]]:
+            return {m: [r.json() for r in sub.on(f"{PREFIX}/{m}")] for m in macs}
 
-        status, _, metrics = request(publisher.port, "GET", "/metrics")
+        macs = (API_MAC, REPLICA_MAC, CLI_MAC)
+        expected = {m: [{"etag": v}] for m, v in zip(macs, (own, other, etag), strict=True)}
+        wait_for(lambda: retained_topics() == expected, "the retained topics")
+
+        status, _, metrics = call(publisher.port, "GET", "/metrics")
         assert status == 200
         text = metrics.decode()
         assert "iot_config_mqtt_connected 1.0" in text
@@ -114,7 +111,7 @@ def test_watch_prints_one_line_per_change_until_interrupted(tmp_path: Path) -> N
     first = writer.put(API_MAC, {"n": 1}).etag
     with subprocess.Popen(
         [
-            *(sys.executable, "-m", "iot_config_server.cli", "watch", "--json", "--initial"),
+            *(PYTHON, "-m", "iot_config_server.cli", "watch", "--json", "--initial"),
             *("--interval", "0.1", "--store", str(store)),
         ],
         env=child_env(),

@@ -37,8 +37,7 @@ from typing import Any
 
 import _harness
 import bench_server as server
-
-sys.path.insert(0, str(server.REPO / "tests"))
+import support  # tests/ is on the path: bench_server put it there
 from mqtt_broker import PASSWORD, SBIN, USER, Mosquitto, Subscriber
 
 from iot_config_server.notifications import COMPAT_TOPIC
@@ -93,7 +92,7 @@ def percentile(values: list[float], fraction: float) -> float:
 def mqtt_server(
     name: str, port: int, store: Path, workdir: Path, broker: Mosquitto | None, poll: float
 ) -> server.Proc:
-    argv = [server.PYTHON, "-m", "iot_config_server.cli", "serve", "--store", str(store)]
+    argv = [support.PYTHON, "-m", "iot_config_server.cli", "serve", "--store", str(store)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--threads", "8"]
     argv += ["--log-level", "WARNING"]
     extra = {"IOT_CONFIG_ADMIN_TOKENS": server.TOKEN}
@@ -113,7 +112,7 @@ def latency(
 ) -> None:
     store = workdir / "latency-store"
     store.mkdir()
-    ports = [server.free_port() for _ in range(3)]
+    ports = [support.free_port() for _ in range(3)]
     publisher = mqtt_server("publisher", ports[0], store, workdir, broker, poll)
     second = mqtt_server("second publisher", ports[1], store, workdir, broker, poll)
     plain = mqtt_server("plain", ports[2], store, workdir, None, poll)
@@ -194,7 +193,7 @@ def throughput(
     for name, with_broker in (("mqtt on", broker), ("mqtt off", None)):
         store = workdir / name.replace(" ", "-")
         store.mkdir()
-        subjects[name] = mqtt_server(name, server.free_port(), store, workdir, with_broker, 5.0)
+        subjects[name] = mqtt_server(name, support.free_port(), store, workdir, with_broker, 5.0)
     loads: dict[str, list[server.Load]] = {name: [] for name in subjects}
     reads: dict[str, list[server.Load]] = {name: [] for name in subjects}
     lua = server.PUT_LUA % {"token": server.TOKEN}
