@@ -14,6 +14,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from .backend import Backend
+from .changes import Change, ChangeFeed, watch
 from .document import DocumentLimits, compute_etag, decode_document, encode_document
 from .errors import (
     AlreadyExistsError,
@@ -65,6 +66,8 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that was n
 __all__ = [
     "AlreadyExistsError",
     "Backend",
+    "Change",
+    "ChangeFeed",
     "ConfigError",
     "ConfigStore",
     "ConfigSummary",
@@ -111,4 +114,5 @@ __all__ = [
     "patch_from_json",
     "register_backend",
     "store_scheme",
+    "watch",
 ]

@@ -72,12 +72,20 @@ StartResponse = Callable[..., Any]
 DeviceRead = Callable[[str, str | None], tuple[RawDocument, str, bool]]
 
 
-def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
+def create_app(
+    store: ConfigStore,
+    settings: Settings,
+    *,
+    on_change: Callable[[MacAddress], object] | None = None,
+) -> bottle.Bottle:
     """A new Bottle app serving ``store``; nothing global, so apps on two stores coexist.
 
     Document size limits are the store's own, and must be the ones ``settings`` ask for: open the
     store with `Settings.open_store` (or ``limits=settings.document_limits``). A mismatch raises
     `ValueError` rather than silently serving a limit nobody configured.
+
+    ``on_change`` is told the MAC of each config this app wrote or deleted (MQTT notifications);
+    it must return at once, whatever it does with it.
     """
     if store.limits.max_bytes != settings.max_document_bytes:
         raise ValueError(
@@ -95,7 +103,11 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     cors = CorsPolicy(settings.cors_origins)
     auth = BearerAuth(settings.admin_tokens)
     routes = _Routes(
-        app, store, metrics, StoreGate(settings.threads, stall_after=settings.store_stall_seconds)
+        app,
+        store,
+        metrics,
+        StoreGate(settings.threads, stall_after=settings.store_stall_seconds),
+        on_change or _unheard,
     )
     device_auth = DeviceAuth.from_settings(settings, store, auth, metrics)
     authorize = device_auth.check if device_auth.active else None
@@ -132,6 +144,10 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
         app.error_handler[status] = route_error
     app.dispatch_devices_to(devices)
     return app
+
+
+def _unheard(_mac: MacAddress) -> None:
+    """The ``on_change`` of an app nobody listens to."""
 
 
 class _ConfigApp(bottle.Bottle):  # type: ignore[misc]  # bottle has no type hints
@@ -589,8 +605,14 @@ class _Routes:
     """The handlers of one app, bound to its store and metrics."""
 
     def __init__(
-        self, app: bottle.Bottle, store: ConfigStore, metrics: AppMetrics, gate: StoreGate
+        self,
+        app: bottle.Bottle,
+        store: ConfigStore,
+        metrics: AppMetrics,
+        gate: StoreGate,
+        on_change: Callable[[MacAddress], object],
     ) -> None:
+        self._on_change = on_change
         self._app = app
         self._store = store
         self._metrics = metrics
@@ -682,6 +704,7 @@ class _Routes:
         if dry_run:
             return _dry_run_answer(stored, self._store.validate(stored.content))
         log.info("stored config %s (etag %s)", stored.mac_address, stored.etag)
+        self._on_change(stored.mac_address)
         return _config_answer(stored)
 
     def patch_config(self, mac: str) -> bytes:
@@ -710,6 +733,7 @@ class _Routes:
         if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
         self._operate("delete", lambda: self._store.delete(address, if_match=if_match), write=True)
         log.info("deleted config %s", address)
+        self._on_change(address)
         bottle.response.status = 204
         return b""
 

@@ -160,6 +160,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
 @attrs.frozen
 class _Context:
     """What every subcommand needs: the server's settings, with the command line's store and limit.
@@ -706,6 +716,25 @@ def _store_report(ctx: _Context, *, verbose: bool) -> int:
     return EXIT_FAILED if report.violations else EXIT_OK
 
 
+def cmd_watch(ctx: _Context, args: argparse.Namespace) -> int:
+    """Print one line per config change, from every writer, until interrupted (exit 0)."""
+    from iot_config_core import watch  # noqa: PLC0415 -- kept beside the one command using it
+
+    store = ctx.open()
+    try:
+        for change in watch(store, interval=args.interval, baseline={} if args.initial else None):
+            mac = change.mac_address
+            if args.json:
+                line = {"mac_address": str(mac), "filename": mac.file_name, "etag": change.etag}
+                _out(json.dumps(line))
+            else:
+                _out(f"{mac} {change.etag or 'deleted'}")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
 def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
     """Run the HTTP server in the foreground until SIGTERM (the only subcommand needing Bottle)."""
     options = ("host", "port", "threads", "workers", "log_level", "log_format")
@@ -804,6 +833,25 @@ def _is_empty_or_missing(path: str) -> bool:
         return os.path.getsize(path) == 0
     except FileNotFoundError:
         return True
+
+
+def _watch_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The ``watch`` subcommand's options (``add`` is `build_parser`'s helper)."""
+    sub = add(
+        "watch",
+        cmd_watch,
+        "print config changes as they happen",
+        "Print one line per change of a config, whoever made it (servers, this command, hand "
+        "edits): 'MAC ETAG', or 'MAC deleted'. Lists the store every --interval seconds and "
+        "re-reads only changed files. Runs until interrupted.",
+    )
+    sub.add_argument("--json", action="store_true", help="one JSON object per line")
+    sub.add_argument(
+        "--interval", type=_positive_float, default=2.0, metavar="SECONDS", help="default 2"
+    )
+    sub.add_argument(
+        "--initial", action="store_true", help="first print every config that exists (a resync)"
+    )
 
 
 def _device_token_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
@@ -990,6 +1038,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-v", "--verbose", action="store_true", help="also list valid files")
     _add_patch_commands(add)
     _device_token_parser(add)
+    _watch_parser(add)
     return parser
 
 

@@ -21,6 +21,8 @@ from iot_config_core import (
     store_scheme,
 )
 
+from .broker import BrokerAddress
+
 __all__ = ["DEFAULT_STORE_URL", "ENV_PREFIX", "LEGACY_VARIABLES", "Settings", "SettingsError"]
 
 ENV_PREFIX = "IOT_CONFIG_"
@@ -28,6 +30,10 @@ ENV_PREFIX = "IOT_CONFIG_"
 LEGACY_VARIABLES = {
     "ESP32_CONFIGS_DIR": "IOT_CONFIG_STORE",
     "CORS_ORIGINS": "IOT_CONFIG_CORS_ORIGINS",
+    # MQTT notifications, under the old service's names.
+    "MQTT_URL": "IOT_CONFIG_MQTT_URL",
+    "MQTT_USERNAME": "IOT_CONFIG_MQTT_USERNAME",
+    "MQTT_PASSWORD": "IOT_CONFIG_MQTT_PASSWORD",
 }
 
 #: The store used when none is configured, and the only one ever created.
@@ -108,6 +114,29 @@ def _check_tokens(_: Any, __: attrs.Attribute[tuple[str, ...]], value: tuple[str
             raise SettingsError("admin_tokens", "tokens must not contain commas")
 
 
+def _check_mqtt_url(_: Any, __: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None:
+        try:
+            BrokerAddress.parse(value)
+        except ValueError as exc:
+            raise SettingsError("mqtt_url", str(exc)) from None
+
+
+def _check_topic_prefix(_: Any, __: attrs.Attribute[str], value: str) -> None:
+    # Published to, so no wildcards; "$" topics are the broker's own.
+    if not value or "+" in value or "#" in value or value.startswith(("$", "/")) or "//" in value:
+        raise SettingsError("mqtt_topic_prefix", f"{value!r} is not a topic like fleet/configs")
+
+
+def _check_poll_seconds(_: Any, __: attrs.Attribute[float], value: float) -> None:
+    if not 0 < value <= 3600:
+        raise SettingsError("mqtt_poll_seconds", f"must be between 0 and 3600, not {value}")
+
+
+def _strip_slashes(value: str) -> str:
+    return value.strip("/")
+
+
 def _check_device_auth(_: Any, __: attrs.Attribute[str], value: str) -> None:
     if value not in DEVICE_AUTH_MODES:
         raise SettingsError(
@@ -157,6 +186,18 @@ class Settings:
     device_auth: str = attrs.field(default="off", converter=_lower, validator=_check_device_auth)
     device_secret_file: str | None = None
 
+    # MQTT notifications (iot_config_server.notifications): off while mqtt_url is None.
+    mqtt_url: str | None = attrs.field(default=None, validator=_check_mqtt_url)
+    mqtt_username: str | None = None
+    mqtt_password: str | None = attrs.field(default=None, repr=False)
+    mqtt_ca_file: str | None = None
+    mqtt_topic_prefix: str = attrs.field(
+        default="iotsupport/devices",
+        converter=_strip_slashes,
+        validator=_check_topic_prefix,
+    )
+    mqtt_poll_seconds: float = attrs.field(default=5.0, validator=_check_poll_seconds)
+
     def __attrs_post_init__(self) -> None:
         if store_scheme(self.store_url) == "memory" and self.workers > 1:
             raise SettingsError(
@@ -200,6 +241,11 @@ class Settings:
     def auth_enabled(self) -> bool:
         """Whether admin routes require a bearer token (they are open when no token is set)."""
         return bool(self.admin_tokens)
+
+    @property
+    def mqtt_broker(self) -> BrokerAddress | None:
+        """The broker to announce changes to, or ``None`` when notifications are off."""
+        return None if self.mqtt_url is None else BrokerAddress.parse(self.mqtt_url)
 
     @property
     def log_level_number(self) -> int:
@@ -246,6 +292,12 @@ class Settings:
             "log_format": ("LOG_FORMAT", _text),
             "device_auth": ("DEVICE_AUTH", _text),
             "device_secret_file": ("DEVICE_SECRET_FILE", _text),
+            "mqtt_url": ("MQTT_URL", _optional_text),
+            "mqtt_username": ("MQTT_USERNAME", _optional_text),
+            "mqtt_password": ("MQTT_PASSWORD", _optional_secret),
+            "mqtt_ca_file": ("MQTT_CA_FILE", _optional_text),
+            "mqtt_topic_prefix": ("MQTT_TOPIC_PREFIX", _text),
+            "mqtt_poll_seconds": ("MQTT_POLL_SECONDS", _seconds),
         }
         for field, (name, parse) in fields.items():
             value = raw(name)
@@ -268,6 +320,23 @@ def _text(value: str) -> str:
     if not text:
         raise ValueError("must not be empty")
     return text
+
+
+def _optional_text(value: str) -> str | None:
+    """Text, where empty means unset (``MQTT_URL=`` turns notifications off)."""
+    return value.strip() or None
+
+
+def _optional_secret(value: str) -> str | None:
+    """A password as given (spaces may belong to it); empty means unset."""
+    return value or None
+
+
+def _seconds(value: str) -> float:
+    try:
+        return float(value.strip())
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, not {value[:40]!r}") from None
 
 
 def _integer(value: str) -> int:
