@@ -24,6 +24,7 @@ from .errors import (
     InvalidDocumentError,
     InvalidETagError,
     InvalidMacError,
+    InvalidQueryError,
     NotFoundError,
     PreconditionFailedError,
     StoredDocumentTooLargeError,
@@ -33,6 +34,7 @@ from .errors import (
 )
 from .etags import EntityTag, ETagCondition
 from .mac import MacAddress
+from .query import ListQuery, Page
 from .model import ConfigSummary, RawDocument, StoredConfig
 from .store import ConfigStore, Listing, local_store_root, open_store, register_backend
 
@@ -57,6 +59,9 @@ __all__ = [
     "InvalidDocumentError",
     "InvalidETagError",
     "InvalidMacError",
+    "InvalidQueryError",
+    "ListQuery",
+    "Page",
     "Listing",
     "MacAddress",
     "NotFoundError",

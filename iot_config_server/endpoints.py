@@ -11,6 +11,7 @@ import re
 import attrs
 
 from iot_config_core import ErrorCode
+from iot_config_core.query import MAX_FILTER_LENGTH, MAX_LIMIT
 from iot_config_core.wire import ConfigListWire, ConfigWire
 
 from .api_models import HealthyReport, PutConfigRequest, UnhealthyReport
@@ -20,6 +21,7 @@ __all__ = [
     "ENDPOINTS",
     "Endpoint",
     "Header",
+    "QueryParameter",
     "Reply",
     "allowed_methods",
     "openapi_path",
@@ -35,6 +37,15 @@ class Header:
     name: str
     description: str
     required: bool = False
+
+
+@attrs.frozen
+class QueryParameter:
+    """A documented query parameter; ``schema`` is its JSON Schema."""
+
+    name: str
+    description: str
+    schema: dict[str, object] = attrs.field(factory=lambda: {"type": "string"}, hash=False)
 
 
 @attrs.frozen
@@ -59,6 +70,39 @@ IF_NONE_MATCH_READ = Header(
 )
 
 
+LIST_ETAG = Header(
+    "ETag", "Strong entity tag of this answer's body: the same fleet has the same tag anywhere."
+)
+NEXT_LINK = Header(
+    "Link", 'The next page, as `<URL>; rel="next"`; absent on the last page or without `limit`.'
+)
+LIST_QUERY = (
+    QueryParameter(
+        "limit",
+        f"At most this many configs (1 to {MAX_LIMIT}); the Link header leads to the next page.",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+    ),
+    QueryParameter(
+        "cursor", "Where the page starts: the `cursor` of the previous answer's Link header."
+    ),
+    QueryParameter(
+        "name",
+        "Only configs whose device_name contains this text (case-insensitive).",
+        {"type": "string", "maxLength": MAX_FILTER_LENGTH},
+    ),
+    QueryParameter(
+        "entity_id",
+        "Only configs whose device_entity_id contains this text (case-insensitive).",
+        {"type": "string", "maxLength": MAX_FILTER_LENGTH},
+    ),
+    QueryParameter(
+        "enable_ota",
+        "Only configs whose enable_ota is this value.",
+        {"type": "boolean"},
+    ),
+)
+
+
 @attrs.frozen
 class Endpoint:
     """One route: method, Bottle rule, the handler's name and everything the docs say about it."""
@@ -77,6 +121,7 @@ class Endpoint:
     admin: bool = False
     request_model: type | None = None
     request_headers: tuple[Header, ...] = ()
+    query_parameters: tuple[QueryParameter, ...] = ()
     description: str = ""
     #: The operationId when it is not the one `operation_id` derives: the old service's names,
     #: braces and all, which generated clients call.
@@ -120,10 +165,34 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/configs",
         "List every valid config's summary, sorted by MAC address",
         "configs",
-        (Reply(200, "The fleet.", ConfigListWire),),
-        errors=(ErrorCode.STORE_UNAVAILABLE, ApiErrorCode.STORE_BUSY),
+        (
+            Reply(
+                200,
+                "The fleet, or the page and filters asked for; `count` is the number of configs "
+                "in this answer.",
+                ConfigListWire,
+                headers=(LIST_ETAG, CACHE_CONTROL, NEXT_LINK),
+            ),
+            Reply(304, "Not modified: the If-None-Match tag is current.", headers=(LIST_ETAG,)),
+        ),
+        errors=(
+            ErrorCode.INVALID_QUERY,
+            ApiErrorCode.INVALID_HEADER,
+            ErrorCode.STORE_UNAVAILABLE,
+            ApiErrorCode.STORE_BUSY,
+        ),
         action="list configs",
         admin=True,
+        request_headers=(IF_NONE_MATCH_READ,),
+        query_parameters=LIST_QUERY,
+        description=(
+            "Without parameters the whole fleet, as the old service answered. `limit` pages the "
+            "answer in MAC order: while more configs follow, the `Link` header (rel=\"next\") "
+            "gives the next page's URL, whose `cursor` names the last MAC shown, so a config "
+            "stored while the pages are walked is never skipped or repeated. Filters combine "
+            "with AND. An unchanged answer keeps its ETag (on every replica): poll with "
+            "If-None-Match and get 304."
+        ),
     ),
     Endpoint(
         "raw_config",

@@ -215,6 +215,16 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
         }
         for header in endpoint.request_headers
     )
+    parameters.extend(
+        {
+            "name": parameter.name,
+            "in": "query",
+            "required": False,
+            "schema": parameter.schema,
+            "description": parameter.description,
+        }
+        for parameter in endpoint.query_parameters
+    )
     responses: dict[str, Any] = {}
     for reply in endpoint.replies:
         answer: dict[str, Any] = {
