@@ -34,8 +34,8 @@ from .errors import (
 )
 from .etags import EntityTag, ETagCondition
 from .mac import MacAddress
-from .query import ListQuery, Page
 from .model import ConfigSummary, RawDocument, StoredConfig
+from .query import ListQuery, Page
 from .store import ConfigStore, Listing, local_store_root, open_store, register_backend
 
 try:
@@ -61,10 +61,10 @@ __all__ = [
     "InvalidMacError",
     "InvalidQueryError",
     "ListQuery",
-    "Page",
     "Listing",
     "MacAddress",
     "NotFoundError",
+    "Page",
     "PreconditionFailedError",
     "RawDocument",
     "StoreMissingError",

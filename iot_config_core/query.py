@@ -48,7 +48,7 @@ def decode_cursor(cursor: str) -> MacAddress:
             if len(raw) == 6:
                 return MacAddress(int.from_bytes(raw, "big"))
     raise InvalidQueryError(
-        "the cursor is not one this server handed out (take next_cursor from the previous page)",
+        "the cursor is not one an earlier page gave (pass it on exactly as given)",
         parameter="cursor",
     )
 

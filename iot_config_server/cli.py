@@ -30,6 +30,7 @@ from iot_config_core import (
     CorruptDocumentError,
     DocumentLimits,
     InvalidMacError,
+    ListQuery,
     MacAddress,
     NotFoundError,
     PreconditionFailedError,
@@ -41,6 +42,7 @@ from iot_config_core import (
 )
 from iot_config_core.legacy import Checked, FileReport, LegacyDirectory, Outcome, read_document
 from iot_config_core.posix_backend import sync_directory, write_file_atomically
+from iot_config_core.query import MAX_LIMIT
 from iot_config_core.wire import summary_to_wire
 from iot_config_server.http_errors import ExitStatus, exit_status_for  # no Bottle either
 from iot_config_server.settings import Settings, SettingsError  # plain attrs: no Bottle
@@ -291,16 +293,28 @@ def _legacy_directory(path: str) -> LegacyDirectory:
 
 def cmd_list(ctx: _Context, args: argparse.Namespace) -> int:
     """Print the fleet as a table, or as JSON with ``--json``."""
+    query = ListQuery.from_text(
+        name=args.name,
+        entity_id=args.entity_id,
+        enable_ota=args.enable_ota,
+        cursor=args.cursor,
+        limit=None if args.limit is None else str(args.limit),
+    )
     listing = ctx.open().listing()
-    summaries = listing.summaries
+    page = query.select(listing.summaries)
+    summaries = page.summaries
     if args.json:
-        document = {
+        document: dict[str, Any] = {
             "configs": [_summary_json(s) for s in summaries],
             "count": len(summaries),
             "skipped": list(listing.skipped),
         }
+        if query.limit is not None:
+            document["next_cursor"] = page.next_cursor
         _out(json.dumps(document, indent=2, ensure_ascii=False))
         return EXIT_OK
+    if page.next_cursor is not None:  # stderr: stdout stays the table
+        _err(f"more configs follow: add --cursor {page.next_cursor}")
     header = ("MAC", "NAME", "ENTITY ID", "OTA", "SIZE", "MODIFIED (UTC)")
     rows = [
         (
@@ -567,6 +581,24 @@ Handler = Callable[[_Context, argparse.Namespace], int]
 MAC_HELP = "MAC address in any common spelling (AA:BB:CC:DD:EE:FF, aabbccddeeff, ...)"
 
 
+def _add_list_query_arguments(parser: argparse.ArgumentParser) -> None:
+    """``list``'s filters and paging (the REST API's query parameters)."""
+    parser.add_argument("--name", help="only names containing this text (any case)")
+    parser.add_argument("--entity-id", help="only entity ids containing this text (any case)")
+    parser.add_argument(
+        "--ota",
+        dest="enable_ota",
+        choices=("true", "false"),
+        help="only configs whose enableOTA is this",
+    )
+    parser.add_argument(
+        "--limit", type=_positive_int, help=f"at most this many (up to {MAX_LIMIT}), in MAC order"
+    )
+    parser.add_argument(
+        "--cursor", help="start after the previous page (the cursor it printed on stderr)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; each subcommand stores its ``handler`` and its own ``parser``."""
     formatter = argparse.RawDescriptionHelpFormatter
@@ -627,6 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = add("list", cmd_list, "list the fleet", "List every valid config, sorted by MAC.")
     sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    _add_list_query_arguments(sub)
 
     sub = add(
         "get",

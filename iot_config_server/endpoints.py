@@ -187,7 +187,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         query_parameters=LIST_QUERY,
         description=(
             "Without parameters the whole fleet, as the old service answered. `limit` pages the "
-            "answer in MAC order: while more configs follow, the `Link` header (rel=\"next\") "
+            'answer in MAC order: while more configs follow, the `Link` header (rel="next") '
             "gives the next page's URL, whose `cursor` names the last MAC shown, so a config "
             "stored while the pages are walked is never skipped or repeated. Filters combine "
             "with AND. An unchanged answer keeps its ETag (on every replica): poll with "

@@ -61,11 +61,14 @@ def next_url(response: Any) -> str | None:
 # -- ETag and 304 ---------------------------------------------------------------------------------
 
 
-def test_unchanged_listing_answers_304_to_its_etag(app: webtest.TestApp, store: ConfigStore) -> None:
+def test_unchanged_listing_answers_304_to_its_etag(
+    app: webtest.TestApp, store: ConfigStore
+) -> None:
     fill(store, 3)
     first = app.get("/api/configs")
     etag = first.headers["ETag"]
-    assert etag.startswith('"') and etag.endswith('"')
+    assert etag.startswith('"')
+    assert etag.endswith('"')
     assert first.headers["Cache-Control"] == "no-cache"
     again = app.get("/api/configs", headers={"If-None-Match": etag}, status=304)
     assert again.body == b""
