@@ -22,7 +22,6 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import attrs
-import fsspec
 
 from .backend import ABSENT, ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict
 from .document import (
@@ -48,12 +47,13 @@ from .errors import (
 )
 from .etags import ETagCondition
 from .mac import MacAddress
-from .memory_backend import MemoryBackend
 from .model import ConfigSummary, RawDocument, StoredConfig
 from .posix_backend import PosixBackend
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_RAW_CACHE_BYTES",
+    "CacheStats",
     "ConfigStore",
     "Listing",
     "local_store_root",
@@ -70,8 +70,13 @@ Condition = str | ETagCondition
 # A conditional write that keeps losing races to other writers gives up after this many tries
 # (each loss means someone else's write landed, so the system as a whole is making progress).
 MAX_WRITE_ATTEMPTS = 16
-# Raw documents kept for the device endpoint, bounded by bytes so a large fleet stays cheap.
+#: Memory for the documents kept for the device endpoint: a large fleet stays cheap, and the
+#: documents polled most stay cached (a least-recently-used cache).
 DEFAULT_RAW_CACHE_BYTES = 16 * 1024 * 1024
+#: What one cached document costs besides its bytes (the document object, its ETag, time, version
+#: token and the cache's links), as tracemalloc measures it: the bound is on real memory, not on
+#: payload alone. docs/capacity.md has the breakdown.
+RAW_CACHE_ENTRY_OVERHEAD = 512
 
 #: Builds the backend of a store URL from the URL and the caller's storage options.
 BackendFactory = Callable[[str, Mapping[str, Any]], Backend]
@@ -107,7 +112,11 @@ def _posix(url: str, _options: Mapping[str, Any]) -> Backend:
     return PosixBackend(root)
 
 
+# fsspec is imported by the backends that use it, when they are used: a server on local disk never
+# loads it (it is a large share of a small process's memory).
 def _memory(url: str, _options: Mapping[str, Any]) -> Backend:
+    from .memory_backend import MemoryBackend  # noqa: PLC0415
+
     # Private to its store: nothing else can reach it, so there is no root to protect.
     backend = MemoryBackend(url[len("memory://") :] or "/")
     backend.create_root()
@@ -116,6 +125,8 @@ def _memory(url: str, _options: Mapping[str, Any]) -> Backend:
 
 def _s3(url: str, options: Mapping[str, Any]) -> Backend:
     try:
+        import fsspec  # noqa: PLC0415
+
         from .s3_backend import S3Backend  # noqa: PLC0415 - optional extra, imported when used
 
         fs, root = fsspec.url_to_fs(url, **options)
@@ -148,6 +159,7 @@ def open_store(
     *,
     create: bool = False,
     limits: DocumentLimits = DocumentLimits(),
+    device_cache_bytes: int = DEFAULT_RAW_CACHE_BYTES,
     **storage_options: Any,
 ) -> ConfigStore:
     """Open the store at ``url``: a path, ``file://``, ``memory://``, ``s3://bucket/prefix``.
@@ -155,7 +167,8 @@ def open_store(
     A scheme with no backend in `BACKENDS` is refused with `UnsupportedStoreError` before
     anything is contacted. ``create=True`` creates the root first; otherwise a missing root makes
     operations fail with `StoreMissingError`. A ``memory://`` store is private to its
-    `ConfigStore` and starts empty and ready.
+    `ConfigStore` and starts empty and ready. ``device_cache_bytes`` bounds the memory of the
+    documents kept for `get_raw` (0: none kept).
     """
     if not url.strip():
         raise UnsupportedStoreError("the store URL is empty: give a path or a URL", url=url)
@@ -175,7 +188,7 @@ def open_store(
         if isinstance(exc, ConfigError):
             raise
         raise StoreUnavailableError(f"cannot open {url!r}: {exc}", url=url) from exc
-    store = ConfigStore(backend, limits=limits)
+    store = ConfigStore(backend, limits=limits, raw_cache_bytes=device_cache_bytes)
     if create:
         store.create_root()
     return store
@@ -203,41 +216,73 @@ class _Parsed:
     error: InvalidDocumentError | None
 
 
+@attrs.frozen
+class CacheStats:
+    """The device-document cache of one store (one process): use and size."""
+
+    hits: int
+    misses: int
+    entries: int
+    bytes: int
+    max_bytes: int
+
+
+def _cost(doc: RawDocument) -> int:
+    return doc.size + RAW_CACHE_ENTRY_OVERHEAD
+
+
+def _ignore() -> None:
+    return None
+
+
 class _RawCache:
-    """A small LRU of validated raw documents, bounded by total bytes."""
+    """A small LRU of validated raw documents, bounded by the memory they take."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max = max_bytes
         self._items: OrderedDict[str, tuple[Hashable, RawDocument]] = OrderedDict()
         self._bytes = 0
+        self._hits = 0
+        self._misses = 0
         self._lock = threading.Lock()
+        self.on_hit: Callable[[], None] = _ignore
+        self.on_miss: Callable[[], None] = _ignore
 
     def get(self, name: str, token: Hashable) -> RawDocument | None:
         with self._lock:
             item = self._items.get(name)
             if item is None or item[0] != token:
-                return None
-            self._items.move_to_end(name)
-            return item[1]
+                self._misses += 1
+                found = None
+            else:
+                self._hits += 1
+                self._items.move_to_end(name)
+                found = item[1]
+        (self.on_miss if found is None else self.on_hit)()
+        return found
 
     def put(self, name: str, token: Hashable, doc: RawDocument) -> None:
-        if doc.size > self._max // 4:
+        if _cost(doc) > self._max // 4:
             return
         with self._lock:
             old = self._items.pop(name, None)
             if old is not None:
-                self._bytes -= old[1].size
+                self._bytes -= _cost(old[1])
             self._items[name] = (token, doc)
-            self._bytes += doc.size
+            self._bytes += _cost(doc)
             while self._bytes > self._max:
                 _, (_, evicted) = self._items.popitem(last=False)
-                self._bytes -= evicted.size
+                self._bytes -= _cost(evicted)
 
     def discard(self, name: str) -> None:
         with self._lock:
             old = self._items.pop(name, None)
             if old is not None:
-                self._bytes -= old[1].size
+                self._bytes -= _cost(old[1])
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(self._hits, self._misses, len(self._items), self._bytes, self._max)
 
 
 class _BackendErrors:
@@ -294,6 +339,16 @@ class ConfigStore:
         self._listing = Listing((), 0)
         self._generation = 0
         self._warned: set[tuple[str, Hashable]] = set()
+
+    @property
+    def device_cache(self) -> CacheStats:
+        """Use and size of the cache of validated documents that `get_raw` and `get` answer from."""
+        return self._raw.stats()
+
+    def count_device_cache(self, hit: Callable[[], None], miss: Callable[[], None]) -> None:
+        """Call ``hit`` or ``miss`` on every cache lookup (a server's metrics count them)."""
+        self._raw.on_hit = hit
+        self._raw.on_miss = miss
 
     @property
     def description(self) -> str:

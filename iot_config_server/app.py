@@ -85,6 +85,7 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     # one metadata scan and counts every write, whoever made it (replicas, CLI, hand edits).
     metrics = AppMetrics(FreshValue(lambda: len(store.listing().summaries), "the config count"))
     app.config[METRICS_CONFIG_KEY] = metrics
+    store.count_device_cache(metrics.device_cache_hit, metrics.device_cache_miss)
     cors = CorsPolicy(settings.cors_origins)
     auth = BearerAuth(settings.admin_tokens)
     routes = _Routes(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -534,12 +535,13 @@ def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
     settings = _evolve(ctx.settings, overrides)
     missing_extra = "serve needs the server extra (in a checkout: pip install '.[server]')"
-    try:
-        # Imported here, not at the top, so every other subcommand works without Bottle.
-        import iot_config_server.app  # noqa: F401, PLC0415 -- fail early, before anything binds
-        from iot_config_server.serve import serve  # noqa: PLC0415
-    except ImportError as exc:
-        raise UsageError(f"{missing_extra}: {exc}") from exc
+    # Found, not imported: this process becomes the server's supervisor, which never runs the app,
+    # and every module it imports is memory held twice (in it and in each worker it forks).
+    absent = [name for name in ("bottle", "granian") if importlib.util.find_spec(name) is None]
+    if absent:
+        raise UsageError(f"{missing_extra}: no module named {absent[0]!r}")
+    from iot_config_server.serve import serve  # noqa: PLC0415 -- only when serving
+
     try:
         return serve(settings)
     except ImportError as exc:  # the HTTP server itself is imported only once serving starts

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import attrs
 
 from iot_config_core import ConfigStore, DocumentLimits, open_store
+from iot_config_core.store import DEFAULT_RAW_CACHE_BYTES
 
 __all__ = ["DEFAULT_STORE_URL", "ENV_PREFIX", "LEGACY_VARIABLES", "Settings", "SettingsError"]
 
@@ -48,6 +49,14 @@ def _positive(name: str) -> Callable[[Any, attrs.Attribute[int], int], None]:
     def check(_: Any, __: attrs.Attribute[int], value: int) -> None:
         if value < 1:
             raise SettingsError(name, f"must be at least 1, not {value}")
+
+    return check
+
+
+def _not_negative(name: str) -> Callable[[Any, attrs.Attribute[int], int], None]:
+    def check(_: Any, __: attrs.Attribute[int], value: int) -> None:
+        if value < 0:
+            raise SettingsError(name, f"must be 0 or more, not {value}")
 
     return check
 
@@ -131,6 +140,11 @@ class Settings:
     store_stall_seconds: float = attrs.field(
         default=1.0, converter=float, validator=_positive_seconds("store_stall_seconds")
     )
+    #: Memory (bytes) for the documents each worker keeps to answer device polls without
+    #: reading the file; 0 keeps none (every poll reads). See docs/capacity.md.
+    device_cache_bytes: int = attrs.field(
+        default=DEFAULT_RAW_CACHE_BYTES, validator=_not_negative("device_cache_bytes")
+    )
     #: One log line per request (method, route, status, duration, request id).
     access_log: bool = False
     cors_origins: tuple[str, ...] = attrs.field(
@@ -175,7 +189,10 @@ class Settings:
         like `iot_config_core.open_store`.
         """
         return open_store(
-            self.store_url, create=create or self.creates_store, limits=self.document_limits
+            self.store_url,
+            create=create or self.creates_store,
+            limits=self.document_limits,
+            device_cache_bytes=self.device_cache_bytes,
         )
 
     @property
@@ -221,6 +238,7 @@ class Settings:
             "workers": ("WORKERS", _integer),
             "max_document_bytes": ("MAX_DOCUMENT_BYTES", _integer),
             "store_stall_seconds": ("STORE_STALL_SECONDS", _number),
+            "device_cache_bytes": ("DEVICE_CACHE_BYTES", _integer),
             "access_log": ("ACCESS_LOG", _boolean),
             "cors_origins": ("CORS_ORIGINS", _list),
             "admin_tokens": ("ADMIN_TOKENS", _list),

@@ -217,7 +217,9 @@ def get_devices(port: int, count: int) -> None:
 
 
 def counted_by(directory: Path, pid: int) -> float:
-    """The device GETs one worker counted, from its own file alone."""
+    """The device GETs one worker counted, from its own file alone (none before it has one)."""
+    if not (directory / f"counter_{pid}.db").exists():  # a worker still importing the app
+        return 0.0
     alone = directory.parent / f"alone-{pid}"
     alone.mkdir()
     shutil.copy(directory / f"counter_{pid}.db", alone)

@@ -50,7 +50,7 @@ def macs(response: Any) -> list[str]:
 
 
 def next_url(response: Any) -> str | None:
-    link = response.headers.get("Link")
+    link: str | None = response.headers.get("Link")
     if link is None:
         return None
     url, rel = link.split(";", 1)
