@@ -249,17 +249,22 @@ class _RawCache:
         self.on_miss: Callable[[], None] = _ignore
 
     def get(self, name: str, token: Hashable) -> RawDocument | None:
+        """The document cached at exactly version ``token`` (counted by the caller)."""
         with self._lock:
             item = self._items.get(name)
             if item is None or item[0] != token:
-                self._misses += 1
-                found = None
-            else:
+                return None
+            self._items.move_to_end(name)
+            return item[1]
+
+    def count(self, *, hit: bool) -> None:
+        """Count one lookup: a hit answered without reading the file, a miss read it."""
+        with self._lock:
+            if hit:
                 self._hits += 1
-                self._items.move_to_end(name)
-                found = item[1]
-        (self.on_miss if found is None else self.on_hit)()
-        return found
+            else:
+                self._misses += 1
+        (self.on_hit if hit else self.on_miss)()
 
     def put(self, name: str, token: Hashable, doc: RawDocument) -> None:
         if _cost(doc) > self._max // 4:
@@ -414,6 +419,7 @@ class ConfigStore:
         """The config of ``mac``; `NotFoundError` or `CorruptDocumentError` otherwise."""
         mac = _mac(mac)
         raw, content = self._fetch(mac, "get")
+        assert isinstance(raw, RawDocument)
         if content is None:
             # Served from the cache: these bytes were validated at this very version, so the
             # plain C decoder gives the same value, and every caller gets its own copy.
@@ -425,11 +431,29 @@ class ConfigStore:
 
         Costs one stat when the document is unchanged since it was last served.
         """
-        return self._fetch(_mac(mac), "get_raw")[0]
+        doc, _ = self._fetch(_mac(mac), "get_raw")
+        assert isinstance(doc, RawDocument)
+        return doc
 
-    def _fetch(self, mac: MacAddress, action: str) -> tuple[RawDocument, dict[str, Any] | None]:
+    def get_raw_unless(self, mac: MacLike, if_none_match: str) -> RawDocument | str:
+        """`get_raw`, or only the current ETag when ``if_none_match`` (a header value) names it.
+
+        A device's conditional poll. When the fleet has outgrown the document cache, the listing's
+        summary of the very same version still knows the ETag, so an unchanged document costs one
+        stat and no read either way. Raises `InvalidETagError` for a malformed value.
+        """
+        found, _ = self._fetch(_mac(mac), "get_raw", if_none_match)
+        if isinstance(found, RawDocument) and _names(if_none_match, found.etag):
+            return found.etag
+        return found
+
+    def _fetch(
+        self, mac: MacAddress, action: str, unless: str | None = None
+    ) -> tuple[RawDocument | str, dict[str, Any] | None]:
         """The validated document, from the cache when its version token is unchanged.
 
+        With ``unless`` (an ``If-None-Match`` value) naming the current version as the listing
+        knows it, just its ETag, without reading the file.
         The decoded content comes along only when the bytes had to be read and decoded anyway.
         """
         name = mac.file_name
@@ -440,7 +464,16 @@ class ConfigStore:
                 raise self._missing(mac)
             cached = self._raw.get(name, token)
             if cached is not None:
+                self._raw.count(hit=True)
                 return cached, None
+            if unless is not None:
+                parsed = self._parsed.get(name)
+                if parsed is not None and parsed.token == token and parsed.summary is not None:
+                    etag = parsed.summary.etag
+                    if _names(unless, etag):
+                        self._raw.count(hit=True)
+                        return etag, None
+            self._raw.count(hit=False)
             blob = self._read(mac)
         etag = compute_etag(blob.data)
         content = self._decode(mac, blob, etag)
@@ -791,6 +824,11 @@ def _decode_stored(blob: Blob, limits: DocumentLimits) -> dict[str, Any]:
     """
     check_size(blob.size, limits)
     return decode_document(blob.data, limits)
+
+
+def _names(if_none_match: str, etag: str) -> bool:
+    """Whether an ``If-None-Match`` value names ``etag`` (weak comparison, RFC 9110)."""
+    return if_none_match == f'"{etag}"' or ETagCondition.parse(if_none_match).matches_weak(etag)
 
 
 def _single_strong(condition: ETagCondition) -> bool:

@@ -61,8 +61,9 @@ METRICS_CONFIG_KEY = "iot_config.metrics"
 
 Handler = Callable[..., Any]
 StartResponse = Callable[..., Any]
-#: A device read: (document, quoted ETag, whether If-None-Match matched it).
-DeviceRead = Callable[[str, str | None], tuple[RawDocument, str, bool]]
+#: A device read: (document, quoted ETag, whether If-None-Match matched it); no document for a
+#: match, which may be answered without reading it.
+DeviceRead = Callable[[str, str | None], tuple[RawDocument | None, str, bool]]
 
 
 def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
@@ -236,6 +237,7 @@ class _DeviceEndpoint:
                 )
                 route.metrics.observe(method, 304, perf_counter() - started)
                 return []
+            assert doc is not None  # only a 304 comes without the document
             data = doc.data
             start_response(
                 "200 OK",
@@ -551,29 +553,30 @@ class _Routes:
     def _device_read(self) -> DeviceRead:
         """The device hot path: one cached stat-validated read, counted, and its 304 decision."""
         get_raw = self._store.get_raw
+        get_raw_unless = self._store.get_raw_unless
         op = self._ops["get_raw"]
         ok = op.ok
         failed = op.failed
         enter = self._gate.enter
         leave = self._gate.leave
 
-        def read(mac: str, if_none_match: str | None) -> tuple[RawDocument, str, bool]:
+        def read(mac: str, if_none_match: str | None) -> tuple[RawDocument | None, str, bool]:
             enter()
             try:
-                doc = get_raw(mac)
+                # With a condition, an unchanged document is not even read (see get_raw_unless).
+                doc = get_raw(mac) if if_none_match is None else get_raw_unless(mac, if_none_match)
+            except InvalidETagError:
+                _parse_condition(if_none_match or "", "If-None-Match")  # the 400 naming the header
+                raise
             except ConfigError as exc:
                 failed(exc.code)
                 raise
             finally:
                 leave()
             ok()
-            etag = _quoted(doc.etag)
-            if if_none_match is None:
-                return doc, etag, False
-            matched = if_none_match == etag or _parse_condition(
-                if_none_match, "If-None-Match"
-            ).matches_weak(doc.etag)
-            return doc, etag, matched
+            if isinstance(doc, str):
+                return None, _quoted(doc), True
+            return doc, _quoted(doc.etag), False
 
         return read
 

@@ -73,3 +73,27 @@ def test_the_bound_is_a_setting_from_the_environment() -> None:
     settings = Settings.from_env({"IOT_CONFIG_DEVICE_CACHE_BYTES": "4096"})
     assert settings.device_cache_bytes == 4096
     assert Settings.from_env({"IOT_CONFIG_DEVICE_CACHE_BYTES": "0"}).device_cache_bytes == 0
+
+
+def test_an_unchanged_poll_is_answered_from_the_listing_without_a_read(tmp_path: Path) -> None:
+    """A fleet larger than the cache: a 304 still costs one stat, never a read."""
+    root = tmp_path / "configs"
+    settings = Settings(store_url=str(root), device_cache_bytes=0)
+    store = settings.open_store(create=True)
+    app = webtest.TestApp(create_app(store, settings))
+    store.put("00-00-00-00-00-01", {"deviceName": "x"})
+    path = "/esp32/config/00-00-00-00-00-01.json"
+    etag = app.get(path).headers["ETag"]
+    app.get(path, headers={"If-None-Match": etag}, status=304)  # before any listing: a read
+    assert (store.device_cache.hits, store.device_cache.misses) == (0, 2)
+    app.get("/api/configs")
+    for _ in range(3):
+        app.get(path, headers={"If-None-Match": etag}, status=304)
+    assert (store.device_cache.hits, store.device_cache.misses) == (3, 2)
+    assert (lookups(app, "hit"), lookups(app, "miss")) == (3, 2)
+    # a hand edit in place since the listing: the version differs, so the file is read again
+    (root / "00-00-00-00-00-01.json").write_text('{"deviceName": "edited by hand"}')
+    fresh = app.get(path, headers={"If-None-Match": etag})
+    assert fresh.status_int == 200
+    assert fresh.json == {"deviceName": "edited by hand"}
+    app.get(path, headers={"If-None-Match": '"open'}, status=400)
