@@ -58,6 +58,16 @@ def next_url(response: Any) -> str | None:
     return url.strip()[1:-1]
 
 
+def walk(app: webtest.TestApp, url: str | None) -> list[str]:
+    """The MACs of every page, following the Link headers from ``url``."""
+    seen: list[str] = []
+    while url is not None:
+        answer = app.get(url)
+        seen += macs(answer)
+        url = next_url(answer)
+    return seen
+
+
 # -- ETag and 304 ---------------------------------------------------------------------------------
 
 
@@ -196,12 +206,7 @@ def test_pages_neither_skip_nor_repeat_while_others_write(store: ConfigStore) ->
     writer.start()
     try:
         for _ in range(5):
-            seen: list[str] = []
-            url: str | None = "/api/configs?limit=4"
-            while url is not None:
-                answer = app.get(url)
-                seen += macs(answer)
-                url = next_url(answer)
+            seen = walk(app, "/api/configs?limit=4")
             assert len(seen) == len(set(seen)), "a config was repeated"
             assert seen == sorted(seen, key=lambda m: MacAddress.parse(m).value)
             assert set(stable) <= set(seen), "a config stored throughout was skipped"
@@ -268,13 +273,7 @@ def test_filtered_pages_follow_the_filter(app: webtest.TestApp, store: ConfigSto
     expected = sorted(
         (mac(i) for i in range(20) if i % 3 == 0), key=lambda m: MacAddress.parse(m).value
     )
-    seen: list[str] = []
-    url: str | None = "/api/configs?enable_ota=true&limit=2"
-    while url is not None:
-        answer = app.get(url)
-        seen += macs(answer)
-        url = next_url(answer)
-    assert seen == expected
+    assert walk(app, "/api/configs?enable_ota=true&limit=2") == expected
 
 
 @pytest.mark.parametrize(
