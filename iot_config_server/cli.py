@@ -529,6 +529,14 @@ def cmd_validate(ctx: _Context, args: argparse.Namespace) -> int:
     return EXIT_FAILED if invalid else EXIT_OK
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # an import hook that refuses it
+        return False
+
+
 def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
     """Run the HTTP server in the foreground until SIGTERM (the only subcommand needing Bottle)."""
     options = ("host", "port", "threads", "workers", "log_level", "log_format")
@@ -537,7 +545,7 @@ def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
     missing_extra = "serve needs the server extra (in a checkout: pip install '.[server]')"
     # Found, not imported: this process becomes the server's supervisor, which never runs the app,
     # and every module it imports is memory held twice (in it and in each worker it forks).
-    absent = [name for name in ("bottle", "granian") if importlib.util.find_spec(name) is None]
+    absent = [name for name in ("bottle", "granian", "prometheus_client") if not _installed(name)]
     if absent:
         raise UsageError(f"{missing_extra}: no module named {absent[0]!r}")
     from iot_config_server.serve import serve  # noqa: PLC0415 -- only when serving
