@@ -26,6 +26,7 @@ from .errors import (
     InvalidETagError,
     InvalidMacError,
     InvalidPatchError,
+    InvalidQueryError,
     InvalidSchemaError,
     NotFoundError,
     PatchConflictError,
@@ -40,6 +41,7 @@ from .etags import EntityTag, ETagCondition
 from .mac import MacAddress
 from .model import ConfigSummary, RawDocument, StoredConfig
 from .patching import JsonPatch, MergePatch, Patch, PatchResult, merge_patch, patch_from_json
+from .query import ListQuery, Page
 from .schemas import (
     ConfigViolation,
     Problem,
@@ -82,12 +84,15 @@ __all__ = [
     "InvalidETagError",
     "InvalidMacError",
     "InvalidPatchError",
+    "InvalidQueryError",
     "InvalidSchemaError",
     "JsonPatch",
+    "ListQuery",
     "Listing",
     "MacAddress",
     "MergePatch",
     "NotFoundError",
+    "Page",
     "Patch",
     "PatchConflictError",
     "PatchResult",

@@ -21,6 +21,7 @@ __all__ = [
     "InvalidETagError",
     "InvalidMacError",
     "InvalidPatchError",
+    "InvalidQueryError",
     "InvalidSchemaError",
     "NotFoundError",
     "PatchConflictError",
@@ -41,6 +42,7 @@ class ErrorCode(StrEnum):
     INVALID_DOCUMENT = "INVALID_DOCUMENT"
     DOCUMENT_TOO_LARGE = "DOCUMENT_TOO_LARGE"
     INVALID_ETAG = "INVALID_ETAG"
+    INVALID_QUERY = "INVALID_QUERY"
     NOT_FOUND = "NOT_FOUND"
     ALREADY_EXISTS = "ALREADY_EXISTS"
     PRECONDITION_FAILED = "PRECONDITION_FAILED"
@@ -96,6 +98,12 @@ class InvalidETagError(ConfigError, ValueError):
     """A precondition value that is not an entity tag, a list of them, or ``*``."""
 
     code = ErrorCode.INVALID_ETAG
+
+
+class InvalidQueryError(ConfigError, ValueError):
+    """A listing query that cannot be answered: a bad cursor, limit or filter (``parameter``)."""
+
+    code = ErrorCode.INVALID_QUERY
 
 
 class NotFoundError(ConfigError, LookupError):

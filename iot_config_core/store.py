@@ -22,7 +22,6 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import attrs
-import fsspec
 
 from .backend import ABSENT, ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict
 from .document import (
@@ -49,7 +48,6 @@ from .errors import (
 )
 from .etags import ETagCondition
 from .mac import MacAddress
-from .memory_backend import MemoryBackend
 from .model import ConfigSummary, RawDocument, StoredConfig
 from .patching import Patch, PatchResult
 from .posix_backend import PosixBackend
@@ -57,6 +55,8 @@ from .schemas import ConfigViolation, SchemaReport, SchemaStore, Validation
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_RAW_CACHE_BYTES",
+    "CacheStats",
     "ConfigStore",
     "Listing",
     "local_store_root",
@@ -73,8 +73,13 @@ Condition = str | ETagCondition
 # A conditional write that keeps losing races to other writers gives up after this many tries
 # (each loss means someone else's write landed, so the system as a whole is making progress).
 MAX_WRITE_ATTEMPTS = 16
-# Raw documents kept for the device endpoint, bounded by bytes so a large fleet stays cheap.
+#: Memory for the documents kept for the device endpoint: a large fleet stays cheap, and the
+#: documents polled most stay cached (a least-recently-used cache).
 DEFAULT_RAW_CACHE_BYTES = 16 * 1024 * 1024
+#: What one cached document costs besides its bytes (the document object, its ETag, time, version
+#: token and the cache's links), as tracemalloc measures it: the bound is on real memory, not on
+#: payload alone. docs/capacity.md has the breakdown.
+RAW_CACHE_ENTRY_OVERHEAD = 512
 
 #: Builds the backend of a store URL from the URL and the caller's storage options.
 BackendFactory = Callable[[str, Mapping[str, Any]], Backend]
@@ -110,7 +115,11 @@ def _posix(url: str, _options: Mapping[str, Any]) -> Backend:
     return PosixBackend(root)
 
 
+# fsspec is imported by the backends that use it, when they are used: a server on local disk never
+# loads it (it is a large share of a small process's memory).
 def _memory(url: str, _options: Mapping[str, Any]) -> Backend:
+    from .memory_backend import MemoryBackend  # noqa: PLC0415
+
     # Private to its store: nothing else can reach it, so there is no root to protect.
     backend = MemoryBackend(url[len("memory://") :] or "/")
     backend.create_root()
@@ -119,6 +128,8 @@ def _memory(url: str, _options: Mapping[str, Any]) -> Backend:
 
 def _s3(url: str, options: Mapping[str, Any]) -> Backend:
     try:
+        import fsspec  # noqa: PLC0415
+
         from .s3_backend import S3Backend  # noqa: PLC0415 - optional extra, imported when used
 
         fs, root = fsspec.url_to_fs(url, **options)
@@ -151,6 +162,7 @@ def open_store(
     *,
     create: bool = False,
     limits: DocumentLimits = DocumentLimits(),
+    device_cache_bytes: int = DEFAULT_RAW_CACHE_BYTES,
     **storage_options: Any,
 ) -> ConfigStore:
     """Open the store at ``url``: a path, ``file://``, ``memory://``, ``s3://bucket/prefix``.
@@ -158,7 +170,8 @@ def open_store(
     A scheme with no backend in `BACKENDS` is refused with `UnsupportedStoreError` before
     anything is contacted. ``create=True`` creates the root first; otherwise a missing root makes
     operations fail with `StoreMissingError`. A ``memory://`` store is private to its
-    `ConfigStore` and starts empty and ready.
+    `ConfigStore` and starts empty and ready. ``device_cache_bytes`` bounds the memory of the
+    documents kept for `get_raw` (0: none kept).
     """
     if not url.strip():
         raise UnsupportedStoreError("the store URL is empty: give a path or a URL", url=url)
@@ -178,7 +191,7 @@ def open_store(
         if isinstance(exc, ConfigError):
             raise
         raise StoreUnavailableError(f"cannot open {url!r}: {exc}", url=url) from exc
-    store = ConfigStore(backend, limits=limits)
+    store = ConfigStore(backend, limits=limits, raw_cache_bytes=device_cache_bytes)
     if create:
         store.create_root()
     return store
@@ -206,16 +219,40 @@ class _Parsed:
     error: InvalidDocumentError | None
 
 
+@attrs.frozen
+class CacheStats:
+    """The device-document cache of one store (one process): use and size."""
+
+    hits: int
+    misses: int
+    entries: int
+    bytes: int
+    max_bytes: int
+
+
+def _cost(doc: RawDocument) -> int:
+    return doc.size + RAW_CACHE_ENTRY_OVERHEAD
+
+
+def _ignore() -> None:
+    return None
+
+
 class _RawCache:
-    """A small LRU of validated raw documents, bounded by total bytes."""
+    """A small LRU of validated raw documents, bounded by the memory they take."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max = max_bytes
         self._items: OrderedDict[str, tuple[Hashable, RawDocument]] = OrderedDict()
         self._bytes = 0
+        self._hits = 0
+        self._misses = 0
         self._lock = threading.Lock()
+        self.on_hit: Callable[[], None] = _ignore
+        self.on_miss: Callable[[], None] = _ignore
 
     def get(self, name: str, token: Hashable) -> RawDocument | None:
+        """The document cached at exactly version ``token`` (counted by the caller)."""
         with self._lock:
             item = self._items.get(name)
             if item is None or item[0] != token:
@@ -223,24 +260,37 @@ class _RawCache:
             self._items.move_to_end(name)
             return item[1]
 
+    def count(self, *, hit: bool) -> None:
+        """Count one lookup: a hit answered without reading the file, a miss read it."""
+        with self._lock:
+            if hit:
+                self._hits += 1
+            else:
+                self._misses += 1
+        (self.on_hit if hit else self.on_miss)()
+
     def put(self, name: str, token: Hashable, doc: RawDocument) -> None:
-        if doc.size > self._max // 4:
+        if _cost(doc) > self._max // 4:
             return
         with self._lock:
             old = self._items.pop(name, None)
             if old is not None:
-                self._bytes -= old[1].size
+                self._bytes -= _cost(old[1])
             self._items[name] = (token, doc)
-            self._bytes += doc.size
+            self._bytes += _cost(doc)
             while self._bytes > self._max:
                 _, (_, evicted) = self._items.popitem(last=False)
-                self._bytes -= evicted.size
+                self._bytes -= _cost(evicted)
 
     def discard(self, name: str) -> None:
         with self._lock:
             old = self._items.pop(name, None)
             if old is not None:
-                self._bytes -= old[1].size
+                self._bytes -= _cost(old[1])
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(self._hits, self._misses, len(self._items), self._bytes, self._max)
 
 
 class _BackendErrors:
@@ -299,6 +349,16 @@ class ConfigStore:
         self._warned: set[tuple[str, Hashable]] = set()
         #: The JSON Schemas kept in this store's root; every write is checked against them.
         self.schemas = SchemaStore(backend, limits, self._guard)
+
+    @property
+    def device_cache(self) -> CacheStats:
+        """Use and size of the cache of validated documents that `get_raw` and `get` answer from."""
+        return self._raw.stats()
+
+    def count_device_cache(self, hit: Callable[[], None], miss: Callable[[], None]) -> None:
+        """Call ``hit`` or ``miss`` on every cache lookup (a server's metrics count them)."""
+        self._raw.on_hit = hit
+        self._raw.on_miss = miss
 
     @property
     def description(self) -> str:
@@ -369,6 +429,7 @@ class ConfigStore:
         """The config of ``mac``; `NotFoundError` or `CorruptDocumentError` otherwise."""
         mac = _mac(mac)
         raw, content = self._fetch(mac, "get")
+        assert isinstance(raw, RawDocument)
         if content is None:
             # Served from the cache: these bytes were validated at this very version, so the
             # plain C decoder gives the same value, and every caller gets its own copy.
@@ -380,11 +441,29 @@ class ConfigStore:
 
         Costs one stat when the document is unchanged since it was last served.
         """
-        return self._fetch(_mac(mac), "get_raw")[0]
+        doc, _ = self._fetch(_mac(mac), "get_raw")
+        assert isinstance(doc, RawDocument)
+        return doc
 
-    def _fetch(self, mac: MacAddress, action: str) -> tuple[RawDocument, dict[str, Any] | None]:
+    def get_raw_unless(self, mac: MacLike, if_none_match: str) -> RawDocument | str:
+        """`get_raw`, or only the current ETag when ``if_none_match`` (a header value) names it.
+
+        A device's conditional poll. When the fleet has outgrown the document cache, the listing's
+        summary of the very same version still knows the ETag, so an unchanged document costs one
+        stat and no read either way. Raises `InvalidETagError` for a malformed value.
+        """
+        found, _ = self._fetch(_mac(mac), "get_raw", if_none_match)
+        if isinstance(found, RawDocument) and _names(if_none_match, found.etag):
+            return found.etag
+        return found
+
+    def _fetch(
+        self, mac: MacAddress, action: str, unless: str | None = None
+    ) -> tuple[RawDocument | str, dict[str, Any] | None]:
         """The validated document, from the cache when its version token is unchanged.
 
+        With ``unless`` (an ``If-None-Match`` value) naming the current version as the listing
+        knows it, just its ETag, without reading the file.
         The decoded content comes along only when the bytes had to be read and decoded anyway.
         """
         name = mac.file_name
@@ -395,7 +474,16 @@ class ConfigStore:
                 raise self._missing(mac)
             cached = self._raw.get(name, token)
             if cached is not None:
+                self._raw.count(hit=True)
                 return cached, None
+            if unless is not None:
+                parsed = self._parsed.get(name)
+                if parsed is not None and parsed.token == token and parsed.summary is not None:
+                    etag = parsed.summary.etag
+                    if _names(unless, etag):
+                        self._raw.count(hit=True)
+                        return etag, None
+            self._raw.count(hit=False)
             blob = self._read(mac)
         etag = compute_etag(blob.data)
         content = self._decode(mac, blob, etag)
@@ -822,6 +910,11 @@ def _decode_stored(blob: Blob, limits: DocumentLimits) -> dict[str, Any]:
 def _same_json(a: Any, b: Any) -> bool:
     """Equal as JSON text (Python says ``True == 1`` and ignores key order; stored bytes do not)."""
     return json.dumps(a, ensure_ascii=False) == json.dumps(b, ensure_ascii=False)
+
+
+def _names(if_none_match: str, etag: str) -> bool:
+    """Whether an ``If-None-Match`` value names ``etag`` (weak comparison, RFC 9110)."""
+    return if_none_match == f'"{etag}"' or ETagCondition.parse(if_none_match).matches_weak(etag)
 
 
 def _single_strong(condition: ETagCondition) -> bool:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl, urlencode
 
 import attrs
 import bottle
@@ -25,11 +26,14 @@ from iot_config_core import (
     ConfigStore,
     ETagCondition,
     InvalidETagError,
+    Listing,
+    ListQuery,
     MacAddress,
     RawDocument,
     StoredConfig,
     StoredSchema,
     Validation,
+    compute_etag,
 )
 from iot_config_core.wire import config_to_wire, summaries_to_wire
 
@@ -68,8 +72,9 @@ METRICS_CONFIG_KEY = "iot_config.metrics"
 
 Handler = Callable[..., Any]
 StartResponse = Callable[..., Any]
-#: A device read: (document, quoted ETag, whether If-None-Match matched it).
-DeviceRead = Callable[[str, str | None], tuple[RawDocument, str, bool]]
+#: A device read: (document, quoted ETag, whether If-None-Match matched it); no document for a
+#: match, which may be answered without reading it.
+DeviceRead = Callable[[str, str | None], tuple[RawDocument | None, str, bool]]
 
 
 def create_app(
@@ -100,6 +105,7 @@ def create_app(
     # one metadata scan and counts every write, whoever made it (replicas, CLI, hand edits).
     metrics = AppMetrics(FreshValue(lambda: len(store.listing().summaries), "the config count"))
     app.config[METRICS_CONFIG_KEY] = metrics
+    store.count_device_cache(metrics.device_cache_hit, metrics.device_cache_miss)
     cors = CorsPolicy(settings.cors_origins)
     auth = BearerAuth(settings.admin_tokens)
     routes = _Routes(
@@ -269,6 +275,7 @@ class _DeviceEndpoint:
                 )
                 route.metrics.observe(method, 304, perf_counter() - started)
                 return []
+            assert doc is not None  # only a 304 comes without the document
             data = doc.data
             start_response(
                 "200 OK",
@@ -621,7 +628,7 @@ class _Routes:
             name: metrics.operation(name)
             for name in ("get_raw", "get", "list", "put", "patch", "delete", "schema", "validate")
         }
-        self._list_cache: tuple[int, bytes] = (-1, b"")
+        self._list_answers = _ListAnswers()
         self._body_cap = store.limits.max_bytes + ENVELOPE_ALLOWANCE
         self._openapi = openapi.OpenApiCache()
         self._docs = docs.DocsAssets()
@@ -630,29 +637,30 @@ class _Routes:
     def _device_read(self) -> DeviceRead:
         """The device hot path: one cached stat-validated read, counted, and its 304 decision."""
         get_raw = self._store.get_raw
+        get_raw_unless = self._store.get_raw_unless
         op = self._ops["get_raw"]
         ok = op.ok
         failed = op.failed
         enter = self._gate.enter
         leave = self._gate.leave
 
-        def read(mac: str, if_none_match: str | None) -> tuple[RawDocument, str, bool]:
+        def read(mac: str, if_none_match: str | None) -> tuple[RawDocument | None, str, bool]:
             enter()
             try:
-                doc = get_raw(mac)
+                # With a condition, an unchanged document is not even read (see get_raw_unless).
+                doc = get_raw(mac) if if_none_match is None else get_raw_unless(mac, if_none_match)
+            except InvalidETagError:
+                _parse_condition(if_none_match or "", "If-None-Match")  # the 400 naming the header
+                raise
             except ConfigError as exc:
                 failed(exc.code)
                 raise
             finally:
                 leave()
             ok()
-            etag = _quoted(doc.etag)
-            if if_none_match is None:
-                return doc, etag, False
-            matched = if_none_match == etag or _parse_condition(
-                if_none_match, "If-None-Match"
-            ).matches_weak(doc.etag)
-            return doc, etag, matched
+            if isinstance(doc, str):
+                return None, _quoted(doc), True
+            return doc, _quoted(doc.etag), False
 
         return read
 
@@ -670,13 +678,23 @@ class _Routes:
         return result
 
     def list_configs(self) -> bytes:
+        request = bottle.request
+        response = bottle.response
+        environ = request.environ
+        params = request.query.decode()  # UTF-8 text, as browsers send it
+        query = ListQuery.from_text(**{name: params.get(name) for name in LIST_PARAMETERS})
+        if_none_match = _condition(environ, "HTTP_IF_NONE_MATCH", "If-None-Match")
         listing = self._operate("list", self._store.listing)
-        generation, body = self._list_cache
-        if generation != listing.generation:
-            body = _json(summaries_to_wire(list(listing.summaries)))
-            self._list_cache = (listing.generation, body)
-        bottle.response.content_type = JSON
-        return body
+        answer = self._list_answers.answer(listing, query)
+        response.set_header("ETag", answer.etag)
+        response.set_header("Cache-Control", "no-cache")
+        if answer.next_cursor is not None:
+            response.set_header("Link", _next_link(self._app, environ, answer.next_cursor))
+        if if_none_match is not None and if_none_match.matches_weak(answer.etag[1:-1]):
+            response.status = 304
+            return b""
+        response.content_type = JSON
+        return answer.body
 
     def get_config(self, mac: str) -> bytes:
         return _config_answer(self._operate("get", lambda: self._store.get(mac)))
@@ -821,6 +839,74 @@ class _Routes:
 
     def docs_asset(self, name: str) -> bytes:
         return self._docs.asset(name, bottle.response)
+
+
+#: The query parameters of ``GET /api/configs`` (names of `ListQuery.from_text`'s arguments).
+LIST_PARAMETERS = ("name", "entity_id", "enable_ota", "cursor", "limit")
+
+
+@attrs.frozen
+class _ListAnswer:
+    """One encoded list answer: body, quoted ETag, and the next page's cursor."""
+
+    body: bytes
+    etag: str
+    next_cursor: str | None
+
+
+class _ListAnswers:
+    """The encoded answers of the current listing, so an unchanged listing is not re-encoded.
+
+    The ETag is the MD5 of the body: the same fleet gives the same tag on every replica and
+    after restarts, so a client's ``If-None-Match`` stays good behind a load balancer. Answers
+    are dropped as soon as the listing's generation changes. The whole-fleet answer is always
+    kept; pages and filtered answers only while they are small and few, so odd queries cannot
+    grow memory.
+    """
+
+    MAX_ANSWERS = 64
+    MAX_KEPT_BYTES = 256 * 1024
+
+    def __init__(self) -> None:
+        self._generation = -1
+        self._answers: dict[ListQuery, _ListAnswer] = {}
+        self._lock = threading.Lock()
+
+    def answer(self, listing: Listing, query: ListQuery) -> _ListAnswer:
+        """The answer to ``query`` over ``listing``, encoded at most once per generation."""
+        with self._lock:
+            if self._generation == listing.generation:
+                found = self._answers.get(query)
+                if found is not None:
+                    return found
+        page = query.select(listing.summaries)
+        body = _json(summaries_to_wire(list(page.summaries)))
+        found = _ListAnswer(body, _quoted(compute_etag(body)), page.next_cursor)
+        with self._lock:
+            if self._generation != listing.generation:
+                if listing.generation < self._generation:
+                    return found  # an older listing finished late: keep the newer answers
+                self._generation = listing.generation
+                self._answers = {}
+            if query == _WHOLE_FLEET or (
+                len(body) <= self.MAX_KEPT_BYTES and len(self._answers) < self.MAX_ANSWERS
+            ):
+                self._answers[query] = found
+        return found
+
+
+_WHOLE_FLEET = ListQuery()
+
+
+def _next_link(app: bottle.Bottle, environ: dict[str, Any], cursor: str) -> str:
+    """The ``Link`` header to the next page: this request's parameters with the new cursor."""
+    kept = [
+        (name, value)
+        for name, value in parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if name != "cursor"
+    ]
+    path = _base_path(app, environ).rstrip("/") + "/api/configs"
+    return f'<{path}?{urlencode([*kept, ("cursor", cursor)])}>; rel="next"'
 
 
 def _base_path(app: bottle.Bottle, environ: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
+import importlib.util
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from iot_config_core import (
     CorruptDocumentError,
     DocumentLimits,
     InvalidMacError,
+    ListQuery,
     MacAddress,
     NotFoundError,
     PreconditionFailedError,
@@ -52,6 +54,7 @@ from iot_config_core.fleet import FleetOutcome, FleetPatchResult, Selector, patc
 from iot_config_core.legacy import Checked, FileReport, LegacyDirectory, Outcome, read_document
 from iot_config_core.patching import JSON_PATCH, MERGE_PATCH, Patch, decode_patch
 from iot_config_core.posix_backend import sync_directory, write_file_atomically
+from iot_config_core.query import MAX_LIMIT
 from iot_config_core.wire import summary_to_wire
 from iot_config_server.http_errors import ExitStatus, exit_status_for  # no Bottle either
 from iot_config_server.settings import Settings, SettingsError  # plain attrs: no Bottle
@@ -319,16 +322,28 @@ def _legacy_directory(path: str) -> LegacyDirectory:
 
 def cmd_list(ctx: _Context, args: argparse.Namespace) -> int:
     """Print the fleet as a table, or as JSON with ``--json``."""
+    query = ListQuery.from_text(
+        name=args.name,
+        entity_id=args.entity_id,
+        enable_ota=args.enable_ota,
+        cursor=args.cursor,
+        limit=None if args.limit is None else str(args.limit),
+    )
     listing = ctx.open().listing()
-    summaries = listing.summaries
+    page = query.select(listing.summaries)
+    summaries = page.summaries
     if args.json:
-        document = {
+        document: dict[str, Any] = {
             "configs": [_summary_json(s) for s in summaries],
             "count": len(summaries),
             "skipped": list(listing.skipped),
         }
+        if query.limit is not None:
+            document["next_cursor"] = page.next_cursor
         _out(json.dumps(document, indent=2, ensure_ascii=False))
         return EXIT_OK
+    if page.next_cursor is not None:  # stderr: stdout stays the table
+        _err(f"more configs follow: add --cursor {page.next_cursor}")
     header = ("MAC", "NAME", "ENTITY ID", "OTA", "SIZE", "MODIFIED (UTC)")
     rows = [
         (
@@ -735,18 +750,27 @@ def cmd_watch(ctx: _Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # an import hook that refuses it
+        return False
+
+
 def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
     """Run the HTTP server in the foreground until SIGTERM (the only subcommand needing Bottle)."""
     options = ("host", "port", "threads", "workers", "log_level", "log_format")
     overrides = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
     settings = _evolve(ctx.settings, overrides)
     missing_extra = "serve needs the server extra (in a checkout: pip install '.[server]')"
-    try:
-        # Imported here, not at the top, so every other subcommand works without Bottle.
-        import iot_config_server.app  # noqa: F401, PLC0415 -- fail early, before anything binds
-        from iot_config_server.serve import serve  # noqa: PLC0415
-    except ImportError as exc:
-        raise UsageError(f"{missing_extra}: {exc}") from exc
+    # Found, not imported: this process becomes the server's supervisor, which never runs the app,
+    # and every module it imports is memory held twice (in it and in each worker it forks).
+    absent = [name for name in ("bottle", "granian", "prometheus_client") if not _installed(name)]
+    if absent:
+        raise UsageError(f"{missing_extra}: no module named {absent[0]!r}")
+    from iot_config_server.serve import serve  # noqa: PLC0415 -- only when serving
+
     try:
         return serve(settings)
     except ImportError as exc:  # the HTTP server itself is imported only once serving starts
@@ -887,6 +911,24 @@ def _device_token_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
     )
 
 
+def _add_list_query_arguments(parser: argparse.ArgumentParser) -> None:
+    """``list``'s filters and paging (the REST API's query parameters)."""
+    parser.add_argument("--name", help="only names containing this text (any case)")
+    parser.add_argument("--entity-id", help="only entity ids containing this text (any case)")
+    parser.add_argument(
+        "--ota",
+        dest="enable_ota",
+        choices=("true", "false"),
+        help="only configs whose enableOTA is this",
+    )
+    parser.add_argument(
+        "--limit", type=_positive_int, help=f"at most this many (up to {MAX_LIMIT}), in MAC order"
+    )
+    parser.add_argument(
+        "--cursor", help="start after the previous page (the cursor it printed on stderr)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line; each subcommand stores its ``handler`` and its own ``parser``."""
     formatter = argparse.RawDescriptionHelpFormatter
@@ -947,6 +989,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = add("list", cmd_list, "list the fleet", "List every valid config, sorted by MAC.")
     sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    _add_list_query_arguments(sub)
 
     sub = add(
         "get",

@@ -11,7 +11,7 @@ __all__ = ["CorsPolicy"]
 #: Request headers a browser may send cross-origin (preflight ``Access-Control-Allow-Headers``).
 ALLOWED_HEADERS = "Authorization, Content-Type, If-Match, If-None-Match, X-Request-ID"
 #: Response headers scripts on an allowed origin may read.
-EXPOSED_HEADERS = "ETag, X-Request-ID, WWW-Authenticate"
+EXPOSED_HEADERS = "ETag, Link, X-Request-ID, WWW-Authenticate"
 PREFLIGHT_MAX_AGE = "600"
 
 

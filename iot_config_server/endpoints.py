@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from iot_config_core import ErrorCode
+from iot_config_core.query import MAX_FILTER_LENGTH, MAX_LIMIT
 from iot_config_core.schemas import SchemaReport
 from iot_config_core.wire import ConfigListWire, ConfigWire
 
@@ -24,7 +25,7 @@ __all__ = [
     "ENDPOINTS",
     "Endpoint",
     "Header",
-    "Query",
+    "QueryParameter",
     "Reply",
     "allowed_methods",
     "openapi_path",
@@ -43,12 +44,12 @@ class Header:
 
 
 @attrs.frozen
-class Query:
-    """A documented query parameter."""
+class QueryParameter:
+    """A documented query parameter; ``schema`` is its JSON Schema."""
 
     name: str
     description: str
-    schema: Mapping[str, Any] = attrs.field(factory=lambda: {"type": "string"})
+    schema: dict[str, object] = attrs.field(factory=lambda: {"type": "string"}, hash=False)
 
 
 @attrs.frozen
@@ -73,6 +74,39 @@ IF_NONE_MATCH_READ = Header(
 )
 
 
+LIST_ETAG = Header(
+    "ETag", "Strong entity tag of this answer's body: the same fleet has the same tag anywhere."
+)
+NEXT_LINK = Header(
+    "Link", 'The next page, as `<URL>; rel="next"`; absent on the last page or without `limit`.'
+)
+LIST_QUERY = (
+    QueryParameter(
+        "limit",
+        f"At most this many configs (1 to {MAX_LIMIT}); the Link header leads to the next page.",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+    ),
+    QueryParameter(
+        "cursor", "Where the page starts: the `cursor` of the previous answer's Link header."
+    ),
+    QueryParameter(
+        "name",
+        "Only configs whose device_name contains this text (case-insensitive).",
+        {"type": "string", "maxLength": MAX_FILTER_LENGTH},
+    ),
+    QueryParameter(
+        "entity_id",
+        "Only configs whose device_entity_id contains this text (case-insensitive).",
+        {"type": "string", "maxLength": MAX_FILTER_LENGTH},
+    ),
+    QueryParameter(
+        "enable_ota",
+        "Only configs whose enable_ota is this value.",
+        {"type": "boolean"},
+    ),
+)
+
+
 @attrs.frozen
 class Endpoint:
     """One route: method, Bottle rule, the handler's name and everything the docs say about it."""
@@ -91,13 +125,13 @@ class Endpoint:
     admin: bool = False
     request_model: type | None = None
     request_headers: tuple[Header, ...] = ()
+    query_parameters: tuple[QueryParameter, ...] = ()
     description: str = ""
     #: The operationId when it is not the one `operation_id` derives: the old service's names,
     #: braces and all, which generated clients call.
     legacy_operation_id: str = ""
     #: Request bodies that are not an attrs model: media type -> JSON Schema of the body.
     request_bodies: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
-    query: tuple[Query, ...] = ()
 
     @property
     def template(self) -> str:
@@ -127,7 +161,7 @@ _RAW_REPLIES = (
     Reply(304, "Not modified: the If-None-Match tag is current.", headers=(ETAG, CACHE_CONTROL)),
 )
 _STORED_ERRORS = (ErrorCode.CORRUPT_DOCUMENT, ErrorCode.STORED_DOCUMENT_TOO_LARGE)
-DRY_RUN = Query(
+DRY_RUN = QueryParameter(
     "dry_run",
     "`true`: check everything (preconditions, document rules, schema) and answer what would be "
     "stored, writing nothing (the answer then has `X-Dry-Run: true` and no ETag).",
@@ -192,10 +226,34 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/configs",
         "List every valid config's summary, sorted by MAC address",
         "configs",
-        (Reply(200, "The fleet.", ConfigListWire),),
-        errors=(ErrorCode.STORE_UNAVAILABLE, ApiErrorCode.STORE_BUSY),
+        (
+            Reply(
+                200,
+                "The fleet, or the page and filters asked for; `count` is the number of configs "
+                "in this answer.",
+                ConfigListWire,
+                headers=(LIST_ETAG, CACHE_CONTROL, NEXT_LINK),
+            ),
+            Reply(304, "Not modified: the If-None-Match tag is current.", headers=(LIST_ETAG,)),
+        ),
+        errors=(
+            ErrorCode.INVALID_QUERY,
+            ApiErrorCode.INVALID_HEADER,
+            ErrorCode.STORE_UNAVAILABLE,
+            ApiErrorCode.STORE_BUSY,
+        ),
         action="list configs",
         admin=True,
+        request_headers=(IF_NONE_MATCH_READ,),
+        query_parameters=LIST_QUERY,
+        description=(
+            "Without parameters the whole fleet, as the old service answered. `limit` pages the "
+            'answer in MAC order: while more configs follow, the `Link` header (rel="next") '
+            "gives the next page's URL, whose `cursor` names the last MAC shown, so a config "
+            "stored while the pages are walked is never skipped or repeated. Filters combine "
+            "with AND. An unchanged answer keeps its ETag (on every replica): poll with "
+            "If-None-Match and get 304."
+        ),
     ),
     Endpoint(
         "raw_config",
@@ -234,7 +292,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         request_headers=(IF_MATCH, IF_NONE_MATCH_WRITE),
         description="`allow_overwrite: false` refuses to replace an existing config (409).",
         legacy_operation_id="put__api_configs_{mac_address}",
-        query=(DRY_RUN,),
+        query_parameters=(DRY_RUN,),
     ),
     Endpoint(
         "patch_config",
@@ -263,7 +321,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             "application/merge-patch+json": {"type": "object"},
             "application/json-patch+json": JSON_PATCH_SCHEMA,
         },
-        query=(DRY_RUN,),
+        query_parameters=(DRY_RUN,),
     ),
     Endpoint(
         "delete_config",

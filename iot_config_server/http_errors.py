@@ -103,6 +103,7 @@ ERROR_TABLE: Mapping[Code, ErrorRule] = {
     ErrorCode.INVALID_ETAG: ErrorRule(
         400, "INVALID_HEADER", ExitStatus.USAGE, cause="an entity tag is malformed ({message})"
     ),
+    ErrorCode.INVALID_QUERY: ErrorRule(400, "INVALID_QUERY", ExitStatus.USAGE),
     # The old service's code; its message is built in `user_message`.
     ErrorCode.NOT_FOUND: ErrorRule(404, "RECORD_NOT_FOUND"),
     ErrorCode.ALREADY_EXISTS: ErrorRule(

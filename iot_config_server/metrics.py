@@ -272,6 +272,16 @@ class AppMetrics:
             namespace=NAMESPACE,
             registry=counted_in,
         )
+        cache = Counter(
+            "device_cache_lookups",
+            "Lookups in the cache of validated documents that answers device polls, by result "
+            "(hit: answered from memory after one stat; miss: the file was read).",
+            ["result"],
+            namespace=NAMESPACE,
+            registry=counted_in,
+        )
+        self.device_cache_hit = cache.labels("hit").inc
+        self.device_cache_miss = cache.labels("miss").inc
         self.registry.register(_ScrapeTimeMetrics(config_count))
         self._routes: dict[str, RouteMetrics] = {}
         self._counted_in = counted_in

@@ -227,12 +227,13 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
     )
     parameters.extend(
         {
-            "name": query.name,
+            "name": parameter.name,
             "in": "query",
-            "schema": dict(query.schema),
-            "description": query.description,
+            "required": False,
+            "schema": parameter.schema,
+            "description": parameter.description,
         }
-        for query in endpoint.query
+        for parameter in endpoint.query_parameters
     )
     responses: dict[str, Any] = {}
     for reply in endpoint.replies:

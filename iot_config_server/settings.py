@@ -20,6 +20,7 @@ from iot_config_core import (
     open_store,
     store_scheme,
 )
+from iot_config_core.store import DEFAULT_RAW_CACHE_BYTES
 
 from .broker import BrokerAddress
 
@@ -60,6 +61,14 @@ def _positive(name: str) -> Callable[[Any, attrs.Attribute[int], int], None]:
     def check(_: Any, __: attrs.Attribute[int], value: int) -> None:
         if value < 1:
             raise SettingsError(name, f"must be at least 1, not {value}")
+
+    return check
+
+
+def _not_negative(name: str) -> Callable[[Any, attrs.Attribute[int], int], None]:
+    def check(_: Any, __: attrs.Attribute[int], value: int) -> None:
+        if value < 0:
+            raise SettingsError(name, f"must be 0 or more, not {value}")
 
     return check
 
@@ -173,6 +182,11 @@ class Settings:
     store_stall_seconds: float = attrs.field(
         default=1.0, converter=float, validator=_positive_seconds("store_stall_seconds")
     )
+    #: Memory (bytes) for the documents each worker keeps to answer device polls without
+    #: reading the file; 0 keeps none (every poll reads). See docs/capacity.md.
+    device_cache_bytes: int = attrs.field(
+        default=DEFAULT_RAW_CACHE_BYTES, validator=_not_negative("device_cache_bytes")
+    )
     #: One log line per request (method, route, status, duration, request id).
     access_log: bool = False
     cors_origins: tuple[str, ...] = attrs.field(
@@ -235,7 +249,12 @@ class Settings:
         """
         if create is None:
             create = self.creates_store
-        return open_store(self.store_url, create=create, limits=self.document_limits)
+        return open_store(
+            self.store_url,
+            create=create,
+            limits=self.document_limits,
+            device_cache_bytes=self.device_cache_bytes,
+        )
 
     @property
     def auth_enabled(self) -> bool:
@@ -285,6 +304,7 @@ class Settings:
             "workers": ("WORKERS", _integer),
             "max_document_bytes": ("MAX_DOCUMENT_BYTES", _integer),
             "store_stall_seconds": ("STORE_STALL_SECONDS", _number),
+            "device_cache_bytes": ("DEVICE_CACHE_BYTES", _integer),
             "access_log": ("ACCESS_LOG", _boolean),
             "cors_origins": ("CORS_ORIGINS", _list),
             "admin_tokens": ("ADMIN_TOKENS", _list),

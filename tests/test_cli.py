@@ -963,3 +963,34 @@ def test_the_repository_needs_nothing_beside_it() -> None:
         path = REPO / name
         if path.suffix in {".py", ".toml", ".sh", ".md", ".yaml"} or name == ".ci/run":
             assert not OUTSIDE_FILES.search(path.read_text()), name
+
+
+# -- list pages and filters -----------------------------------------------------------------------
+
+
+def test_list_pages_and_filters(cli: Cli, store: Path) -> None:
+    for index in range(5):
+        seed(
+            store, f"aa-bb-cc-dd-ee-0{index}", {"deviceName": f"Dev{index}", "enableOTA": index > 2}
+        )
+    seen: list[str] = []
+    argv: list[str | Path] = ["--store", store, "list", "--json", "--limit", "2"]
+    cursor = None
+    for _ in range(5):
+        result = cli(*argv, *(["--cursor", cursor] if cursor else []))
+        assert result.status == 0
+        page = json.loads(result.out)
+        seen += [c["mac_address"] for c in page["configs"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"aa-bb-cc-dd-ee-0{index}" for index in range(5)]
+    table = cli("--store", store, "list", "--limit", "1", "--name", "dev")
+    assert "aa-bb-cc-dd-ee-00" in table.out
+    assert "--cursor m1." in table.err
+    ota = json.loads(cli("--store", store, "list", "--json", "--ota", "true").out)
+    assert [c["mac_address"] for c in ota["configs"]] == ["aa-bb-cc-dd-ee-03", "aa-bb-cc-dd-ee-04"]
+    assert "next_cursor" not in ota
+    bad = cli("--store", store, "list", "--cursor", "aa-bb-cc-dd-ee-00")
+    assert bad.status == 2
+    assert "INVALID_QUERY" in bad.err

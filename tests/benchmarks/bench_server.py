@@ -8,8 +8,10 @@ loads. Baselines, measured interleaved with the subject so machine drift hits al
   configuration ``iot-config serve`` uses (`iot_config_server.serve.run_wsgi`).
 
 Then the real app: device GET (200 and 304), admin GET, PUT, list (200 and 10,000 configs),
-health; req/s, p50/p99 latency and errors, and the server's RSS after a list of 10,000 and
-100,000 configs. Numbers, not asserts: a human compares them with the targets printed beside them.
+health; req/s, p50/p99 latency and errors. Then fleets of 10,000 and 100,000 configs: the list
+warm (200, 304 on its ETag, a page of 100) beside the stat of every file measured in between, and
+the memory (RSS and PSS) of every server process after lists, device GETs and PUTs. Numbers, not
+asserts: a human compares them with the targets printed beside them.
 
 ``--compare-servers`` instead measures the candidate WSGI servers (waitress, gunicorn sync and
 gthread, cheroot, granian st/mt) on the bare route, plus robustness probes (SIGTERM with a request
@@ -47,7 +49,7 @@ import _harness
 HERE = Path(__file__).resolve().parent
 sys.path.insert(1, str(HERE.parent))  # tests/: the helpers shared with the tests
 import support  # noqa: E402
-from support import PYTHON, free_port, tool  # noqa: E402
+from support import PYTHON, REPO, free_port, tool  # noqa: E402
 
 WRK = tool("wrk")
 TOKEN = "bench-admin-token"
@@ -608,47 +610,20 @@ def bench(args: Any, workdir: Path) -> Table:
             )
         )
 
-    # Bigger fleets: a fresh server each, RSS after the first (cold) list.
-    for size, rss_target in ((mid_size, 60.0), (big_size, 150.0)):
+    # Bigger fleets: a fresh server each; memory after lists, device GETs and PUTs.
+    for size, list_target, memory_target in ((mid_size, 20.0, 80.0), (big_size, 250.0, 200.0)):
         fill_store(store, size)
         server = app_server(free_port(), store, workdir, threads)
         with running(server, "/api/health/live"):
-            idle_total, idle_worker = server.rss()
-            started = time.perf_counter()
-            status, body = http_get(server.port, "/api/configs", auth, timeout=300)
-            cold = time.perf_counter() - started
-            if status != 200:
-                raise RuntimeError(f"list of {size}: {status}")
-            count = json.loads(body)["count"]
-            total, worker = server.rss()
-            table.add(
-                Line(
-                    f"RSS after list of {count:,}",
-                    value=f"{worker:.0f} MiB",
-                    target=f"<= {rss_target:.0f} MiB (worker)",
-                    met=worker <= rss_target,
-                    note=f"all processes {total:.0f} MiB (idle: worker {idle_worker:.0f}, "
-                    f"all {idle_total:.0f}); cold list {cold * 1000:,.0f} ms, "
-                    f"{len(body) / 1e6:.1f} MB",
-                )
-            )
+            table.lines.extend(fleet_lines(server, store, size, list_target, memory_target, quick))
+            if size == big_size:
+                table.add(simulator_line(server.port, size - 1, quick))
             if size == mid_size:
-                warm = warm_latencies(server.port, "/api/configs", 10 if quick else 30, auth)
-                median = statistics.median(warm) * 1000
-                table.add(
-                    Line(
-                        f"list {count:,} warm single",
-                        value=f"{median:.1f} ms",
-                        target="<= 20 ms",
-                        met=median <= 20,
-                        note=f"median of {len(warm)} sequential; max {max(warm) * 1000:.1f} ms",
-                    )
-                )
-                table.add(scrape_line(server.port, store, count, 10 if quick else 30))
+                table.add(scrape_line(server.port, store, size, 10 if quick else 30))
                 loaded = run_wrk(server.port, "/api/configs", seconds, 4, workdir, headers=auth)
                 table.add(
                     Line(
-                        f"list {count:,} (c=4)",
+                        f"list {size:,} (c=4)",
                         loaded,
                         target="p99 <= 100 ms",
                         met=loaded.p99_ms <= 100 and loaded.errors == 0,
@@ -657,10 +632,147 @@ def bench(args: Any, workdir: Path) -> Table:
     return table
 
 
-def http_get_etag(port: int, path: str) -> str:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+def process_memory(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of one process in MiB; PSS splits the pages a worker shares with its parent."""
+    rss = rss_mb(pid)
+    pss = 0.0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1]) / 1024
+    return rss, pss
+
+
+def memory_note(server: Proc) -> tuple[float, float, str]:
+    """Total RSS and PSS of the server's processes, and each process's figures."""
+    sizes = [process_memory(pid) for pid in process_tree(server.proc.pid)]
+    each = ", ".join(f"{rss:.0f}/{pss:.0f}" for rss, pss in sizes)
+    return sum(r for r, _ in sizes), sum(p for _, p in sizes), each
+
+
+def list_timings(
+    port: int, path: str, count: int, headers: dict[str, str]
+) -> tuple[list[float], int, int]:
+    """Sequential GETs of ``path`` on one connection: seconds each, last status, body bytes."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    samples: list[float] = []
+    status = size = 0
     try:
-        conn.request("GET", path)
+        for _ in range(count):
+            started = time.perf_counter()
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+            samples.append(time.perf_counter() - started)
+            status, size = response.status, len(body)
+    finally:
+        conn.close()
+    return samples, status, size
+
+
+def exercise(port: int, store: Path, gets: int, puts: int) -> None:
+    """Device GETs of ``gets`` configs and ``puts`` admin PUTs: what a server's day is made of."""
+    names = sorted(name for name in os.listdir(store) if name.endswith(".json"))[:gets]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    try:
+        for name in names:
+            conn.request("GET", f"/esp32/config/{name}")
+            conn.getresponse().read()
+        for index, name in enumerate(names[:puts]):
+            body = json.dumps({"content": {**HOT_CONTENT, "counter": index}})
+            conn.request("PUT", f"/api/configs/{name[:-5]}", body=body, headers=auth)
+            conn.getresponse().read()
+    finally:
+        conn.close()
+
+
+def fleet_lines(
+    server: Proc, store: Path, size: int, list_target: float, memory_target: float, quick: bool
+) -> list[Line]:
+    """List 200/304/page of a fleet of ``size`` beside the stat floor; memory of every process."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    repeat = 5 if quick or size > 20_000 else 20
+    lines: list[Line] = []
+    idle_rss, idle_pss, _ = memory_note(server)
+    cold, status, length = list_timings(server.port, "/api/configs", 1, auth)
+    if status != 200:
+        raise RuntimeError(f"list of {size}: {status}")
+    exercise(server.port, store, 3000, 200)
+    etag = http_get_etag(server.port, "/api/configs", auth)
+    floors: list[float] = []
+    warm: list[float] = []
+    not_modified: list[float] = []
+    paged: list[float] = []
+    for _ in range(repeat):  # interleaved, so the floor sees the same machine as each answer
+        floors.append(stat_floor(store))
+        warm += list_timings(server.port, "/api/configs", 1, auth)[0]
+        headers = {**auth, "If-None-Match": f'"{etag}"'}
+        took, status, _ = list_timings(server.port, "/api/configs", 1, headers)
+        if status != 304:
+            raise RuntimeError(f"list with its ETag answered {status}")
+        not_modified += took
+        paged += list_timings(server.port, "/api/configs?limit=100", 1, auth)[0]
+    floor = statistics.median(floors) * 1000
+    for name, samples, target in (
+        (f"list {size:,} warm 200", warm, list_target),
+        (f"list {size:,} warm 304", not_modified, list_target),
+        (f"list {size:,} page of 100", paged, list_target),
+    ):
+        median = statistics.median(samples) * 1000
+        lines.append(
+            Line(
+                name,
+                value=f"{median:,.1f} ms",
+                ratio=f"{median / floor:.2f}x fl",
+                target=f"<= {list_target:,.0f} ms",
+                met=median <= target,
+                note=f"median of {len(samples)}; stat of every file (floor) {floor:,.1f} ms",
+            )
+        )
+    rss, pss, each = memory_note(server)
+    lines.append(
+        Line(
+            f"memory at {size:,}",
+            value=f"{rss:.0f} MiB",
+            target=f"<= {memory_target:.0f} MiB (all)",
+            met=rss <= memory_target,
+            note=f"RSS of every process after lists, 3,000 device GETs and 200 PUTs; PSS "
+            f"{pss:.0f} MiB; per process RSS/PSS {each}; idle {idle_rss:.0f}/{idle_pss:.0f}; "
+            f"cold list {cold[0] * 1000:,.0f} ms, {length / 1e6:.1f} MB",
+        )
+    )
+    for line in lines:
+        print(f"  {Table._row(line)}", flush=True)  # progress as it happens
+    return lines
+
+
+def simulator_line(port: int, devices: int, quick: bool) -> Line:
+    """``examples/fleet_simulator.py``: every config's device polls (a 200, then 304s) at once."""
+    polls = 2 if quick else 3
+    argv = [PYTHON, str(REPO / "examples" / "fleet_simulator.py"), "--url"]
+    argv += [f"http://127.0.0.1:{port}", "--devices", str(devices), "--first-mac"]
+    argv += ["cc-00-00-00-00-00", "--connections", "100", "--polls", str(polls)]
+    argv += ["--interval", "0", "--duration", "300", "--json"]
+    done = subprocess.run(
+        pinned(1, argv), capture_output=True, text=True, env=child_env(), check=False, timeout=400
+    )
+    report = json.loads(done.stdout)
+    rate = report["requests"] / report["seconds"]
+    return Line(
+        f"simulator {devices:,} devices",
+        value=f"{rate:,.0f} req/s",
+        met=None if report["error"] == 0 and report["other"] == 0 else False,
+        note=f"{polls} polls each on 100 connections, unpaced: p50 {report['p50_ms']:.1f} ms, "
+        f"p99 {report['p99_ms']:.1f} ms; 200: {report['200']:,}, 304: {report['304']:,}, "
+        f"errors {report['error']}, other {report['other']}",
+    )
+
+
+def http_get_etag(port: int, path: str, headers: dict[str, str] | None = None) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    try:
+        conn.request("GET", path, headers=headers or {})
         response = conn.getresponse()
         response.read()
         etag = response.getheader("ETag")
