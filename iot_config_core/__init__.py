@@ -30,8 +30,10 @@ from .errors import (
     StoreMissingError,
     StoreUnavailableError,
     UnsupportedStoreError,
+    VersionNotFoundError,
 )
 from .etags import EntityTag, ETagCondition
+from .history import Attribution, Version, attributed
 from .mac import MacAddress
 from .model import ConfigSummary, RawDocument, StoredConfig
 from .store import ConfigStore, Listing, local_store_root, open_store, register_backend
@@ -44,6 +46,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that was n
 
 __all__ = [
     "AlreadyExistsError",
+    "Attribution",
     "Backend",
     "ConfigError",
     "ConfigStore",
@@ -67,7 +70,10 @@ __all__ = [
     "StoredConfig",
     "StoredDocumentTooLargeError",
     "UnsupportedStoreError",
+    "Version",
+    "VersionNotFoundError",
     "__version__",
+    "attributed",
     "compute_etag",
     "decode_document",
     "encode_document",

@@ -26,6 +26,7 @@ __all__ = [
     "StoreUnavailableError",
     "StoredDocumentTooLargeError",
     "UnsupportedStoreError",
+    "VersionNotFoundError",
 ]
 
 
@@ -44,6 +45,7 @@ class ErrorCode(StrEnum):
     STORED_DOCUMENT_TOO_LARGE = "STORED_DOCUMENT_TOO_LARGE"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     UNSUPPORTED_STORE = "UNSUPPORTED_STORE"
+    VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
 
 
 class ConfigError(Exception):
@@ -162,3 +164,12 @@ class StoredDocumentTooLargeError(CorruptDocumentError):
     """
 
     code = ErrorCode.STORED_DOCUMENT_TOO_LARGE
+
+
+class VersionNotFoundError(NotFoundError):
+    """No version with this ETag in the device's history (``details``: ``mac_address``, ``etag``).
+
+    Also what rolling back or undeleting finds when there is nothing in the history to restore.
+    """
+
+    code = ErrorCode.VERSION_NOT_FOUND
