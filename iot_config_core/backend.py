@@ -5,8 +5,9 @@ an atomic *conditional* replace or remove, checked against a version token it ha
 Everything else (ETags, preconditions, validation, caching, listing) is built once on top, in
 `iot_config_core.store`. Beside the configs a backend keeps *hidden* objects (paths whose first
 component starts with a dot, e.g. ``.history/<mac>/<record>``): never scanned, never served, used
-by `iot_config_core.history` for per-device version records. Backends raise `OSError` (or their client's errors) for I/O failures and
-`VersionConflict` when the condition does not hold; the store turns both into typed errors.
+by `iot_config_core.history` for per-device version records. Backends raise `OSError` (or their
+client's errors) for I/O failures and `VersionConflict` when the condition does not hold; the
+store turns both into typed errors.
 """
 
 from __future__ import annotations

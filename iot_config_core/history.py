@@ -24,7 +24,7 @@ Decisions (docs/history.md says the same for admins):
 - **Bounded.** ``limit`` versions per device (default 20; 0 turns recording off). A writer prunes
   after its swap, from the listing it already made: chain versions past the limit and records older
   than the oldest kept one. A few records of slack (a quarter of the limit) let S3 prune in batches.
-  A delete is a version too (``deleted``), so a deleted config keeps its history and can be restored.
+  A delete is a version too (``deleted``): a deleted config keeps its history and can be restored.
 - **Who.** `attributed` sets the author, source (``api``, ``cli``, ``library``) and request id for
   the writes made inside it (a context variable: per thread and per task); outside it, a write is
   by the OS user through ``library``.
@@ -208,9 +208,7 @@ def _encode(meta: Mapping[str, Any], data: bytes) -> bytes:
 def _decode(raw: bytes) -> tuple[dict[str, Any], bytes]:
     head, _, data = raw.partition(b"\n")
     meta = json.loads(head)
-    if not isinstance(meta, dict):
-        raise ValueError("record metadata is not an object")
-    return meta, data
+    return (meta if isinstance(meta, dict) else {}), data
 
 
 def json_patch(old: Any, new: Any) -> list[dict[str, Any]]:
@@ -290,7 +288,7 @@ class History:
         """Remove the record of a write that did not happen (a lost race, a failed swap)."""
         try:
             self._backend.remove_hidden([self._path(pending.mac, pending.name.name)])
-        except Exception as exc:  # noqa: BLE001 - an orphan record is never shown; pruning ends it
+        except Exception as exc:  # an orphan record is never shown; pruning ends it
             log.warning("could not remove unused history record of %s: %s", pending.mac, exc)
 
     def commit(self, pending: PendingRecord) -> None:
@@ -310,7 +308,7 @@ class History:
             return
         try:
             self._backend.remove_hidden(sorted(set(doomed)))
-        except Exception as exc:  # noqa: BLE001 - the write is acknowledged; the next one prunes
+        except Exception as exc:  # the write is acknowledged; the next one prunes
             log.warning("could not prune the history of %s: %s", pending.mac, exc)
 
     # -- the read path --------------------------------------------------------------------------
@@ -321,7 +319,9 @@ class History:
             return []
         return [version for version, _ in self._walk(mac, current, with_data=False)]
 
-    def find(self, mac: MacAddress, etag: str, current: Blob | None) -> tuple[Version, bytes] | None:
+    def find(
+        self, mac: MacAddress, etag: str, current: Blob | None
+    ) -> tuple[Version, bytes] | None:
         """The version ``etag`` of ``mac`` in its history and its bytes, or ``None``."""
         if not self.enabled:
             return None

@@ -263,7 +263,7 @@ class PosixBackend(Backend):
         return os.path.join(self.root, *directory.split("/"))
 
     def _make_dirs(self, path: str) -> None:
-        """Create ``path`` and missing parents under the root, syncing each new directory's entry."""
+        """Create ``path`` and missing parents under the root, each new entry synced."""
         if os.path.isdir(path):
             return
         parent = os.path.dirname(path)

@@ -371,8 +371,11 @@ class S3Backend(Backend):
     # -- hidden objects -------------------------------------------------------------------------
 
     def put_hidden(self, path: str, data: bytes) -> None:
+        self._run(self._put_hidden, path, bytes(data))
+
+    async def _put_hidden(self, path: str, data: bytes) -> None:
         # An S3 PUT is durable once answered; the name is fresh, so no condition is needed.
-        self._run(self._call, "put_object", Key=self._key(path), Body=bytes(data))
+        await self._call("put_object", Key=self._key(path), Body=data)
 
     def list_hidden(self, directory: str) -> list[str]:
         return self._run(self._list_hidden, directory)

@@ -14,6 +14,7 @@ backend primitives of `iot_config_core.backend`:
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -615,10 +616,10 @@ class ConfigStore:
                 return current.entry
             try:
                 entry = self._swap(mac, data, current, "put")
-                assert entry is not None
-                return entry
             except VersionConflict:
                 continue  # another writer got in between: check again against its version
+            assert entry is not None
+            return entry
         raise self._contended(mac, "put")
 
     def _put_in_one_request(
@@ -765,7 +766,6 @@ class ConfigStore:
         with self._guard("create root"):
             self._backend.create_root()
 
-
     # -- history --------------------------------------------------------------------------------
 
     @property
@@ -780,7 +780,7 @@ class ConfigStore:
                 raise self._missing_store()
         return current
 
-    def history(self, mac: MacLike) -> list[Version]:
+    def history(self, mac: MacLike) -> builtins.list[Version]:
         """The versions of ``mac``, newest first; `NotFoundError` when there is none and no config.
 
         A deleted config keeps its history (its newest version is the deletion). The current
@@ -837,7 +837,7 @@ class ConfigStore:
         old = self.version(mac, restorable.etag)
         return self.put(mac, old.content, create_only=True)
 
-    def diff(self, mac: MacLike, old: str, new: str | None = None) -> list[dict[str, Any]]:
+    def diff(self, mac: MacLike, old: str, new: str | None = None) -> builtins.list[dict[str, Any]]:
         """The RFC 6902 JSON Patch from version ``old`` to ``new`` (default: the current config)."""
         mac = _mac(mac)
         before = self.version(mac, old).content

@@ -140,6 +140,9 @@ ERROR_TABLE: Mapping[Code, ErrorRule] = {
         cause="the config store cannot do this safely ({message})",
     ),
     ErrorCode.CONFIG_ERROR: ErrorRule(500, "INTERNAL_ERROR"),
+    ErrorCode.VERSION_NOT_FOUND: ErrorRule(
+        404, "VERSION_NOT_FOUND", cause="{message}; GET .../history lists the versions kept"
+    ),
     # HTTP-layer errors
     ApiErrorCode.BAD_REQUEST: ErrorRule(400, "BAD_REQUEST", ExitStatus.USAGE),
     ApiErrorCode.INVALID_BODY: ErrorRule(400, "INVALID_BODY"),

@@ -42,6 +42,7 @@ TAGS = {
     "devices": "What device firmware polls: exact stored bytes with ETag revalidation. Open.",
     "operations": "Health checks and Prometheus metrics. Open.",
     "documentation": "This document and the interactive docs. Open.",
+    "history": "Each config's versions: who changed what, diffs, rollback (admin, as configs).",
 }
 #: The documented name of the MAC path parameter.
 MAC_NAME = DOCUMENTED_NAMES["mac"]

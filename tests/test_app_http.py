@@ -255,6 +255,10 @@ def test_admin_routes_match_the_table() -> None:
             ("GET", MAC_RULE),
             ("PUT", MAC_RULE),
             ("DELETE", MAC_RULE),
+            ("GET", "/api/configs/<mac>/history"),
+            ("GET", "/api/configs/<mac>/history/<etag>"),
+            ("GET", "/api/configs/<mac>/diff"),
+            ("POST", "/api/configs/<mac>/rollback"),
         ]
     )
 

@@ -658,7 +658,6 @@ class StoreContract(abc.ABC):
         assert store.get(MAC_C).content == {"count": k * m}
         assert json.loads(store.get_raw(MAC_C).data) == {"count": k * m}
 
-
     # -- history ----------------------------------------------------------------------------------
 
     def test_history_records_each_write_newest_first(self, store: ConfigStore) -> None:
