@@ -60,6 +60,7 @@ __all__ = [
     "attributed",
     "current_attribution",
     "json_patch",
+    "os_user",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ _ATTRIBUTION: contextvars.ContextVar[Attribution | None] = contextvars.ContextVa
 )
 
 
-def _os_user() -> str | None:
+def os_user() -> str | None:
+    """Who runs this process (the author of CLI and library changes), if the OS can tell."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (some containers)
@@ -94,7 +96,7 @@ def _os_user() -> str | None:
 
 def current_attribution() -> Attribution:
     """The attribution `attributed` set, else the OS user through the library."""
-    return _ATTRIBUTION.get() or Attribution(_os_user(), "library")
+    return _ATTRIBUTION.get() or Attribution(os_user(), "library")
 
 
 @contextlib.contextmanager

@@ -39,9 +39,11 @@ from iot_config_core import (
     encode_document,
     open_store,
 )
+from iot_config_core.history import attributed, os_user
 from iot_config_core.legacy import Checked, FileReport, LegacyDirectory, Outcome, read_document
 from iot_config_core.posix_backend import sync_directory, write_file_atomically
 from iot_config_core.wire import summary_to_wire
+from iot_config_server.history_api import history_to_wire  # no Bottle either
 from iot_config_server.http_errors import ExitStatus, exit_status_for  # no Bottle either
 from iot_config_server.settings import Settings, SettingsError  # plain attrs: no Bottle
 
@@ -167,7 +169,12 @@ class _Context:
                 f"{PROG}: note: {self.store_url} is in this process only: nothing is kept "
                 "after the command ends"
             )
-        return open_store(self.store_url, create=create, limits=self.limits)
+        return open_store(
+            self.store_url,
+            create=create,
+            limits=self.limits,
+            history_limit=self.settings.history_limit,
+        )
 
 
 # -- output helpers -------------------------------------------------------------------------------
@@ -347,6 +354,62 @@ def cmd_delete(ctx: _Context, args: argparse.Namespace) -> int:
     mac: MacAddress = args.mac
     ctx.open().delete(mac, if_match=args.if_match)
     _err(f"deleted {mac}")
+    return EXIT_OK
+
+
+def cmd_history(ctx: _Context, args: argparse.Namespace) -> int:
+    """Print the versions of one config, newest first: who changed what, when, through what."""
+    mac: MacAddress = args.mac
+    store = ctx.open()
+    versions = store.history(mac)
+    if args.json:
+        _out(json.dumps(history_to_wire(mac, versions, store.history_limit), indent=2))
+        return EXIT_OK
+    header = ("ETAG", "SAVED (UTC)", "SIZE", "AUTHOR", "SOURCE", "REQUEST ID")
+    rows = [
+        (
+            v.etag or "(deleted)",
+            _timestamp(v.saved_at),
+            str(v.size),
+            _cell(v.author, 24),
+            v.source,
+            _cell(v.request_id, 24),
+        )
+        for v in versions
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_show(ctx: _Context, args: argparse.Namespace) -> int:
+    """Print one version of a config from its history."""
+    version = ctx.open().version(args.mac, args.etag)
+    _out(json.dumps(version.content, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_diff(ctx: _Context, args: argparse.Namespace) -> int:
+    """Print the RFC 6902 JSON Patch from one version to another (default: the current one)."""
+    patch = ctx.open().diff(args.mac, args.old, args.new)
+    _out(json.dumps(patch, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_rollback(ctx: _Context, args: argparse.Namespace) -> int:
+    """Write an earlier version again as the current one; print the ETag now stored."""
+    stored = ctx.open().rollback(args.mac, args.etag, if_match=args.if_match)
+    _out(stored.etag)
+    _err(f"{stored.mac_address} is at version {args.etag} again")
+    return EXIT_OK
+
+
+def cmd_undelete(ctx: _Context, args: argparse.Namespace) -> int:
+    """Restore the newest version a deleted config had; print its ETag."""
+    stored = ctx.open().undelete(args.mac)
+    _out(stored.etag)
+    _err(f"restored {stored.mac_address}")
     return EXIT_OK
 
 
@@ -715,7 +778,55 @@ def build_parser() -> argparse.ArgumentParser:
         help="a JSON document file (- for standard input), or a directory of <mac>.json files",
     )
     sub.add_argument("-v", "--verbose", action="store_true", help="also list valid files")
+    _history_commands(add)
     return parser
+
+
+def _history_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The subcommands over a config's version history (docs/history.md)."""
+    sub = add(
+        "history",
+        cmd_history,
+        "list the versions of one config",
+        "List the versions of MAC's config, newest first, with who saved each, when, and "
+        "through what (api, cli, library, or external: changed outside the store). A deleted "
+        "config keeps its history.",
+    )
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
+    sub.add_argument("--json", action="store_true", help="the REST API's JSON shape")
+    sub = add("show", cmd_show, "print one version", "Print version ETAG of MAC's config.")
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
+    sub.add_argument("etag", metavar="ETAG", help="a version's ETag, from `history`")
+    sub = add(
+        "diff",
+        cmd_diff,
+        "what changed between two versions",
+        "Print the RFC 6902 JSON Patch that turns version OLD of MAC's config into NEW "
+        "(default: the current config).",
+    )
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
+    sub.add_argument("old", metavar="OLD", help="a version's ETag, from `history`")
+    sub.add_argument("new", metavar="NEW", nargs="?", help="another version (default: current)")
+    sub = add(
+        "rollback",
+        cmd_rollback,
+        "write an earlier version again",
+        "Write version ETAG of MAC's config again, as a new version (the old one stays in the "
+        "history); print the ETag now stored. Also restores a deleted config.",
+    )
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
+    sub.add_argument("etag", metavar="ETAG", help="the version to restore, from `history`")
+    sub.add_argument(
+        "--if-match", metavar="ETAG", help="only if the current version is ETAG (no lost edit)"
+    )
+    sub = add(
+        "undelete",
+        cmd_undelete,
+        "restore a deleted config",
+        "Restore the newest version MAC's config had before it was deleted; refused if a "
+        "config exists.",
+    )
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
 
 
 # -- entry point ----------------------------------------------------------------------------------
@@ -793,7 +904,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         ctx = _context(args, env)
         if args.command == "serve":
             return handler(ctx, args)
-        with _library_logging(args.debug):
+        with _library_logging(args.debug), attributed(os_user(), "cli"):
             return handler(ctx, args)
     except (UsageError, ConfigError) as exc:
         failure, status, message = exc, _exit_status(exc), _describe(exc)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import attrs
 
 from iot_config_core import ConfigStore, DocumentLimits, open_store
+from iot_config_core.history import DEFAULT_HISTORY_LIMIT
 
 __all__ = ["DEFAULT_STORE_URL", "ENV_PREFIX", "LEGACY_VARIABLES", "Settings", "SettingsError"]
 
@@ -50,6 +51,11 @@ def _positive(name: str) -> Callable[[Any, attrs.Attribute[int], int], None]:
             raise SettingsError(name, f"must be at least 1, not {value}")
 
     return check
+
+
+def _not_negative(_: Any, __: attrs.Attribute[int], value: int) -> None:
+    if value < 0:
+        raise SettingsError("history_limit", f"must be 0 (history off) or more, not {value}")
 
 
 def _positive_seconds(name: str) -> Callable[[Any, attrs.Attribute[float], float], None]:
@@ -141,6 +147,8 @@ class Settings:
     )
     log_level: str = attrs.field(default="INFO", converter=_upper, validator=_check_log_level)
     log_format: str = attrs.field(default="text", converter=_lower, validator=_check_log_format)
+    #: Versions kept per device in the store's history (0: none recorded).
+    history_limit: int = attrs.field(default=DEFAULT_HISTORY_LIMIT, validator=_not_negative)
 
     def __attrs_post_init__(self) -> None:
         if self.store_url.startswith("memory://") and self.workers > 1:
@@ -175,7 +183,10 @@ class Settings:
         like `iot_config_core.open_store`.
         """
         return open_store(
-            self.store_url, create=create or self.creates_store, limits=self.document_limits
+            self.store_url,
+            create=create or self.creates_store,
+            limits=self.document_limits,
+            history_limit=self.history_limit,
         )
 
     @property
@@ -226,6 +237,7 @@ class Settings:
             "admin_tokens": ("ADMIN_TOKENS", _list),
             "log_level": ("LOG_LEVEL", _text),
             "log_format": ("LOG_FORMAT", _text),
+            "history_limit": ("HISTORY_LIMIT", _integer),
         }
         for field, (name, parse) in fields.items():
             value = raw(name)
