@@ -14,10 +14,12 @@ Decisions (docs/history.md says the same for admins):
 - **Crash-safe, exactly once.** A writer records the version durably *before* its conditional swap
   and removes the record again when the swap loses a race. Compare-and-swap makes the acknowledged
   writes a chain: each replaced exactly the version its record names as ``previous``. So history is
-  the chain walked back from the current version through ``previous`` links; a record off the
-  chain (a writer killed between record and swap) was never acknowledged and is not shown. After
-  a SIGKILL at any point, the current config is the head of its history, or (if it was changed
-  outside the store) shown as an ``external`` version.
+  the chain walked back from the newest record of the current version through ``previous`` links;
+  a record off the chain (a lost race not yet cleaned up, a writer killed between record and swap)
+  was never acknowledged and is not shown. After a SIGKILL at any point, the current config is the
+  head of its history, or (if it was changed outside the store) shown as an ``external`` version.
+  One case cannot be told apart: a hand edit that restores the exact bytes of a recorded version
+  makes that record the head again, and the versions recorded after it drop out of the history.
 - **Changes made outside the store** (a hand edit, a file copied in) have no record: the current
   version is then shown as source ``external``, and the next write through the store records it
   before replacing it, so the chain continues through it.
@@ -172,27 +174,28 @@ def _chain(names: Sequence[_Name], current: str | None) -> tuple[list[_Name], bo
     """The acknowledged records, newest first, and whether the current version has no record.
 
     ``names`` sorted oldest first. The head is the newest record of the current version (a delete
-    record when the config is absent); newer records that name the current version as their
-    ``previous`` are attempts that never swapped (a writer killed between record and swap) and
-    are passed over. A newer record that does not is a version the current one replaced outside
-    the store: the current version is then external, and the walk starts from that record.
-    From the head, each step goes to the newest older record of the ``previous`` version.
+    record when the config is absent); from it, each step goes to the newest older record of the
+    ``previous`` version. Records off that chain were never acknowledged: a writer lost its race
+    (and is removing its record) or was killed between record and swap.
+
+    Without a record of the current version, it was changed outside the store, and the walk
+    starts from the newest record that does not name the current version as its ``previous``
+    (those are attempts on top of it that never swapped). An absent config without a delete
+    record was deleted outside the store only if some record other than a create attempt exists.
     """
-    head = start = None
-    for index in range(len(names) - 1, -1, -1):
-        if names[index].etag == current:
-            head = index
-            break
-        if names[index].previous != current:
-            start = index
-            break
-    external = head is None and (current is not None or start is not None)
+    head = _newest(names, len(names), current)
+    external = False
+    if head is None:
+        for index in range(len(names) - 1, -1, -1):
+            if names[index].previous != current:
+                head = index
+                break
+        external = current is not None or head is not None
     chain: list[_Name] = []
-    at = head if head is not None else start
-    while at is not None:
-        record = names[at]
+    while head is not None:
+        record = names[head]
         chain.append(record)
-        at = _newest(names, at, record.previous)
+        head = _newest(names, head, record.previous)
     return chain, external
 
 

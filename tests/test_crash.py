@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import iot_config_core
-from iot_config_core import MacAddress, open_store
+from iot_config_core import MacAddress, NotFoundError, open_store
 from iot_config_core.posix_backend import STALE_TEMP_SECONDS, TEMP_SUFFIX
 
 MAC = MacAddress.parse("aa:bb:cc:00:00:01")
@@ -141,3 +141,71 @@ def test_writes_leave_no_temp_files(tmp_path: Path) -> None:
         store.put(MAC, {"i": i})
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(TEMP_SUFFIX)]
     assert leftovers == []
+
+
+# The same writer, printing the ETag of every write once `put` returned (acknowledged), with a
+# history long enough to keep every version of the test.
+RECORDING_WRITER = """
+import sys
+from iot_config_core import open_store
+store = open_store(sys.argv[1], history_limit=100_000)
+i = int(sys.argv[2])
+print("ready", flush=True)
+while True:
+    stored = store.put(sys.argv[3], {"version": i, "pad": "x" * ((i * 7919) % 60000)})
+    print(stored.etag, flush=True)
+    i += 1
+"""
+
+
+def run_recording_and_kill(root: Path, start: int, delay: float) -> list[str]:
+    """The ETags the writer acknowledged before it was killed, in order."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", RECORDING_WRITER, str(root), str(start), str(MAC)],
+        stdout=subprocess.PIPE,
+        env=child_env(),
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n", "writer did not start"
+        time.sleep(delay)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        out, _ = child.communicate(timeout=10)
+    assert child.returncode == -signal.SIGKILL
+    # A line cut by the kill (no newline) was not an acknowledgement anyone could rely on.
+    return [line.decode() for line in out.split(b"\n")[:-1]]
+
+
+@pytest.mark.slow
+def test_sigkilled_writer_history_has_every_acknowledged_write_once(tmp_path: Path) -> None:
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    store = open_store(str(tmp_path), history_limit=100_000)
+    deadline = time.monotonic() + TIME_BUDGET_SECONDS
+    acknowledged: list[str] = []
+    rounds = 0
+    while rounds < ROUNDS and time.monotonic() < deadline:
+        acknowledged += run_recording_and_kill(tmp_path, rounds * 1_000_000, rng.uniform(0, 0.06))
+        rounds += 1
+        if not store.exists(MAC):  # killed before its first write: nothing to show yet
+            assert not acknowledged, seed
+            with pytest.raises(NotFoundError):
+                store.history(MAC)
+            continue
+        current = store.get(MAC)
+        history = store.history(MAC)
+        # The current config is the head of its history, recorded by the writer, never
+        # "external": the record was durable before the swap.
+        assert (history[0].etag, history[0].source) == (current.etag, "library"), seed
+        recorded = [v.etag for v in reversed(history)]
+        assert len(set(recorded)) == len(recorded), seed  # each version once
+        it = iter(recorded)
+        assert all(etag in it for etag in acknowledged), seed  # every acknowledged one, in order
+        # At most the one write per round that finished but was killed before it said so.
+        assert len(recorded) - len(acknowledged) <= rounds, seed
+    assert rounds >= 10, f"only {rounds} rounds in the time budget"
+    assert acknowledged, "no write was acknowledged"
+    for version in [*store.history(MAC)[:3], *rng.sample(store.history(MAC), 5)]:
+        assert version.etag is not None
+        assert is_written_version(store.version(MAC, version.etag).content), seed

@@ -7,7 +7,8 @@ separate mounts (one per replica). Clients hammer both with GET + conditional PU
 
 - no lost update: every 200 to a ``PUT If-Match`` is exactly one step of the document's history;
 - each replica's list and device endpoint show the other's writes on the very next request;
-- ``/metrics`` config counts of the two replicas agree after a list.
+- ``/metrics`` config counts of the two replicas agree after a list;
+- the version history both replicas show holds every acknowledged write exactly once, in order.
 
 The replicas run ``python -m iot_config_server.cli serve`` (the production entry point). Until
 that runner exists they run the same app (`create_app`) under waitress, and say so in the log.
@@ -44,6 +45,8 @@ OTHER = "02-00-00-00-aa-02"
 CLIENTS = 4
 APPENDS_PER_CLIENT = 15
 TIME_BUDGET_SECONDS = 60.0
+# Enough versions per device for every write of the race to stay in the history.
+HISTORY_LIMIT = CLIENTS * APPENDS_PER_CLIENT + 10
 
 # The same app as the production runner, for as long as `iot_config_server.serve` is missing.
 FALLBACK = """
@@ -62,7 +65,12 @@ Answer = tuple[int, dict[str, str], bytes]
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
     package_parent = str(Path(iot_config_core.__file__).resolve().parent.parent)
-    env = {**os.environ, "IOT_CONFIG_LOG_LEVEL": "WARNING", **extra}
+    env = {
+        **os.environ,
+        "IOT_CONFIG_LOG_LEVEL": "WARNING",
+        "IOT_CONFIG_HISTORY_LIMIT": str(HISTORY_LIMIT),
+        **extra,
+    }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     return env
 
@@ -115,6 +123,12 @@ class Replica:
         status, headers, data = self.request("GET", f"/api/configs/{mac}")
         assert status == 200, (status, data[:300])
         return json.loads(data)["content"], headers["etag"]
+
+    def versions(self, mac: str) -> list[dict[str, Any]]:
+        status, _, data = self.request("GET", f"/api/configs/{mac}/history")
+        assert status == 200, (status, data[:300])
+        versions: list[dict[str, Any]] = json.loads(data)["versions"]
+        return versions
 
     def listed(self) -> dict[str, str | None]:
         """MAC -> device name of every config the replica lists."""
@@ -235,6 +249,19 @@ def test_conditional_puts_through_two_replicas_lose_no_update(
         for client in range(CLIENTS):  # and each client's appends are in its order
             mine = [t for t in history if t.startswith(f"c{client}-")]
             assert mine == [f"c{client}-{n}" for n in range(APPENDS_PER_CLIENT)]
+    # The version history: every acknowledged write once, in order, the same on both replicas.
+    versions = one.versions(MAC)
+    assert versions == two.versions(MAC)
+    assert versions[0]["etag"] == one.get(MAC)[1].strip('"')
+    assert len(versions) == len(acked) + 1  # and the first, empty version
+    assert len({v["etag"] for v in versions}) == len(versions)
+    assert {v["source"] for v in versions} == {"api"}
+    assert len({v["request_id"] for v in versions}) == len(versions)
+    final = one.get(MAC)[0]["history"]
+    for age, version in enumerate(versions):  # newest first: each is the final one, shorter
+        status, _, data = two.request("GET", f"/api/configs/{MAC}/history/{version['etag']}")
+        assert status == 200, data[:300]
+        assert json.loads(data)["content"]["history"] == final[: len(final) - age]
 
 
 def test_each_replica_sees_the_others_writes_on_the_next_request(
@@ -279,3 +306,9 @@ def test_each_replica_sees_the_others_writes_on_the_next_request(
     assert two.listed() == {}
     assert one.listed() == {}
     assert one.config_count() == two.config_count() == 0
+    versions = two.versions(OTHER)
+    assert [(v["etag"], v["deleted"]) for v in versions] == [
+        (None, True),
+        (updated.strip('"'), False),
+        (created.strip('"'), False),
+    ]

@@ -773,6 +773,16 @@ class StoreContract(abc.ABC):
         assert [v.etag for v in store.history(MAC_A)] == [first.etag]
         second = store.put(MAC_A, {"v": 2})
         assert [v.etag for v in store.history(MAC_A)] == [second.etag, first.etag]
+        # A writer that read the first version lost its race to the second and has not removed
+        # its record yet: the newest record is then one of a version that never was current.
+        store._history.begin(MAC_A, encode_document({"v": "late"}), current)  # noqa: SLF001
+        history = store.history(MAC_A)
+        assert [(v.etag, v.source) for v in history] == [
+            (second.etag, "library"),
+            (first.etag, "library"),
+        ]
+        third = store.put(MAC_A, {"v": 3})
+        assert [v.etag for v in store.history(MAC_A)] == [third.etag, second.etag, first.etag]
         with pytest.raises(VersionNotFoundError):
             store.version(MAC_A, etag_of({"v": "lost"}))
         store._history.begin(MAC_B, encode_document({"v": "lost"}), None)  # noqa: SLF001
