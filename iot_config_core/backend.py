@@ -153,8 +153,9 @@ class Backend(abc.ABC):
     def put_hidden(self, path: str, data: bytes) -> None:
         """Durably store ``data`` at the hidden ``path`` (``.dir/…/name``, a name never reused).
 
-        Returns only once the bytes would survive a crash: the history records a version here
-        *before* the config is swapped, and relies on that order.
+        The history records a version here *before* the config is swapped and relies on that
+        order: once this returns, the record must survive any crash that the next durable
+        `replace` survives.
         """
 
     @abc.abstractmethod

@@ -276,10 +276,27 @@ class PosixBackend(Backend):
             sync_directory(parent)
 
     def put_hidden(self, path: str, data: bytes) -> None:
+        # Written in place under its fresh name and fsynced, with no rename and no directory
+        # fsync: a record counts only once the config swap after it happened, and that swap's
+        # own fsyncs commit the (earlier) directory entry of the record on a journaling
+        # filesystem (ext4, XFS, CephFS's MDS journal). A record torn by a crash mid-write was
+        # never followed by its swap, so it is off the history's chain and never read.
         directory, _, name = path.rpartition("/")
         where = self._hidden_dir(directory)
         self._make_dirs(where)
-        write_file_atomically(where, name, data)
+        target = os.path.join(where, name)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+            raise
+        os.close(fd)
 
     def list_hidden(self, directory: str) -> list[str]:
         try:

@@ -171,20 +171,22 @@ class S3Backend(Backend):
 
     async def _scan(self) -> list[tuple[str, Hashable]]:
         entries: list[tuple[str, Hashable]] = []
-        kwargs: dict[str, Any] = {
-            "Prefix": self.prefix,
-            "Delimiter": "/",
-            "MaxKeys": self._page_size,
-        }
+        for item in await self._list(self.prefix):
+            name = item["Key"][len(self.prefix) :]
+            if name and not name.startswith("."):
+                entries.append((name, _unquote(item["ETag"])))  # the token `_entry` makes
+        return entries
+
+    async def _list(self, prefix: str) -> list[dict[str, Any]]:
+        """Every object directly under ``prefix`` (one LIST request per page, no cache)."""
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/", "MaxKeys": self._page_size}
         while True:
             page = await self._call("list_objects_v2", **kwargs)
-            for item in page.get("Contents", []):
-                name = item["Key"][len(self.prefix) :]
-                if name and not name.startswith("."):
-                    entries.append((name, _unquote(item["ETag"])))  # the token `_entry` makes
+            items.extend(page.get("Contents", []))
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
-                return entries
+                return items
             kwargs["ContinuationToken"] = token
 
     def stat(self, name: str) -> Entry | None:
@@ -382,15 +384,7 @@ class S3Backend(Backend):
 
     async def _list_hidden(self, directory: str) -> list[str]:
         prefix = self._key(directory) + "/"
-        names: list[str] = []
-        kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/", "MaxKeys": self._page_size}
-        while True:
-            page = await self._call("list_objects_v2", **kwargs)
-            names.extend(item["Key"][len(prefix) :] for item in page.get("Contents", []))
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
-                return names
-            kwargs["ContinuationToken"] = token
+        return [item["Key"][len(prefix) :] for item in await self._list(prefix)]
 
     def read_hidden(self, path: str) -> bytes | None:
         return self._run(self._read_hidden, path)

@@ -320,14 +320,19 @@ def cmd_list(ctx: _Context, args: argparse.Namespace) -> int:
         )
         for s in summaries
     ]
+    _table(header, rows, numeric=4)
+    return EXIT_OK
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], numeric: int) -> None:
+    """Aligned columns under ``header``; the ``numeric`` column is right-aligned."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         cells = [
-            cell.rjust(w) if i == 4 else cell.ljust(w)
+            cell.rjust(w) if i == numeric else cell.ljust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ]
         _out("  ".join(cells).rstrip())
-    return EXIT_OK
 
 
 def cmd_get(ctx: _Context, args: argparse.Namespace) -> int:
@@ -377,9 +382,7 @@ def cmd_history(ctx: _Context, args: argparse.Namespace) -> int:
         )
         for v in versions
     ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    _table(header, rows, numeric=2)
     return EXIT_OK
 
 

@@ -323,7 +323,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                 media_type="application/json-patch+json",
             ),
         ),
-        errors=(*_MAC_ERRORS, ErrorCode.VERSION_NOT_FOUND, ApiErrorCode.BAD_REQUEST),
+        errors=(
+            *_MAC_ERRORS,
+            ErrorCode.VERSION_NOT_FOUND,
+            *_STORED_ERRORS,
+            ApiErrorCode.BAD_REQUEST,
+        ),
         action="diff versions",
         admin=True,
         description="Query: `from` (an ETag from the history, required) and `to` (default: the "
@@ -339,6 +344,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         errors=(
             *_MAC_ERRORS,
             ErrorCode.VERSION_NOT_FOUND,
+            *_STORED_ERRORS,
             ApiErrorCode.INVALID_BODY,
             ApiErrorCode.INVALID_HEADER,
             ErrorCode.INVALID_DOCUMENT,

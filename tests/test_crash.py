@@ -57,9 +57,13 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_and_kill(root: Path, start: int, delay: float) -> None:
+def run_and_kill(root: Path, start: int, delay: float, writer: str = WRITER) -> list[str]:
+    """Start ``writer``, kill it ``delay`` seconds after it is ready; the lines it printed since.
+
+    A line cut by the kill (no newline) is dropped: nobody could have relied on it.
+    """
     child = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(root), str(start), str(MAC)],
+        [sys.executable, "-c", writer, str(root), str(start), str(MAC)],
         stdout=subprocess.PIPE,
         env=child_env(),
     )
@@ -69,10 +73,9 @@ def run_and_kill(root: Path, start: int, delay: float) -> None:
         time.sleep(delay)
     finally:
         child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-        if child.stdout is not None:
-            child.stdout.close()
+        out, _ = child.communicate(timeout=10)
     assert child.returncode == -signal.SIGKILL
+    return [line.decode() for line in out.split(b"\n")[:-1]]
 
 
 @pytest.mark.slow
@@ -158,25 +161,6 @@ while True:
 """
 
 
-def run_recording_and_kill(root: Path, start: int, delay: float) -> list[str]:
-    """The ETags the writer acknowledged before it was killed, in order."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", RECORDING_WRITER, str(root), str(start), str(MAC)],
-        stdout=subprocess.PIPE,
-        env=child_env(),
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline() == b"ready\n", "writer did not start"
-        time.sleep(delay)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        out, _ = child.communicate(timeout=10)
-    assert child.returncode == -signal.SIGKILL
-    # A line cut by the kill (no newline) was not an acknowledgement anyone could rely on.
-    return [line.decode() for line in out.split(b"\n")[:-1]]
-
-
 @pytest.mark.slow
 def test_sigkilled_writer_history_has_every_acknowledged_write_once(tmp_path: Path) -> None:
     seed = random.randrange(1 << 32)
@@ -186,7 +170,8 @@ def test_sigkilled_writer_history_has_every_acknowledged_write_once(tmp_path: Pa
     acknowledged: list[str] = []
     rounds = 0
     while rounds < ROUNDS and time.monotonic() < deadline:
-        acknowledged += run_recording_and_kill(tmp_path, rounds * 1_000_000, rng.uniform(0, 0.06))
+        delay = rng.uniform(0.0, 0.06)
+        acknowledged += run_and_kill(tmp_path, rounds * 1_000_000, delay, RECORDING_WRITER)
         rounds += 1
         if not store.exists(MAC):  # killed before its first write: nothing to show yet
             assert not acknowledged, seed
