@@ -138,3 +138,21 @@ def test_history_is_never_served_or_listed(app: webtest.TestApp, store: ConfigSt
     assert [c["mac_address"] for c in listed["configs"]] == [MAC]
     app.get("/api/configs/.history.json", status=400)
     app.get("/esp32/config/.history.json", status=400)
+
+
+def test_a_token_with_a_colon_from_before_names_still_works(store: ConfigStore) -> None:
+    # "legacy:abc" was a valid unnamed token before names existed: the whole entry still
+    # authenticates (unnamed), and so does its token part (named "legacy").
+    app = webtest.TestApp(create_app(store, Settings(admin_tokens=("legacy:abc",))))
+    put(app, {"v": 1}, "legacy:abc")
+    put(app, {"v": 2}, "abc")
+    versions = app.get(f"/api/configs/{MAC}/history", headers=auth("abc")).json["versions"]
+    assert [v["author"] for v in versions] == ["legacy", None]
+    app.get(f"/api/configs/{MAC}/history", headers=auth("legacy"), status=401)
+
+
+def test_without_tokens_the_api_records_no_author(store: ConfigStore) -> None:
+    app = webtest.TestApp(create_app(store, Settings()))
+    app.put_json(f"/api/configs/{MAC}", {"content": {"v": 1}})
+    (version,) = app.get(f"/api/configs/{MAC}/history").json["versions"]
+    assert (version["author"], version["source"]) == (None, "api")
