@@ -316,6 +316,8 @@ def run_history(backend: Backend, macs: list[MacAddress], sizes: dict[str, int])
         f"{name} list cold, all with history", after["list cold"], baseline=before["list cold"]
     )
     if backend.disk_root is not None:
+        label, present, aside = interleaved_lists(backend, sizes)
+        report.add(label, present, baseline=aside)
         records = [p for p in (backend.disk_root / ".history").rglob("*") if p.is_file()]
         logical = sum(p.stat().st_size for p in records) / len(records)
         allocated = sum(p.stat().st_blocks * 512 for p in records) / len(records)
@@ -324,6 +326,31 @@ def run_history(backend: Backend, macs: list[MacAddress], sizes: dict[str, int])
         report.add_value(f"{name} bytes allocated per version", allocated, "B")
         report.add_value(f"{name} bytes per document", document, "B")
     return report
+
+
+def interleaved_lists(backend: Backend, sizes: dict[str, int]) -> tuple[str, Timing, Timing]:
+    """A cold listing with ``.history`` present and moved aside, alternated (POSIX only).
+
+    Before/after timings drift with the machine's load; renaming the directory away and back
+    between rounds compares the same fleet in the same minutes.
+    """
+    assert backend.disk_root is not None
+    history, aside = backend.disk_root / ".history", backend.disk_root.parent / "history-aside"
+
+    def listed(present: bool) -> Callable[[], None]:
+        def run() -> None:
+            if history.exists() != present:
+                (aside if present else history).rename(history if present else aside)
+            backend.reopen().list()
+
+        return run
+
+    cold = measure(
+        {"with": listed(present=True), "without": listed(present=False)},
+        repeat=max(sizes["list_rounds"], 5),
+    )
+    listed(present=True)()
+    return f"{backend.name} list cold, history present", cold["with"], cold["without"]
 
 
 OPS = [
