@@ -24,6 +24,7 @@ CEPH_SCRIPTS = Path(__file__).resolve().parent / "tests" / "ceph"
 def tests(session: nox.Session) -> None:
     """The test suite with branch coverage; the core must stay at or above 90 %."""
     session.install("-e", ".[server,test,s3-test]")
+    _ensure_mosquitto(session)
     session.run("coverage", "erase")
     # Subprocesses (servers, CLI runs) are measured through coverage's `patch = subprocess`.
     session.run("pytest", "--cov", "--cov-report=", *session.posargs)
@@ -31,6 +32,17 @@ def tests(session: nox.Session) -> None:
     session.run("coverage", "combine", "--append", success_codes=[0, 1])
     session.run("coverage", "report", "--include=iot_config_core/*", "--fail-under=90")
     session.run("coverage", "report", "--include=iot_config_server/*")
+
+
+def _ensure_mosquitto(session: nox.Session) -> None:
+    """The MQTT tests' broker (Debian's mosquitto); without it they skip, saying so."""
+    if shutil.which("mosquitto", path=_SBIN_PATH) is not None:
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        session.run("apt-get", "update", "-qq", external=True, success_codes=[0, 100])
+        session.run("apt-get", "install", "-y", "-qq", "mosquitto", external=True)
+    else:
+        session.warn("mosquitto missing: the MQTT tests will skip (apt-get install mosquitto)")
 
 
 @nox.session(python=PYTHON)
@@ -52,6 +64,7 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against the physical floor measured in the same run."""
     session.install("-e", ".[server,test,s3-test]")
+    _ensure_mosquitto(session)  # bench_mqtt.py
     # bench_server.py loads the server with wrk and compares it with nginx (Debian packages).
     missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool, path=_SBIN_PATH) is None]
     if missing and shutil.which("apt-get") and os.geteuid() == 0:

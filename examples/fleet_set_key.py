@@ -5,10 +5,11 @@
     python3 examples/fleet_set_key.py --store ./iot-configs --name 'kitchen-*' enableOTA true
     python3 examples/fleet_set_key.py --regex '^kitchen-[0-9]+$' pollSeconds 30 --dry-run
 
-Each device is read, changed and written back with ``if_match=<the ETag that was read>``: if anyone
-(the web UI, another script, a hand edit) changed the config in between, the store refuses the
-write with `PreconditionFailedError`, and this script re-reads and tries again, a bounded number of
-times. The value is JSON (``true``, ``30``, ``'"text"'``).
+The library's `patch_fleet` does the work: a merge patch ``{key: value}`` applied to each selected
+device, conditionally on the version it was selected from; when another edit (the web UI, another
+script, a hand edit) lands first, the device is re-read, selected again on its new name, and
+patched again, a bounded number of times. The value is JSON (``true``, ``30``, ``'"text"'``).
+``iot-config patch --all`` does the same from the shell, with any patch.
 """
 
 from __future__ import annotations
@@ -18,70 +19,31 @@ import fnmatch
 import json
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from iot_config_core import (
     ConfigError,
-    ConfigStore,
-    MacAddress,
-    NotFoundError,
-    PreconditionFailedError,
+    ConfigSummary,
+    MergePatch,
     UnsupportedStoreError,
     open_store,
 )
-
-Matcher = Callable[[str | None], bool]
-
-
-def name_matcher(glob: str | None, regex: re.Pattern[str] | None) -> Matcher:
-    """A predicate on ``deviceName``: a shell glob, a regular expression, or every device."""
-    if regex is not None:
-        return lambda name: name is not None and regex.search(name) is not None
-    if glob is not None:
-        return lambda name: name is not None and fnmatch.fnmatchcase(name, glob)
-    return lambda _: True
+from iot_config_core.fleet import FleetOutcome, Selector, patch_fleet
 
 
-def same_json(a: Any, b: Any) -> bool:
-    """JSON equality (Python says ``True == 1``; JSON does not)."""
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+def name_selector(glob: str | None, regex: re.Pattern[str] | None) -> Selector:
+    """Devices whose ``deviceName`` matches a shell glob, a regular expression, or every device."""
 
+    def selected(summary: ConfigSummary) -> bool:
+        name = summary.device_name
+        if regex is not None:
+            return name is not None and regex.search(name) is not None
+        if glob is not None:
+            return name is not None and fnmatch.fnmatchcase(name, glob)
+        return True
 
-def set_key(
-    store: ConfigStore,
-    mac: MacAddress,
-    key: str,
-    value: Any,
-    matches: Matcher,
-    *,
-    dry_run: bool,
-    max_attempts: int,
-) -> tuple[str, int]:
-    """Update one device; returns ``(outcome, retries)``.
-
-    The name is checked again on every re-read: a device renamed meanwhile is left alone.
-    """
-    for attempt in range(max_attempts):
-        try:
-            config = store.get(mac)
-        except NotFoundError:
-            return "gone", attempt
-        name = config.content.get("deviceName")
-        if not matches(name if isinstance(name, str) else None):
-            return "no longer matches", attempt
-        if key in config.content and same_json(config.content[key], value):
-            return "unchanged", attempt
-        if dry_run:
-            return "would change", attempt
-        try:
-            store.put(mac, {**config.content, key: value}, if_match=config.etag)
-        except PreconditionFailedError:
-            continue  # someone else's write landed first: re-read and decide again
-        except NotFoundError:
-            return "gone", attempt
-        return "changed", attempt
-    return "gave up", max_attempts
+    return selected
 
 
 def _regex(text: str) -> re.Pattern[str]:
@@ -127,34 +89,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    value = args.value
-    matches = name_matcher(args.name, args.regex)
+    if args.value is None:
+        print("error: null would remove the key; use iot-config patch for that", file=sys.stderr)
+        return 2
     counts: dict[str, int] = {}
     retries = 0
     try:
-        store = open_store(args.store)
-        for summary in store.list():
-            if not matches(summary.device_name):
-                continue
-            outcome, retried = set_key(
-                store,
-                summary.mac_address,
-                args.key,
-                value,
-                matches,
-                dry_run=args.dry_run,
-                max_attempts=args.max_attempts,
-            )
-            retries += retried
-            counts[outcome] = counts.get(outcome, 0) + 1
+        results = patch_fleet(
+            open_store(args.store),
+            MergePatch({args.key: args.value}),
+            name_selector(args.name, args.regex),
+            dry_run=args.dry_run,
+            max_attempts=args.max_attempts,
+        )
+        for result in results:
+            retries += result.retries
+            counts[result.outcome] = counts.get(result.outcome, 0) + 1
+            summary = result.summary
             name = "" if summary.device_name is None else f"  {summary.device_name}"
-            print(f"{summary.mac_address}{name}: {outcome}")
+            why = "" if result.error is None else f" ({result.error.message})"
+            print(f"{summary.mac_address}{name}: {result.outcome}{why}")
     except ConfigError as exc:
         print(f"error: {exc.message} [{exc.code}]", file=sys.stderr)
         return 2 if isinstance(exc, UnsupportedStoreError) else 3
     summary_line = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no device matched"
     print(f"{summary_line}; retries after concurrent edits: {retries}")
-    return 1 if counts.get("gave up") else 0
+    return 1 if counts.get(FleetOutcome.FAILED) else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from .backend import Backend
+from .changes import Change, ChangeFeed, watch
 from .document import DocumentLimits, compute_etag, decode_document, encode_document
 from .errors import (
     AlreadyExistsError,
@@ -24,8 +25,12 @@ from .errors import (
     InvalidDocumentError,
     InvalidETagError,
     InvalidMacError,
+    InvalidPatchError,
+    InvalidSchemaError,
     NotFoundError,
+    PatchConflictError,
     PreconditionFailedError,
+    SchemaViolationError,
     StoredDocumentTooLargeError,
     StoreMissingError,
     StoreUnavailableError,
@@ -36,7 +41,23 @@ from .etags import EntityTag, ETagCondition
 from .history import Attribution, Version, attributed
 from .mac import MacAddress
 from .model import ConfigSummary, RawDocument, StoredConfig
-from .store import ConfigStore, Listing, local_store_root, open_store, register_backend
+from .patching import JsonPatch, MergePatch, Patch, PatchResult, merge_patch, patch_from_json
+from .schemas import (
+    ConfigViolation,
+    Problem,
+    SchemaReport,
+    SchemaStore,
+    StoredSchema,
+    Validation,
+)
+from .store import (
+    ConfigStore,
+    Listing,
+    local_store_root,
+    open_store,
+    register_backend,
+    store_scheme,
+)
 
 try:
     #: The installed distribution's version: pyproject.toml is its one source.
@@ -48,9 +69,12 @@ __all__ = [
     "AlreadyExistsError",
     "Attribution",
     "Backend",
+    "Change",
+    "ChangeFeed",
     "ConfigError",
     "ConfigStore",
     "ConfigSummary",
+    "ConfigViolation",
     "CorruptDocumentError",
     "DocumentLimits",
     "DocumentTooLargeError",
@@ -60,16 +84,29 @@ __all__ = [
     "InvalidDocumentError",
     "InvalidETagError",
     "InvalidMacError",
+    "InvalidPatchError",
+    "InvalidSchemaError",
+    "JsonPatch",
     "Listing",
     "MacAddress",
+    "MergePatch",
     "NotFoundError",
+    "Patch",
+    "PatchConflictError",
+    "PatchResult",
     "PreconditionFailedError",
+    "Problem",
     "RawDocument",
+    "SchemaReport",
+    "SchemaStore",
+    "SchemaViolationError",
     "StoreMissingError",
     "StoreUnavailableError",
     "StoredConfig",
     "StoredDocumentTooLargeError",
+    "StoredSchema",
     "UnsupportedStoreError",
+    "Validation",
     "Version",
     "VersionNotFoundError",
     "__version__",
@@ -78,6 +115,10 @@ __all__ = [
     "decode_document",
     "encode_document",
     "local_store_root",
+    "merge_patch",
     "open_store",
+    "patch_from_json",
     "register_backend",
+    "store_scheme",
+    "watch",
 ]

@@ -20,8 +20,12 @@ __all__ = [
     "InvalidDocumentError",
     "InvalidETagError",
     "InvalidMacError",
+    "InvalidPatchError",
+    "InvalidSchemaError",
     "NotFoundError",
+    "PatchConflictError",
     "PreconditionFailedError",
+    "SchemaViolationError",
     "StoreMissingError",
     "StoreUnavailableError",
     "StoredDocumentTooLargeError",
@@ -45,6 +49,12 @@ class ErrorCode(StrEnum):
     STORED_DOCUMENT_TOO_LARGE = "STORED_DOCUMENT_TOO_LARGE"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
     UNSUPPORTED_STORE = "UNSUPPORTED_STORE"
+    INVALID_DEVICE_TOKEN = "INVALID_DEVICE_TOKEN"  # noqa: S105 -- a code, not a password
+    INVALID_DEVICE_SECRET = "INVALID_DEVICE_SECRET"  # noqa: S105 -- a code, not a password
+    INVALID_PATCH = "INVALID_PATCH"
+    PATCH_CONFLICT = "PATCH_CONFLICT"
+    INVALID_SCHEMA = "INVALID_SCHEMA"
+    SCHEMA_VIOLATION = "SCHEMA_VIOLATION"
     VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
 
 
@@ -164,6 +174,37 @@ class StoredDocumentTooLargeError(CorruptDocumentError):
     """
 
     code = ErrorCode.STORED_DOCUMENT_TOO_LARGE
+
+
+class InvalidPatchError(ConfigError, ValueError):
+    """A patch document that is not a merge patch or JSON Patch (``details["reason"]``)."""
+
+    code = ErrorCode.INVALID_PATCH
+
+
+class PatchConflictError(ConfigError):
+    """A well-formed JSON Patch that does not apply to the stored config.
+
+    A ``test`` operation failed, or a path names something that is not there; nothing was written.
+    """
+
+    code = ErrorCode.PATCH_CONFLICT
+
+
+class InvalidSchemaError(ConfigError, ValueError):
+    """A schema name or document the store does not accept (not valid against its meta-schema)."""
+
+    code = ErrorCode.INVALID_SCHEMA
+
+
+class SchemaViolationError(InvalidDocumentError):
+    """Content that its JSON Schema rejects; nothing was written.
+
+    ``details``: ``schema`` (the schema's name) and ``problems``, a list of ``{"pointer",
+    "message"}`` (the RFC 6901 pointer into the content and what is wrong there).
+    """
+
+    code = ErrorCode.SCHEMA_VIOLATION
 
 
 class VersionNotFoundError(NotFoundError):

@@ -34,6 +34,7 @@ from .errors import (
     InvalidDocumentError,
     InvalidMacError,
     PreconditionFailedError,
+    SchemaViolationError,
 )
 from .mac import MacAddress
 from .store import ConfigStore
@@ -197,14 +198,15 @@ def _import_one(store: ConfigStore, item: Checked, *, overwrite: bool, dry_run: 
     if current is not None and not overwrite:
         reason = f"a different config for {mac} is stored (overwrite replaces it)"
         return FileReport(item.file, Outcome.SKIPPED, mac, reason)
-    if not dry_run:
-        try:
-            if current is None:
-                store.put(mac, item.content, create_only=True)
-            else:
-                store.put(mac, item.content, if_match=current)
-        except (PreconditionFailedError, AlreadyExistsError):
-            reason = f"the config for {mac} changed during the import; run it again to retry"
-            return FileReport(item.file, Outcome.SKIPPED, mac, reason)
+    try:  # a dry run checks the preconditions and the schema as the import would
+        if current is None:
+            store.put(mac, item.content, create_only=True, dry_run=dry_run)
+        else:
+            store.put(mac, item.content, if_match=current, dry_run=dry_run)
+    except (PreconditionFailedError, AlreadyExistsError):
+        reason = f"the config for {mac} changed during the import; run it again to retry"
+        return FileReport(item.file, Outcome.SKIPPED, mac, reason)
+    except SchemaViolationError as exc:
+        return FileReport(item.file, Outcome.REJECTED, mac, exc.message, exc.code)
     reason = "new config" if current is None else "replaced the stored config"
     return FileReport(item.file, Outcome.IMPORTED, mac, reason)

@@ -82,6 +82,15 @@ class MemoryBackend(Backend):
                 if not n.startswith(".") and (file := files.get(self._path(n))) is not None
             ]
 
+    def scan_hidden(self, prefix: str) -> list[str]:
+        with self._lock:
+            if not self._root_exists():
+                raise FileNotFoundError(self.root)
+            names = (
+                info["name"].rsplit("/", 1)[-1] for info in self._fs.ls(self.root, detail=True)
+            )
+            return [n for n in names if n.startswith(prefix)]
+
     def stat(self, name: str) -> Entry | None:
         with self._lock:
             return self._entry(name)

@@ -144,6 +144,15 @@ class PosixBackend(Backend):
             os.close(fd)
         return found
 
+    def scan_hidden(self, prefix: str) -> list[str]:
+        return [
+            name
+            for name in os.listdir(self.root)
+            if name.startswith(prefix)
+            and not name.endswith(TEMP_SUFFIX)
+            and os.path.isfile(self._path(name))
+        ]
+
     def _reap_temp(self, dir_fd: int, name: str, now: float) -> None:
         """Remove a temp file left by a crashed writer, once it is clearly abandoned."""
         try:

@@ -192,6 +192,20 @@ class S3Backend(Backend):
     def stat(self, name: str) -> Entry | None:
         return self._run(self._stat, name)
 
+    def scan_hidden(self, prefix: str) -> list[str]:
+        return self._run(self._scan_hidden, prefix)
+
+    async def _scan_hidden(self, prefix: str) -> list[str]:
+        names: list[str] = []
+        kwargs: dict[str, Any] = {"Prefix": self.prefix + prefix, "Delimiter": "/"}
+        while True:
+            page = await self._call("list_objects_v2", **kwargs)
+            names.extend(item["Key"][len(self.prefix) :] for item in page.get("Contents", []))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return names
+            kwargs["ContinuationToken"] = token
+
     async def _stat(self, name: str) -> Entry | None:
         try:
             head = await self._call("head_object", Key=self._key(name))

@@ -42,6 +42,7 @@ from .errors import (
     DocumentTooLargeError,
     InvalidDocumentError,
     InvalidMacError,
+    InvalidPatchError,
     NotFoundError,
     PreconditionFailedError,
     StoredDocumentTooLargeError,
@@ -55,7 +56,9 @@ from .history import DEFAULT_HISTORY_LIMIT, History, Version, json_patch
 from .mac import MacAddress
 from .memory_backend import MemoryBackend
 from .model import ConfigSummary, RawDocument, StoredConfig
+from .patching import Patch, PatchResult
 from .posix_backend import PosixBackend
+from .schemas import ConfigViolation, SchemaReport, SchemaStore, Validation
 
 __all__ = [
     "BACKENDS",
@@ -303,6 +306,8 @@ class ConfigStore:
         self._listing = Listing((), 0)
         self._generation = 0
         self._warned: set[tuple[str, Hashable]] = set()
+        #: The JSON Schemas kept in this store's root; every write is checked against them.
+        self.schemas = SchemaStore(backend, limits, self._guard)
 
     @property
     def description(self) -> str:
@@ -311,6 +316,11 @@ class ConfigStore:
 
     def __repr__(self) -> str:
         return f"ConfigStore({self.description!r})"
+
+    @property
+    def backend(self) -> Backend:
+        """The storage under this store, for companions keeping hidden files in the same root."""
+        return self._backend
 
     # -- error boundary -------------------------------------------------------------------------
 
@@ -568,6 +578,7 @@ class ConfigStore:
         if_match: Condition | None = None,
         if_none_match: Condition | None = None,
         create_only: bool = False,
+        dry_run: bool = False,
     ) -> StoredConfig:
         """Store ``content`` as the config of ``mac`` and return what was stored.
 
@@ -578,13 +589,20 @@ class ConfigStore:
         - ``create_only``: write only if nothing is stored, else `AlreadyExistsError`.
 
         Writing the bytes already stored returns the same ETag (on disk, without writing).
+        ``dry_run`` checks the content and the preconditions against the stored version and
+        returns what would be stored (``modified`` is ``None``), writing nothing.
         """
         mac = _mac(mac)
         match = None if if_match is None else ETagCondition.parse(if_match)
         none_match = None if if_none_match is None else ETagCondition.parse(if_none_match)
         data = encode_document(content, self.limits)
+        self.schemas.check(content)
         new_etag = compute_etag(data)
         name = mac.file_name
+        if dry_run:
+            current_etag = self.etag(mac)
+            self._check(mac, current_etag, match, none_match, create_only=create_only)
+            return StoredConfig(mac, json.loads(data), new_etag, len(data), None)
         entry = None
         if not self._history.enabled:  # a recorded write must know the version it replaces
             entry = self._put_in_one_request(name, data, match, none_match, create_only=create_only)
@@ -666,6 +684,69 @@ class ConfigStore:
                 return self._backend.replace(name, data, expected)
         except VersionConflict:
             return None
+
+    def patch(
+        self,
+        mac: MacLike,
+        patch: Patch,
+        *,
+        if_match: Condition | None = None,
+        dry_run: bool = False,
+    ) -> PatchResult:
+        """Apply ``patch`` to the stored config of ``mac`` and store the result.
+
+        Read, apply, then `put` with ``if_match`` set to the ETag that was read: when another
+        writer gets in between, the patch is applied again to *its* version (bounded retries), so
+        concurrent patches of different keys all land. ``if_match`` makes the whole patch
+        conditional on the caller's version instead (`PreconditionFailedError` otherwise). A patch
+        that leaves the content as it is writes nothing. ``dry_run`` checks everything a real
+        patch would (preconditions, the result, its schema) and writes nothing.
+        """
+        mac = _mac(mac)
+        match = None if if_match is None else ETagCondition.parse(if_match)
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            current = self.get(mac)
+            self._check(mac, current.etag, match, None, create_only=False)
+            content = patch.apply(current.content)
+            if not isinstance(content, dict):
+                raise InvalidPatchError(
+                    "the patched config would not be a JSON object", reason="not_an_object"
+                )
+            if _same_json(content, current.content):
+                return PatchResult(current, changed=False, dry_run=dry_run)
+            try:
+                stored = self.put(mac, content, if_match=current.etag, dry_run=dry_run)
+            except PreconditionFailedError:
+                continue  # another write landed since the read: patch that version instead
+            return PatchResult(stored, changed=True, dry_run=dry_run)
+        raise self._contended(mac, "patch")
+
+    def validate(self, content: Mapping[str, Any]) -> Validation:
+        """Check ``content`` against its schema (see `iot_config_core.schemas`), writing nothing."""
+        return self.schemas.validate(content)
+
+    def schema_report(self) -> SchemaReport:
+        """Every stored config its schema rejects now, relaxed schemas included, by MAC.
+
+        Configs stored before their schema (or under a relaxed one) are served all the same;
+        this is how an admin finds them.
+        """
+        checked = 0
+        found: list[ConfigViolation] = []
+        for summary in self.listing().summaries:
+            try:
+                config = self.get(summary.mac_address)
+            except (NotFoundError, CorruptDocumentError):
+                continue  # deleted or damaged since the listing (damage is the listing's report)
+            checked += 1
+            result = self.schemas.validate(config.content)
+            if result.schema is not None and result.problems:
+                found.append(
+                    ConfigViolation(
+                        config.mac_address, result.schema, result.relaxed, result.problems
+                    )
+                )
+        return SchemaReport(checked, tuple(found))
 
     def delete(self, mac: MacLike, *, if_match: Condition | None = None) -> None:
         """Delete the config of ``mac``; `NotFoundError` when absent."""
@@ -852,6 +933,11 @@ def _decode_stored(blob: Blob, limits: DocumentLimits) -> dict[str, Any]:
     """
     check_size(blob.size, limits)
     return decode_document(blob.data, limits)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON text (Python says ``True == 1`` and ignores key order; stored bytes do not)."""
+    return json.dumps(a, ensure_ascii=False) == json.dumps(b, ensure_ascii=False)
 
 
 def _single_strong(condition: ETagCondition) -> bool:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
+from urllib.parse import parse_qs
 
 import attrs
 import bottle
@@ -27,6 +28,8 @@ from iot_config_core import (
     MacAddress,
     RawDocument,
     StoredConfig,
+    StoredSchema,
+    Validation,
     attributed,
 )
 from iot_config_core.wire import config_to_wire, summaries_to_wire
@@ -35,14 +38,23 @@ from . import docs, openapi
 from .api_models import HealthyReport, UnhealthyReport, api_converter
 from .auth import BearerAuth
 from .cors import CorsPolicy
+from .device_auth import Authorize, DeviceAuth
 from .endpoints import ENDPOINTS, Endpoint, allowed_methods, rules
 from .history_api import history_to_wire, parse_rollback_request
 from .http_errors import ApiError, ApiErrorCode, error_body_bytes, http_error_for, user_message
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import UNMATCHED_ROUTE, AppMetrics, FreshValue, RouteMetrics
-from .request_body import ENVELOPE_ALLOWANCE, parse_put_request, read_body, require_json
+from .request_body import (
+    ENVELOPE_ALLOWANCE,
+    parse_patch_request,
+    parse_put_request,
+    patch_media_type,
+    read_body,
+    require_json,
+)
 from .request_ids import HEADER as REQUEST_ID_HEADER
 from .request_ids import current_request_id, request_id_from_environ
+from .schema_api import parse_put_schema, schema_wire
 from .settings import Settings
 from .store_gate import StoreGate
 
@@ -62,12 +74,20 @@ StartResponse = Callable[..., Any]
 DeviceRead = Callable[[str, str | None], tuple[RawDocument, str, bool]]
 
 
-def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
+def create_app(
+    store: ConfigStore,
+    settings: Settings,
+    *,
+    on_change: Callable[[MacAddress], object] | None = None,
+) -> bottle.Bottle:
     """A new Bottle app serving ``store``; nothing global, so apps on two stores coexist.
 
     Document size limits are the store's own, and must be the ones ``settings`` ask for: open the
     store with `Settings.open_store` (or ``limits=settings.document_limits``). A mismatch raises
     `ValueError` rather than silently serving a limit nobody configured.
+
+    ``on_change`` is told the MAC of each config this app wrote or deleted (MQTT notifications);
+    it must return at once, whatever it does with it.
     """
     if store.limits.max_bytes != settings.max_document_bytes:
         raise ValueError(
@@ -85,9 +105,15 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
     cors = CorsPolicy(settings.cors_origins)
     auth = BearerAuth(settings.admin_tokens)
     routes = _Routes(
-        app, store, metrics, StoreGate(settings.threads, stall_after=settings.store_stall_seconds)
+        app,
+        store,
+        metrics,
+        StoreGate(settings.threads, stall_after=settings.store_stall_seconds),
+        on_change or _unheard,
     )
-    devices = _DeviceEndpoint(routes.device_read, metrics, cors)
+    device_auth = DeviceAuth.from_settings(settings, store, auth, metrics)
+    authorize = device_auth.check if device_auth.active else None
+    devices = _DeviceEndpoint(routes.device_read, metrics, cors, authorize)
     app.install(_RequestPlugin(metrics, cors, auth))
     for endpoint in ENDPOINTS:
         if endpoint.name in _DEVICE_ENDPOINTS:
@@ -120,6 +146,10 @@ def create_app(store: ConfigStore, settings: Settings) -> bottle.Bottle:
         app.error_handler[status] = route_error
     app.dispatch_devices_to(devices)
     return app
+
+
+def _unheard(_mac: MacAddress) -> None:
+    """The ``on_change`` of an app nobody listens to."""
 
 
 class _ConfigApp(bottle.Bottle):  # type: ignore[misc]  # bottle has no type hints
@@ -176,8 +206,15 @@ class _DeviceEndpoint:
     every answer carries, metrics, and errors through the same `_error_answer` as every route.
     """
 
-    def __init__(self, read: DeviceRead, metrics: AppMetrics, cors: CorsPolicy) -> None:
+    def __init__(
+        self,
+        read: DeviceRead,
+        metrics: AppMetrics,
+        cors: CorsPolicy,
+        authorize: Authorize | None = None,
+    ) -> None:
         self._read = read
+        self._authorize = authorize  # device auth (docs/security.md); None when it is off
         self._cors = cors
         self._no_origin_cors = cors.headers(None)
         self._prefixes: list[tuple[str, _DeviceRoute]] = []
@@ -221,6 +258,8 @@ class _DeviceEndpoint:
         cors = self._no_origin_cors if origin is None else self._cors.headers(origin)
         token = current_request_id.set(rid)
         try:
+            if self._authorize is not None:  # before the store: no answer reveals a MAC exists
+                self._authorize(mac, environ)
             doc, etag, not_modified = self._read(mac, environ.get("HTTP_IF_NONE_MATCH"))
         except Exception as exc:
             status_line, headers, body = self._failure(exc, rid, method, route)
@@ -524,6 +563,45 @@ def _config_answer(config: StoredConfig) -> bytes:
     return _json(config_to_wire(config))
 
 
+def _dry_run(environ: dict[str, Any]) -> bool:
+    """The ``dry_run`` query flag: ``true``/``false`` (or ``1``/``0``); anything else is a 400."""
+    values = parse_qs(environ.get("QUERY_STRING") or "", keep_blank_values=True).get("dry_run")
+    if not values:
+        return False
+    value = values[-1].strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0", ""):
+        return False
+    raise ApiError(
+        ApiErrorCode.BAD_REQUEST,
+        f"the dry_run parameter must be true or false, not {value[:20]!r}",
+        parameter="dry_run",
+    )
+
+
+def _dry_run_answer(config: StoredConfig, validation: Validation) -> bytes:
+    """What a write would have stored: no ETag, since nothing with that tag exists yet.
+
+    The schema that applies and its problem count (only a relaxed schema lets a write with
+    problems through) are headers, so the body stays the config's one shape.
+    """
+    response = bottle.response
+    response.set_header("X-Dry-Run", "true")
+    if validation.schema is not None:
+        response.set_header("X-Schema", validation.schema)
+        response.set_header("X-Schema-Problems", str(len(validation.problems)))
+    response.content_type = JSON
+    return _json(config_to_wire(config))
+
+
+def _schema_answer(stored: StoredSchema) -> bytes:
+    response = bottle.response
+    response.set_header("ETag", _quoted(stored.etag))
+    response.content_type = JSON
+    return _json(schema_wire(stored))
+
+
 # -- handlers ---------------------------------------------------------------------------------
 
 
@@ -531,15 +609,24 @@ class _Routes:
     """The handlers of one app, bound to its store and metrics."""
 
     def __init__(
-        self, app: bottle.Bottle, store: ConfigStore, metrics: AppMetrics, gate: StoreGate
+        self,
+        app: bottle.Bottle,
+        store: ConfigStore,
+        metrics: AppMetrics,
+        gate: StoreGate,
+        on_change: Callable[[MacAddress], object],
     ) -> None:
+        self._on_change = on_change
         self._app = app
         self._store = store
         self._metrics = metrics
         self._gate = gate
         self._ops = {
             name: metrics.operation(name)
-            for name in ("get_raw", "get", "list", "put", "delete", "history", "rollback")
+            for name in (
+                *("get_raw", "get", "list", "put", "patch", "delete", "schema", "validate"),
+                *("history", "rollback"),
+            )
         }
         self._list_cache: tuple[int, bytes] = (-1, b"")
         self._body_cap = store.limits.max_bytes + ENVELOPE_ALLOWANCE
@@ -606,6 +693,7 @@ class _Routes:
         address = MacAddress.parse(mac)
         if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
         if_none_match = _condition(environ, "HTTP_IF_NONE_MATCH", "If-None-Match")
+        dry_run = _dry_run(environ)
         require_json(environ)
         put = parse_put_request(read_body(environ, self._body_cap), self._store.limits)
         stored = self._operate(
@@ -616,11 +704,35 @@ class _Routes:
                 if_match=if_match,
                 if_none_match=if_none_match,
                 create_only=not put.allow_overwrite,
+                dry_run=dry_run,
             ),
-            write=True,
+            write=not dry_run,
         )
+        if dry_run:
+            return _dry_run_answer(stored, self._store.validate(stored.content))
         log.info("stored config %s (etag %s)", stored.mac_address, stored.etag)
+        self._on_change(stored.mac_address)
         return _config_answer(stored)
+
+    def patch_config(self, mac: str) -> bytes:
+        environ = bottle.request.environ
+        address = MacAddress.parse(mac)
+        if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
+        dry_run = _dry_run(environ)
+        media_type = patch_media_type(environ)
+        patch = parse_patch_request(
+            read_body(environ, self._body_cap), media_type, self._store.limits
+        )
+        result = self._operate(
+            "patch",
+            lambda: self._store.patch(address, patch, if_match=if_match, dry_run=dry_run),
+            write=not dry_run,
+        )
+        if dry_run:
+            return _dry_run_answer(result.config, self._store.validate(result.config.content))
+        if result.changed:
+            log.info("patched config %s (etag %s)", address, result.config.etag)
+        return _config_answer(result.config)
 
     def delete_config(self, mac: str) -> bytes:
         environ = bottle.request.environ
@@ -628,8 +740,46 @@ class _Routes:
         if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
         self._operate("delete", lambda: self._store.delete(address, if_match=if_match), write=True)
         log.info("deleted config %s", address)
+        self._on_change(address)
         bottle.response.status = 204
         return b""
+
+    def list_schemas(self) -> bytes:
+        names = self._operate("schema", self._store.schemas.names)
+        bottle.response.content_type = JSON
+        return _json({"schemas": names})
+
+    def get_schema(self, schema: str) -> bytes:
+        return _schema_answer(self._operate("schema", lambda: self._store.schemas.get(schema)))
+
+    def put_schema(self, schema: str) -> bytes:
+        environ = bottle.request.environ
+        if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
+        require_json(environ)
+        body = parse_put_schema(read_body(environ, self._body_cap), self._store.limits)
+        stored = self._operate(
+            "schema",
+            lambda: self._store.schemas.put(
+                schema, body.schema, relaxed=body.relaxed, if_match=if_match
+            ),
+            write=True,
+        )
+        log.info("stored schema %s (etag %s, relaxed %s)", schema, stored.etag, stored.relaxed)
+        return _schema_answer(stored)
+
+    def delete_schema(self, schema: str) -> bytes:
+        if_match = _condition(bottle.request.environ, "HTTP_IF_MATCH", "If-Match")
+        self._operate(
+            "schema", lambda: self._store.schemas.delete(schema, if_match=if_match), write=True
+        )
+        log.info("deleted schema %s", schema)
+        bottle.response.status = 204
+        return b""
+
+    def validation_report(self) -> bytes:
+        report = self._operate("validate", self._store.schema_report)
+        bottle.response.content_type = JSON
+        return _json(api_converter.unstructure(report))
 
     def config_history(self, mac: str) -> bytes:
         address = MacAddress.parse(mac)

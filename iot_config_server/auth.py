@@ -56,8 +56,19 @@ class BearerAuth:
             raise ApiError(
                 ApiErrorCode.UNAUTHORIZED, "the Authorization header must be 'Bearer <token>'"
             )
+        matched, name = self._match(credentials.strip())
+        if not matched:
+            raise ApiError(ApiErrorCode.UNAUTHORIZED, "the admin token is not valid")
+        return name
+
+    def accepts(self, credentials: str) -> bool:
+        """Whether ``credentials`` is one of the tokens (always ``False`` when none is set)."""
+        return self._match(credentials)[0]
+
+    def _match(self, credentials: str) -> tuple[bool, str | None]:
+        """Whether ``credentials`` is a configured token, and that token's name."""
         try:
-            presented = credentials.strip().encode("ascii")
+            presented = credentials.encode("ascii")
         except UnicodeEncodeError:
             presented = b""
         matched = False
@@ -66,6 +77,4 @@ class BearerAuth:
             hit = hmac.compare_digest(presented, token)
             matched |= hit
             author = name if hit and name is not None else author
-        if not matched:
-            raise ApiError(ApiErrorCode.UNAUTHORIZED, "the admin token is not valid")
-        return author
+        return matched, author

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -37,10 +39,19 @@ from iot_config_core import (
     __version__,
     decode_document,
     encode_document,
-    open_store,
+    store_scheme,
 )
+from iot_config_core.device_tokens import (
+    DeviceKeyring,
+    DeviceSecretError,
+    RevocationList,
+    load_keyring,
+    new_secret_line,
+)
+from iot_config_core.fleet import FleetOutcome, FleetPatchResult, Selector, patch_fleet
 from iot_config_core.history import attributed, os_user
 from iot_config_core.legacy import Checked, FileReport, LegacyDirectory, Outcome, read_document
+from iot_config_core.patching import JSON_PATCH, MERGE_PATCH, Patch, decode_patch
 from iot_config_core.posix_backend import sync_directory, write_file_atomically
 from iot_config_core.wire import summary_to_wire
 from iot_config_server.history_api import history_to_wire  # no Bottle either
@@ -134,6 +145,13 @@ def _mac(text: str) -> MacAddress:
         raise argparse.ArgumentTypeError(f"{exc.message} [{exc.code}]") from None
 
 
+def _regex(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression: {exc}") from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -144,13 +162,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
 @attrs.frozen
 class _Context:
     """What every subcommand needs: the server's settings, with the command line's store and limit.
 
-    Stores are opened with the settings' limits but never created unasked: unlike ``serve``
-    (`Settings.open_store`), no subcommand creates even the default ``./iot-configs``, so a
-    command run in the wrong directory fails instead of answering from a new, empty fleet.
+    Stores are opened by `Settings.open_store` but never created unasked: unlike ``serve``, no
+    subcommand creates even the default ``./iot-configs``, so a command run in the wrong
+    directory fails instead of answering from a new, empty fleet.
     """
 
     settings: Settings
@@ -164,17 +192,12 @@ class _Context:
         return self.settings.document_limits
 
     def open(self, *, create: bool = False) -> ConfigStore:
-        if self.store_url.startswith("memory://"):
+        if store_scheme(self.store_url) == "memory":
             _err(
                 f"{PROG}: note: {self.store_url} is in this process only: nothing is kept "
                 "after the command ends"
             )
-        return open_store(
-            self.store_url,
-            create=create,
-            limits=self.limits,
-            history_limit=self.settings.history_limit,
-        )
+        return self.settings.open_store(create=create)
 
 
 # -- output helpers -------------------------------------------------------------------------------
@@ -549,7 +572,12 @@ def _check_file(path: str, limits: DocumentLimits) -> FileReport | None:
 
 
 def cmd_validate(ctx: _Context, args: argparse.Namespace) -> int:
-    """Check document files, and directories exactly as ``import`` would; needs no store."""
+    """Check document files, and directories exactly as ``import`` would; needs no store.
+
+    Without paths, check the store's configs against their schemas instead.
+    """
+    if not args.paths:
+        return _store_report(ctx, verbose=args.verbose)
     valid = invalid = 0
     for path in args.paths:
         items: Iterable[tuple[str, Checked | FileReport | None]]
@@ -580,6 +608,194 @@ def cmd_validate(ctx: _Context, args: argparse.Namespace) -> int:
     return EXIT_FAILED if invalid else EXIT_OK
 
 
+# -- partial updates and schemas ------------------------------------------------------------------
+
+
+def _patch_input(args: argparse.Namespace, limits: DocumentLimits) -> Patch:
+    """The patch of FILE (or stdin): its kind from --merge-patch/--json-patch, else its shape."""
+    return decode_patch(_read_input(args.file, limits), limits, args.patch_type)
+
+
+def _selector(args: argparse.Namespace) -> Selector:
+    """The --all filters, all of which must hold (none: every device)."""
+    tests: list[Callable[[ConfigSummary], bool]] = []
+    if args.mac is not None:
+        glob = args.mac.lower()
+        tests.append(lambda s: fnmatch.fnmatchcase(str(s.mac_address), glob))
+    if args.mac_regex is not None:
+        mac_regex: re.Pattern[str] = args.mac_regex
+        tests.append(lambda s: mac_regex.search(str(s.mac_address)) is not None)
+    if args.name is not None:
+        name: str = args.name
+        tests.append(
+            lambda s: s.device_name is not None and fnmatch.fnmatchcase(s.device_name, name)
+        )
+    if args.name_regex is not None:
+        name_regex: re.Pattern[str] = args.name_regex
+        tests.append(
+            lambda s: s.device_name is not None and name_regex.search(s.device_name) is not None
+        )
+    if args.entity_id is not None:
+        entity: str = args.entity_id
+        tests.append(
+            lambda s: (
+                s.device_entity_id is not None and fnmatch.fnmatchcase(s.device_entity_id, entity)
+            )
+        )
+    if args.ota is not None:
+        ota = {"yes": True, "no": False, "unset": None}[args.ota]
+        tests.append(lambda s: s.enable_ota is ota)
+    return lambda summary: all(test(summary) for test in tests)
+
+
+def _fleet_json(result: FleetPatchResult) -> dict[str, Any]:
+    error = result.error
+    return {
+        "mac_address": str(result.summary.mac_address),
+        "device_name": result.summary.device_name,
+        "outcome": str(result.outcome),
+        "etag": result.etag,
+        "error": None if error is None else {"code": str(error.code), "message": error.message},
+    }
+
+
+def cmd_patch(ctx: _Context, args: argparse.Namespace) -> int:
+    """Patch one config (print its new ETag), or with --all every selected one (a report)."""
+    if not args.all:
+        return _patch_one(ctx, args)
+    if args.target is not None:
+        if args.file != "-":
+            raise UsageError("patch --all takes the patch FILE only: no MAC")
+        args.file = args.target  # `patch --all FILE`: the only positional is the patch
+    if args.if_match is not None:
+        raise UsageError("--if-match names one config's version: it does not go with --all")
+    patch = _patch_input(args, ctx.limits)
+    store = ctx.open()
+    where = _selector(args)
+    # The listing is cached by version: patch_fleet's own listing re-reads nothing.
+    total = sum(1 for summary in store.listing().summaries if where(summary))
+    progress = _Progress(total, "dry run" if args.dry_run else "patching")
+    results: list[FleetPatchResult] = []
+    try:
+        for result in patch_fleet(store, patch, where, dry_run=args.dry_run):
+            results.append(result)
+            progress.update(len(results))
+    finally:
+        progress.close()
+    return _fleet_report(results, as_json=args.json, dry_run=args.dry_run)
+
+
+def _patch_one(ctx: _Context, args: argparse.Namespace) -> int:
+    if args.target is None:
+        raise UsageError("patch needs a MAC address, or --all for every selected device")
+    if any(
+        getattr(args, f) is not None
+        for f in ("mac", "mac_regex", "name", "name_regex", "entity_id", "ota")
+    ):
+        raise UsageError("the filters (--mac, --name, ...) select devices for --all")
+    mac = _mac(args.target)
+    patch = _patch_input(args, ctx.limits)
+    result = ctx.open().patch(mac, patch, if_match=args.if_match, dry_run=args.dry_run)
+    if args.dry_run:
+        _write_bytes(encode_document(result.config.content, ctx.limits))
+        _err("would change" if result.changed else "unchanged")
+    else:
+        _out(result.config.etag)
+        if not result.changed:
+            _err("unchanged: the patch leaves the config as it is")
+    return EXIT_OK
+
+
+def _fleet_report(results: list[FleetPatchResult], *, as_json: bool, dry_run: bool) -> int:
+    counts = dict.fromkeys(FleetOutcome, 0)
+    for result in results:
+        counts[result.outcome] += 1
+    failed = counts[FleetOutcome.FAILED]
+    if as_json:
+        document = {
+            "dry_run": dry_run,
+            "counts": {str(k): v for k, v in counts.items() if v},
+            "devices": [_fleet_json(r) for r in results],
+        }
+        _out(json.dumps(document, indent=2, ensure_ascii=False))
+        return EXIT_FAILED if failed else EXIT_OK
+    for result in results:
+        if result.outcome is FleetOutcome.UNCHANGED:
+            continue
+        name = (
+            "" if result.summary.device_name is None else f"  {_cell(result.summary.device_name)}"
+        )
+        why = "" if result.error is None else f": {result.error.message} [{result.error.code}]"
+        _out(f"{result.outcome:<17}  {result.summary.mac_address}{name}{why}")
+    changed = counts[FleetOutcome.WOULD_CHANGE if dry_run else FleetOutcome.CHANGED]
+    skipped = counts[FleetOutcome.GONE] + counts[FleetOutcome.NO_LONGER_MATCHES]
+    verb = "would change" if dry_run else "changed"
+    tail = f", skipped {skipped} (deleted or no longer matching)" if skipped else ""
+    _out(f"{verb} {changed}, unchanged {counts[FleetOutcome.UNCHANGED]}, failed {failed}{tail}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_schema(ctx: _Context, args: argparse.Namespace) -> int:
+    """List, print, store or delete the JSON Schemas of the store."""
+    schemas = ctx.open().schemas
+    if args.action == "list":
+        for name in schemas.names():
+            _out(name)
+    elif args.action == "get":
+        stored = schemas.get(args.name)
+        _out(json.dumps(dict(stored.schema), indent=2, ensure_ascii=False))
+        _err(f"{'relaxed' if stored.relaxed else 'enforced'}, ETag {stored.etag}")
+    elif args.action == "put":
+        schema = decode_document(_read_input(args.file, ctx.limits), ctx.limits)
+        _out(schemas.put(args.name, schema, relaxed=args.relaxed, if_match=args.if_match).etag)
+    else:
+        schemas.delete(args.name, if_match=args.if_match)
+    return EXIT_OK
+
+
+def _store_report(ctx: _Context, *, verbose: bool) -> int:
+    """`validate` without paths: stored configs that their schema rejects now."""
+    report = ctx.open().schema_report()
+    for violation in report.violations:
+        mode = " (relaxed)" if violation.relaxed else ""
+        for problem in violation.problems:
+            _out(
+                f"invalid  {violation.mac_address}: schema {violation.schema!r}{mode}: "
+                f"{problem.pointer or '/'}: {problem.message}"
+            )
+    if verbose:
+        bad = {v.mac_address for v in report.violations}
+        for summary in ctx.open().listing().summaries:
+            if summary.mac_address not in bad:
+                _out(f"ok       {summary.mac_address}")
+    strict = sum(1 for v in report.violations if not v.relaxed)
+    relaxed = len(report.violations) - strict
+    _out(
+        f"{report.checked - len(report.violations)} valid, {strict} violating, "
+        f"{relaxed} violating relaxed schemas"
+    )
+    return EXIT_FAILED if report.violations else EXIT_OK
+
+
+def cmd_watch(ctx: _Context, args: argparse.Namespace) -> int:
+    """Print one line per config change, from every writer, until interrupted (exit 0)."""
+    from iot_config_core import watch  # noqa: PLC0415 -- kept beside the one command using it
+
+    store = ctx.open()
+    try:
+        for change in watch(store, interval=args.interval, baseline={} if args.initial else None):
+            mac = change.mac_address
+            if args.json:
+                line = {"mac_address": str(mac), "filename": mac.file_name, "etag": change.etag}
+                _out(json.dumps(line))
+            else:
+                _out(f"{mac} {change.etag or 'deleted'}")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
 def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
     """Run the HTTP server in the foreground until SIGTERM (the only subcommand needing Bottle)."""
     options = ("host", "port", "threads", "workers", "log_level", "log_format")
@@ -596,6 +812,46 @@ def cmd_serve(ctx: _Context, args: argparse.Namespace) -> int:
         return serve(settings)
     except ImportError as exc:  # the HTTP server itself is imported only once serving starts
         raise UsageError(f"{missing_extra}: {exc}") from exc
+
+
+def cmd_device_token(ctx: _Context, args: argparse.Namespace) -> int:
+    """Print a device's token, revoke or re-admit it, list revocations, or make a new secret."""
+    path = args.secret_file or ctx.settings.device_secret_file
+    # `--new-secret > FILE` runs with FILE already created empty by the shell: that is version 0.
+    try:
+        keyring: DeviceKeyring | None = (
+            None
+            if path is None or (args.new_secret and _is_empty_or_missing(path))
+            else load_keyring(path)
+        )
+    except DeviceSecretError as exc:
+        raise UsageError(f"{exc.message} [{exc.code}]") from None
+    if args.new_secret:
+        newest = 0 if keyring is None else keyring.newest
+        _out(new_secret_line(args.key_version or newest + 1))
+        return EXIT_OK
+    if args.list_revoked:
+        for entry in RevocationList(ctx.open().backend).entries():
+            _out(f"{entry.mac_address}  through v{entry.through_version}  {entry.revoked_at}")
+        return EXIT_OK
+    if args.mac is None:
+        raise UsageError("device-token needs a MAC (or --new-secret, --list-revoked)")
+    mac = MacAddress.parse(args.mac)
+    if args.unrevoke:
+        if RevocationList(ctx.open().backend).unrevoke(mac):
+            _out(f"{mac}: revocation removed")
+        else:
+            _out(f"{mac}: was not revoked")
+        return EXIT_OK
+    if keyring is None:
+        raise UsageError("no device secret: set IOT_CONFIG_DEVICE_SECRET_FILE or --secret-file")
+    if args.revoke:
+        through = args.key_version or keyring.newest
+        RevocationList(ctx.open().backend).revoke(mac, through)
+        _out(f"{mac}: tokens up to key version v{through} revoked")
+        return EXIT_OK
+    _out(keyring.token(mac, args.key_version))
+    return EXIT_OK
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -619,7 +875,7 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool, store: b
         metavar="N",
         default=default,
         help="refuse documents larger than N bytes (default: $IOT_CONFIG_MAX_DOCUMENT_BYTES "
-        "or 1 MiB)",
+        f"or {DocumentLimits().max_bytes})",
     )
     parser.add_argument(
         "--debug",
@@ -631,6 +887,65 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool, store: b
 
 Handler = Callable[[_Context, argparse.Namespace], int]
 MAC_HELP = "MAC address in any common spelling (AA:BB:CC:DD:EE:FF, aabbccddeeff, ...)"
+
+
+def _is_empty_or_missing(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except FileNotFoundError:
+        return True
+
+
+def _watch_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The ``watch`` subcommand's options (``add`` is `build_parser`'s helper)."""
+    sub = add(
+        "watch",
+        cmd_watch,
+        "print config changes as they happen",
+        "Print one line per change of a config, whoever made it (servers, this command, hand "
+        "edits): 'MAC ETAG', or 'MAC deleted'. Lists the store every --interval seconds and "
+        "re-reads only changed files. Runs until interrupted.",
+    )
+    sub.add_argument("--json", action="store_true", help="one JSON object per line")
+    sub.add_argument(
+        "--interval", type=_positive_float, default=2.0, metavar="SECONDS", help="default 2"
+    )
+    sub.add_argument(
+        "--initial", action="store_true", help="first print every config that exists (a resync)"
+    )
+
+
+def _device_token_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The ``device-token`` subcommand's options (``add`` is `build_parser`'s helper)."""
+    sub = add(
+        "device-token",
+        cmd_device_token,
+        "print, revoke or re-admit a device's token",
+        "Print the token device MAC sends as 'Authorization: Bearer <token>', derived from the "
+        "newest secret of $IOT_CONFIG_DEVICE_SECRET_FILE (the server's setting). --revoke "
+        "refuses the device's tokens of every secret version up to the newest on every "
+        "replica (a token of a later version, after a rotation, works again); --unrevoke "
+        "lifts that. See docs/security.md.",
+    )
+    sub.add_argument("mac", metavar="MAC", nargs="?", help="MAC address in any common spelling")
+    sub.add_argument(
+        "--secret-file", metavar="FILE", help="default: $IOT_CONFIG_DEVICE_SECRET_FILE"
+    )
+    sub.add_argument(
+        "--key-version",
+        type=_positive_int,
+        metavar="N",
+        help="use (or, with --revoke, revoke through) secret version N instead of the newest",
+    )
+    action = sub.add_mutually_exclusive_group()
+    action.add_argument("--revoke", action="store_true", help="revoke the device's tokens")
+    action.add_argument("--unrevoke", action="store_true", help="remove the device's revocation")
+    action.add_argument("--list-revoked", action="store_true", help="list revoked devices")
+    action.add_argument(
+        "--new-secret",
+        action="store_true",
+        help="print a new random secret line 'v<N>:<secret>' to append to the secret file",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -771,18 +1086,93 @@ def build_parser() -> argparse.ArgumentParser:
         "check documents without a store",
         "Check files (their content) and directories (every file, as `import` would: names, "
         "duplicate MACs, content) against the store's rules. Needs no store. Files with a "
-        "legacy MAC spelling in their name are listed: a store skips them until imported.",
-        store=False,
+        "legacy MAC spelling in their name are listed: a store skips them until imported. "
+        "Without PATH, check every stored config against its JSON Schema and list the ones "
+        "that violate it (exit status 1 if any).",
     )
     sub.add_argument(
         "paths",
         metavar="PATH",
-        nargs="+",
+        nargs="*",
         help="a JSON document file (- for standard input), or a directory of <mac>.json files",
     )
     sub.add_argument("-v", "--verbose", action="store_true", help="also list valid files")
+    _add_patch_commands(add)
+    _device_token_parser(add)
+    _watch_parser(add)
     _history_commands(add)
     return parser
+
+
+def _add_patch_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The ``patch`` and ``schema`` subcommands."""
+    sub = add(
+        "patch",
+        cmd_patch,
+        "change part of one config, or of every selected one",
+        "Apply a JSON merge patch (RFC 7396, a JSON object: null removes a key) or a JSON Patch "
+        "(RFC 6902, an array of operations) to the config of MAC and print the new ETag. When "
+        "another write lands meanwhile, the patch is applied again to the new version. With "
+        "--all, patch every device the filters select (all must hold; none: every device), "
+        "each conditionally on the version it was selected from, and print a report of "
+        "changed, unchanged and failed devices. The store's JSON Schemas apply to the result.",
+    )
+    sub.add_argument(
+        "target", metavar="MAC", nargs="?", help=f"{MAC_HELP}; with --all, FILE instead"
+    )
+    sub.add_argument(
+        "file", metavar="FILE", nargs="?", default="-", help="the patch; - or nothing: stdin"
+    )
+    kind = sub.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--merge-patch",
+        dest="patch_type",
+        action="store_const",
+        const=MERGE_PATCH,
+        help="FILE is a merge patch (default for an object)",
+    )
+    kind.add_argument(
+        "--json-patch",
+        dest="patch_type",
+        action="store_const",
+        const=JSON_PATCH,
+        help="FILE is a JSON Patch (default for an array)",
+    )
+    sub.add_argument("--if-match", metavar="ETAG", help="patch only if the stored ETag is ETAG")
+    sub.add_argument("--dry-run", action="store_true", help="check and report; write nothing")
+    sub.add_argument("--all", action="store_true", help="patch every selected device")
+    sub.add_argument("--mac", metavar="GLOB", help="--all: MACs matching GLOB (aa-bb-*)")
+    sub.add_argument("--mac-regex", metavar="REGEX", type=_regex, help="--all: MACs matching")
+    sub.add_argument("--name", metavar="GLOB", help="--all: deviceName matching GLOB")
+    sub.add_argument("--name-regex", metavar="REGEX", type=_regex, help="--all: deviceName")
+    sub.add_argument("--entity-id", metavar="GLOB", help="--all: deviceEntityId matching GLOB")
+    sub.add_argument(
+        "--ota", choices=("yes", "no", "unset"), help="--all: enableOTA true, false or unset"
+    )
+    sub.add_argument("--json", action="store_true", help="--all: print the report as JSON")
+
+    sub = add(
+        "schema",
+        cmd_schema,
+        "manage the JSON Schemas configs are checked against",
+        "A config is checked against the schema its deviceModel names, else the schema "
+        "named 'default', else none (docs/schemas.md). `put` checks the schema (draft-07) "
+        "first; --relaxed schemas only report problems (see `validate` without PATH).",
+    )
+    actions = sub.add_subparsers(
+        dest="action", metavar="ACTION", required=True, help="what to do with the schemas"
+    )
+    actions.add_parser("list", help="print the schema names")
+    get = actions.add_parser("get", help="print one schema (its mode and ETag on stderr)")
+    get.add_argument("name", metavar="NAME")
+    put = actions.add_parser("put", help="store a schema from FILE (- : stdin)")
+    put.add_argument("name", metavar="NAME")
+    put.add_argument("file", metavar="FILE", nargs="?", default="-")
+    put.add_argument("--relaxed", action="store_true", help="report problems, refuse nothing")
+    put.add_argument("--if-match", metavar="ETAG", help="write only if the stored ETag is ETAG")
+    delete = actions.add_parser("delete", help="delete a schema")
+    delete.add_argument("name", metavar="NAME")
+    delete.add_argument("--if-match", metavar="ETAG", help="delete only if at ETAG")
 
 
 def _history_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
@@ -879,7 +1269,7 @@ def _evolve(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
 
 
 def _context(args: argparse.Namespace, environ: Mapping[str, str]) -> _Context:
-    if args.command == "validate" and args.store is not None:
+    if args.command == "validate" and args.paths and args.store is not None:
         raise UsageError("validate checks files without a store: leave --store out")
     options = {"store_url": args.store, "max_document_bytes": args.max_document_bytes}
     overrides = {name: value for name, value in options.items() if value is not None}

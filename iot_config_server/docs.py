@@ -93,7 +93,8 @@ class DocsAssets:
         return ApiError(
             ApiErrorCode.DOCS_UNAVAILABLE,
             "the interactive docs need the swagger-ui-bundle-v2 package "
-            "(pip install 'iot-config[server]'); the OpenAPI document is at /api/openapi.json",
+            "(the server extra: pip install '.[server]' in a checkout, as the README says); "
+            "the OpenAPI document is at /api/openapi.json",
         )
 
     def page(self, response: bottle.BaseResponse, *, trailing_slash: bool = False) -> bytes:

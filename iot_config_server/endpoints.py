@@ -7,20 +7,25 @@ here imports bottle: the table is also the contract the tests compare the app ag
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
 from iot_config_core import ErrorCode
+from iot_config_core.schemas import SchemaReport
 from iot_config_core.wire import ConfigListWire, ConfigWire
 
 from .api_models import HealthyReport, PutConfigRequest, UnhealthyReport
 from .history_api import HistoryWire, RollbackRequest
 from .http_errors import ApiErrorCode, Code
+from .schema_api import PutSchemaRequest, SchemaListWire, SchemaWire
 
 __all__ = [
     "ENDPOINTS",
     "Endpoint",
     "Header",
+    "Query",
     "Reply",
     "allowed_methods",
     "openapi_path",
@@ -36,6 +41,15 @@ class Header:
     name: str
     description: str
     required: bool = False
+
+
+@attrs.frozen
+class Query:
+    """A documented query parameter."""
+
+    name: str
+    description: str
+    schema: Mapping[str, Any] = attrs.field(factory=lambda: {"type": "string"})
 
 
 @attrs.frozen
@@ -82,6 +96,9 @@ class Endpoint:
     #: The operationId when it is not the one `operation_id` derives: the old service's names,
     #: braces and all, which generated clients call.
     legacy_operation_id: str = ""
+    #: Request bodies that are not an attrs model: media type -> JSON Schema of the body.
+    request_bodies: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    query: tuple[Query, ...] = ()
 
     @property
     def template(self) -> str:
@@ -111,7 +128,62 @@ _RAW_REPLIES = (
     Reply(304, "Not modified: the If-None-Match tag is current.", headers=(ETAG, CACHE_CONTROL)),
 )
 _STORED_ERRORS = (ErrorCode.CORRUPT_DOCUMENT, ErrorCode.STORED_DOCUMENT_TOO_LARGE)
+DRY_RUN = Query(
+    "dry_run",
+    "`true`: check everything (preconditions, document rules, schema) and answer what would be "
+    "stored, writing nothing (the answer then has `X-Dry-Run: true` and no ETag).",
+    {"type": "boolean", "default": False},
+)
+#: Headers of a dry run's answer (which has no ETag: nothing with that tag is stored).
+DRY_RUN_HEADERS = (
+    Header("X-Dry-Run", "`true`: nothing was written; the body is what would be stored."),
+    Header("X-Schema", "Dry runs: the name of the schema the config was checked against."),
+    Header("X-Schema-Problems", "Dry runs: how many problems it found (relaxed schemas)."),
+)
+_WRITE_ERRORS: tuple[Code, ...] = (
+    ErrorCode.INVALID_MAC,
+    ApiErrorCode.INVALID_BODY,
+    ErrorCode.INVALID_DOCUMENT,
+    ApiErrorCode.INVALID_HEADER,
+    ErrorCode.PRECONDITION_FAILED,
+    ApiErrorCode.PAYLOAD_TOO_LARGE,
+    ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    ErrorCode.STORE_UNAVAILABLE,
+    ApiErrorCode.STORE_BUSY,
+    ErrorCode.UNSUPPORTED_STORE,
+    ErrorCode.SCHEMA_VIOLATION,
+    ErrorCode.INVALID_SCHEMA,
+)
+_WRITE_REPLY = Reply(
+    200,
+    "What was stored (or would be, on a dry run).",
+    ConfigWire,
+    headers=(ETAG, *DRY_RUN_HEADERS),
+)
+_JSON_VALUE: Mapping[str, Any] = {}
+#: RFC 6902 operations, as the OpenAPI document describes a JSON Patch body.
+JSON_PATCH_SCHEMA: Mapping[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["op", "path"],
+        "properties": {
+            "op": {"enum": ["add", "remove", "replace", "move", "copy", "test"]},
+            "path": {"type": "string", "description": "JSON pointer (RFC 6901)"},
+            "from": {"type": "string", "description": "JSON pointer, for move and copy"},
+            "value": _JSON_VALUE,
+        },
+    },
+}
 _RAW_ERRORS = (*_MAC_ERRORS, *_STORED_ERRORS, ApiErrorCode.INVALID_HEADER)
+
+SCHEMA_RULE = "/api/schemas/<schema>"
+_SCHEMA_ERRORS: tuple[Code, ...] = (
+    ErrorCode.INVALID_SCHEMA,
+    ErrorCode.NOT_FOUND,
+    ErrorCode.STORE_UNAVAILABLE,
+    ApiErrorCode.STORE_BUSY,
+)
 
 #: Every route of the app except the generated OPTIONS (CORS preflight) routes.
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -155,26 +227,44 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         MAC_RULE,
         "Create or replace a config",
         "configs",
-        (Reply(200, "What was stored.", ConfigWire, headers=(ETAG,)),),
-        errors=(
-            ErrorCode.INVALID_MAC,
-            ApiErrorCode.INVALID_BODY,
-            ErrorCode.INVALID_DOCUMENT,
-            ApiErrorCode.INVALID_HEADER,
-            ErrorCode.PRECONDITION_FAILED,
-            ErrorCode.ALREADY_EXISTS,
-            ApiErrorCode.PAYLOAD_TOO_LARGE,
-            ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode.STORE_UNAVAILABLE,
-            ApiErrorCode.STORE_BUSY,
-            ErrorCode.UNSUPPORTED_STORE,
-        ),
+        (_WRITE_REPLY,),
+        errors=(*_WRITE_ERRORS, ErrorCode.ALREADY_EXISTS),
         action="save config",
         admin=True,
         request_model=PutConfigRequest,
         request_headers=(IF_MATCH, IF_NONE_MATCH_WRITE),
         description="`allow_overwrite: false` refuses to replace an existing config (409).",
         legacy_operation_id="put__api_configs_{mac_address}",
+        query=(DRY_RUN,),
+    ),
+    Endpoint(
+        "patch_config",
+        "PATCH",
+        MAC_RULE,
+        "Change part of a config (JSON merge patch or JSON Patch)",
+        "configs",
+        (_WRITE_REPLY,),
+        errors=(
+            *_WRITE_ERRORS,
+            ErrorCode.NOT_FOUND,
+            ErrorCode.INVALID_PATCH,
+            ErrorCode.PATCH_CONFLICT,
+            *_STORED_ERRORS,
+        ),
+        action="patch config",
+        admin=True,
+        request_headers=(IF_MATCH,),
+        description=(
+            "`application/merge-patch+json` (RFC 7396) sets keys, `null` removes one; "
+            "`application/json-patch+json` (RFC 6902) edits array items and can `test` values "
+            "first. Without If-Match the patch is applied to the current version under "
+            "compare-and-swap, so concurrent patches of different keys all land."
+        ),
+        request_bodies={
+            "application/merge-patch+json": {"type": "object"},
+            "application/json-patch+json": JSON_PATCH_SCHEMA,
+        },
+        query=(DRY_RUN,),
     ),
     Endpoint(
         "delete_config",
@@ -193,6 +283,79 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         admin=True,
         request_headers=(IF_MATCH,),
         legacy_operation_id="delete__api_configs_{mac_address}",
+    ),
+    Endpoint(
+        "list_schemas",
+        "GET",
+        "/api/schemas",
+        "The names of the stored JSON Schemas",
+        "schemas",
+        (Reply(200, "The names.", SchemaListWire),),
+        errors=(ErrorCode.STORE_UNAVAILABLE, ApiErrorCode.STORE_BUSY, ErrorCode.UNSUPPORTED_STORE),
+        action="list schemas",
+        admin=True,
+    ),
+    Endpoint(
+        "get_schema",
+        "GET",
+        SCHEMA_RULE,
+        "One stored JSON Schema",
+        "schemas",
+        (Reply(200, "The schema.", SchemaWire, headers=(ETAG,)),),
+        errors=_SCHEMA_ERRORS,
+        action="get schema",
+        admin=True,
+    ),
+    Endpoint(
+        "put_schema",
+        "PUT",
+        SCHEMA_RULE,
+        "Create or replace a JSON Schema (checked against the draft-07 meta-schema first)",
+        "schemas",
+        (Reply(200, "What was stored.", SchemaWire, headers=(ETAG,)),),
+        errors=(
+            *_SCHEMA_ERRORS,
+            ApiErrorCode.INVALID_BODY,
+            ErrorCode.INVALID_DOCUMENT,
+            ApiErrorCode.INVALID_HEADER,
+            ErrorCode.PRECONDITION_FAILED,
+            ApiErrorCode.PAYLOAD_TOO_LARGE,
+            ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        ),
+        action="save schema",
+        admin=True,
+        request_model=PutSchemaRequest,
+        request_headers=(IF_MATCH,),
+        description=(
+            "A config is checked against the schema its `deviceModel` names, else the schema "
+            "named `default`, else none. Every later PUT and PATCH of a config is checked; "
+            "configs already stored keep being served (`GET /api/validation` lists them). "
+            "`relaxed: true` only reports problems: in that report, the server log and a dry "
+            "run's `X-Schema-Problems` header."
+        ),
+    ),
+    Endpoint(
+        "delete_schema",
+        "DELETE",
+        SCHEMA_RULE,
+        "Delete a JSON Schema",
+        "schemas",
+        (Reply(204, "Deleted."),),
+        errors=(*_SCHEMA_ERRORS, ApiErrorCode.INVALID_HEADER, ErrorCode.PRECONDITION_FAILED),
+        action="delete schema",
+        admin=True,
+        request_headers=(IF_MATCH,),
+    ),
+    Endpoint(
+        "validation_report",
+        "GET",
+        "/api/validation",
+        "Which stored configs violate which schema (relaxed schemas included)",
+        "schemas",
+        (Reply(200, "The report.", SchemaReport),),
+        errors=(ErrorCode.STORE_UNAVAILABLE, ApiErrorCode.STORE_BUSY, ErrorCode.INVALID_SCHEMA),
+        action="validate configs",
+        admin=True,
     ),
     Endpoint(
         "device_config",
@@ -348,6 +511,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             ApiErrorCode.INVALID_BODY,
             ApiErrorCode.INVALID_HEADER,
             ErrorCode.INVALID_DOCUMENT,
+            ErrorCode.SCHEMA_VIOLATION,
             ErrorCode.PRECONDITION_FAILED,
             ApiErrorCode.PAYLOAD_TOO_LARGE,
             ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,

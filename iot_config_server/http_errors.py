@@ -139,7 +139,24 @@ ERROR_TABLE: Mapping[Code, ErrorRule] = {
         ExitStatus.USAGE,
         cause="the config store cannot do this safely ({message})",
     ),
+    ErrorCode.INVALID_PATCH: ErrorRule(
+        400, "INVALID_PATCH", cause="the patch is malformed ({message})"
+    ),
+    # RFC 5789: a patch that cannot apply to the current state is a conflict.
+    ErrorCode.PATCH_CONFLICT: ErrorRule(
+        409, "PATCH_CONFLICT", cause="the patch does not apply ({message})"
+    ),
+    ErrorCode.INVALID_SCHEMA: ErrorRule(
+        400, "INVALID_SCHEMA", cause="the schema is not accepted ({message})"
+    ),
+    ErrorCode.SCHEMA_VIOLATION: ErrorRule(
+        422, "SCHEMA_VIOLATION", cause="the config does not satisfy schema {schema!r} ({message})"
+    ),
     ErrorCode.CONFIG_ERROR: ErrorRule(500, "INTERNAL_ERROR"),
+    # Device credentials (`iot_config_core.device_tokens`): the device routes answer a refused
+    # token as ApiErrorCode.UNAUTHORIZED themselves; these rows say what the codes mean elsewhere.
+    ErrorCode.INVALID_DEVICE_TOKEN: ErrorRule(401, "UNAUTHORIZED", headers=WWW_AUTHENTICATE),
+    ErrorCode.INVALID_DEVICE_SECRET: ErrorRule(500, "INTERNAL_ERROR", ExitStatus.USAGE),
     ErrorCode.VERSION_NOT_FOUND: ErrorRule(
         404, "VERSION_NOT_FOUND", cause="{message}; GET .../history lists the versions kept"
     ),

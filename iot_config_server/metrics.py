@@ -26,6 +26,7 @@ import platform
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -110,7 +111,8 @@ class FreshValue:
     Computing it reads the store, which may hang (a stalled mount): the scrape waits at most
     `SCRAPE_WAIT_SECONDS`, then answers with the last value computed (None before the first, or
     while the store fails). At most one computation runs at a time, so a hung store holds one
-    thread, not one per scrape; a scrape arriving while one runs waits for that one.
+    thread, not one per scrape; a scrape arriving while one runs waits only for what is left of
+    that one's wait.
     """
 
     def __init__(self, compute: Callable[[], int], what: str) -> None:
@@ -120,6 +122,7 @@ class FreshValue:
         self._failing = False
         self._lock = threading.Lock()
         self._running: threading.Event | None = None
+        self._deadline = 0.0  # when scrapes stop waiting for the computation that runs
 
     def __call__(self) -> int | None:
         """The value computed for this scrape, or the last one if that takes too long."""
@@ -127,10 +130,15 @@ class FreshValue:
             done = self._running
             if done is None:
                 done = self._running = threading.Event()
+                self._deadline = time.monotonic() + SCRAPE_WAIT_SECONDS
                 threading.Thread(
                     target=self._refresh, args=(done,), name=f"metrics: {self._what}", daemon=True
                 ).start()
-        done.wait(SCRAPE_WAIT_SECONDS)
+            # A computation that already outlived its wait is stuck in the store: later scrapes
+            # answer at once with the last value instead of each waiting the full time again.
+            wait = self._deadline - time.monotonic()
+        if wait > 0:
+            done.wait(wait)
         return self._value
 
     def _refresh(self, done: threading.Event) -> None:
@@ -266,6 +274,11 @@ class AppMetrics:
         )
         self.registry.register(_ScrapeTimeMetrics(config_count))
         self._routes: dict[str, RouteMetrics] = {}
+        self._counted_in = counted_in
+
+    def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+        """Another counter of this app, kept where its request counters are (one or N workers)."""
+        return Counter(name, documentation, labels, namespace=NAMESPACE, registry=self._counted_in)
 
     def route(self, template: str) -> RouteMetrics:
         """The metrics of a route template (one object per template)."""

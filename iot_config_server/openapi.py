@@ -36,10 +36,13 @@ from .http_errors import ERROR_TABLE, ApiErrorCode, wire_codes
 __all__ = ["OpenApiCache", "build_document", "schema_components"]
 
 OPENAPI_VERSION = "3.1.0"
+DEVICE_TAG = "devices"
 #: Tag order and descriptions (the docs UI shows groups in this order).
 TAGS = {
     "configs": "Admin REST API used by the web UI (bearer token when the server has tokens).",
-    "devices": "What device firmware polls: exact stored bytes with ETag revalidation. Open.",
+    "schemas": "JSON Schemas that configs are checked against, and the report of violations.",
+    "devices": "What device firmware polls: exact stored bytes with ETag revalidation. Open, "
+    "unless device auth is on: then the device's own token (or an admin token).",
     "operations": "Health checks and Prometheus metrics. Open.",
     "documentation": "This document and the interactive docs. Open.",
     "history": "Each config's versions: who changed what, diffs, rollback (admin, as configs).",
@@ -50,6 +53,13 @@ MAC_PARAMETER = (
     "MAC address in any common spelling: aa-bb-cc-dd-ee-ff, AA:BB:CC:DD:EE:FF, aabb.ccdd.eeff, "
     "aabbccddeeff"
 )
+
+
+#: Descriptions of path parameters other than the MAC.
+PATH_PARAMETERS = {
+    MAC_NAME: MAC_PARAMETER,
+    "schema": "Schema name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+}
 
 
 @attrs.frozen
@@ -170,7 +180,7 @@ _REQUEST_ID = Header("X-Request-ID", "The request id (the client's if sane, else
 
 def _error_responses(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
     codes = list(endpoint.errors)
-    if endpoint.admin:
+    if endpoint.admin or endpoint.tag == DEVICE_TAG:
         codes.append(ApiErrorCode.UNAUTHORIZED)
     codes.append(ApiErrorCode.INTERNAL_ERROR)
     by_status: dict[int, set[str]] = {}
@@ -202,7 +212,7 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
             "schema": {"type": "string", "pattern": SPELLINGS_PATTERN}
             if name == MAC_NAME
             else {"type": "string"},
-            "description": MAC_PARAMETER if name == MAC_NAME else "File name",
+            "description": PATH_PARAMETERS.get(name, "File name"),
         }
         for name in path_parameters(endpoint.rule)
     ]
@@ -215,6 +225,15 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
             "description": header.description,
         }
         for header in endpoint.request_headers
+    )
+    parameters.extend(
+        {
+            "name": query.name,
+            "in": "query",
+            "schema": dict(query.schema),
+            "description": query.description,
+        }
+        for query in endpoint.query
     )
     responses: dict[str, Any] = {}
     for reply in endpoint.replies:
@@ -250,9 +269,25 @@ def _operation(endpoint: Endpoint, builder: _SchemaBuilder) -> dict[str, Any]:
                 "application/json": {"schema": builder.ref(endpoint.request_model, output=False)}
             },
         }
+    if endpoint.request_bodies:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                media_type: {"schema": dict(schema)}
+                for media_type, schema in endpoint.request_bodies.items()
+            },
+        }
     if endpoint.admin:
         # Required only when the server is configured with admin tokens.
         operation["security"] = [{"adminToken": []}, {}]
+    elif endpoint.tag == DEVICE_TAG:
+        # Required only with IOT_CONFIG_DEVICE_AUTH=required (optional: used when sent).
+        operation["security"] = [
+            {"deviceToken": []},
+            {"deviceTokenQuery": []},
+            {"adminToken": []},
+            {},
+        ]
     return operation
 
 
@@ -285,7 +320,21 @@ def build_document(base_path: str = "/") -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "Admin token; required only when the server has tokens set.",
-                }
+                },
+                "deviceToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The device's own token (`iot-config device-token MAC`); "
+                    "required only with IOT_CONFIG_DEVICE_AUTH=required. Without a valid one, "
+                    "existing and absent MACs get the same 401.",
+                },
+                "deviceTokenQuery": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "access_token",
+                    "description": "The device token as a query parameter, for HTTP clients "
+                    "that cannot set headers (prefer the header: proxies log query strings).",
+                },
             },
         },
     }

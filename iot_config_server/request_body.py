@@ -9,12 +9,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from iot_config_core import DocumentLimits, InvalidDocumentError, decode_document
+from iot_config_core import DocumentLimits, InvalidDocumentError, Patch, decode_document
+from iot_config_core.patching import JSON_PATCH, MERGE_PATCH, decode_patch
 
 from .api_models import PutConfigRequest, api_converter
 from .http_errors import ApiError, ApiErrorCode
 
-__all__ = ["ENVELOPE_ALLOWANCE", "parse_put_request", "read_body", "require_json"]
+__all__ = [
+    "ENVELOPE_ALLOWANCE",
+    "PATCH_MEDIA_TYPES",
+    "parse_patch_request",
+    "parse_put_request",
+    "patch_media_type",
+    "read_body",
+    "require_json",
+]
 
 #: Bytes allowed on top of the document limit for the request envelope (``{"content": ...}``)
 #: and for formatting a client may add that the stored, re-encoded form does not keep.
@@ -226,3 +235,43 @@ def _json_kind(value: object) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
+
+
+#: The media types PATCH accepts, in the order a 415 names them.
+PATCH_MEDIA_TYPES = (MERGE_PATCH, JSON_PATCH)
+
+
+def patch_media_type(environ: dict[str, Any]) -> str:
+    """The declared patch format, else 415 naming the accepted ones."""
+    declared = environ.get("CONTENT_TYPE") or ""
+    media_type = declared.partition(";")[0].strip().lower()
+    if media_type not in PATCH_MEDIA_TYPES:
+        accepted = " or ".join(PATCH_MEDIA_TYPES)
+        raise ApiError(
+            ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            f"a patch must be sent as {accepted}, not {declared[:100]!r}"
+            if declared
+            else f"the request has no Content-Type header (expected {accepted})",
+            content_type=declared[:100],
+            accepted=list(PATCH_MEDIA_TYPES),
+        )
+    return media_type
+
+
+def parse_patch_request(data: bytes, media_type: str, limits: DocumentLimits) -> Patch:
+    """Decode a PATCH body with the core's strict JSON rules into the patch it declares.
+
+    JSON-text problems are ``INVALID_BODY``; content rules keep the core's ``INVALID_DOCUMENT``.
+    """
+    if not data:
+        raise ApiError(ApiErrorCode.INVALID_BODY, "the request body is empty", reason="empty")
+    try:
+        return decode_patch(data, limits, media_type)
+    except InvalidDocumentError as exc:
+        if exc.details.get("reason") in _SYNTAX_REASONS:
+            raise ApiError(
+                ApiErrorCode.INVALID_BODY,
+                f"the request body is not valid JSON ({exc.message})",
+                **exc.details,
+            ) from None
+        raise

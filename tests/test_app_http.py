@@ -21,11 +21,6 @@ TOKEN = "s3cr3t-Token_value"
 UI = "https://ui.example.org"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ConfigStore:
-    return open_store(str(tmp_path / "configs"), create=True)
-
-
 def make(store: ConfigStore, **settings: Any) -> webtest.TestApp:
     return webtest.TestApp(create_app(store, Settings(**settings)))
 
@@ -61,8 +56,7 @@ def test_unknown_routes_are_json_404(app: webtest.TestApp, path: str) -> None:
     [
         ("POST", "/api/configs", "GET, HEAD, OPTIONS"),
         ("DELETE", "/api/configs", "GET, HEAD, OPTIONS"),
-        ("POST", f"/api/configs/{MAC}", "DELETE, GET, HEAD, OPTIONS, PUT"),
-        ("PATCH", f"/api/configs/{MAC}", "DELETE, GET, HEAD, OPTIONS, PUT"),
+        ("POST", f"/api/configs/{MAC}", "DELETE, GET, HEAD, OPTIONS, PATCH, PUT"),
         ("PUT", f"/api/configs/{MAC}.json", "GET, HEAD, OPTIONS"),
         ("POST", "/api/health", "GET, HEAD, OPTIONS"),
         ("PUT", "/metrics", "GET, HEAD, OPTIONS"),
@@ -81,7 +75,7 @@ def test_wrong_method_is_405_with_allow(
 
 def test_options_answers_allow(app: webtest.TestApp) -> None:
     response = app.options(f"/api/configs/{MAC}", status=204)
-    assert response.headers["Allow"] == "DELETE, GET, HEAD, OPTIONS, PUT"
+    assert response.headers["Allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH, PUT"
     assert "Access-Control-Allow-Origin" not in response.headers
 
 
@@ -208,7 +202,9 @@ def test_cors_preflight(store: ConfigStore) -> None:
         status=204,
     )  # no token needed: browsers never send credentials on a preflight
     assert response.headers["Access-Control-Allow-Origin"] == UI
-    assert response.headers["Access-Control-Allow-Methods"] == "DELETE, GET, HEAD, OPTIONS, PUT"
+    assert (
+        response.headers["Access-Control-Allow-Methods"] == "DELETE, GET, HEAD, OPTIONS, PATCH, PUT"
+    )
     allowed = {
         h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")
     }
@@ -234,7 +230,11 @@ ADMIN = [
     ("GET", "/api/configs"),
     ("GET", f"/api/configs/{MAC}"),
     ("PUT", f"/api/configs/{MAC}"),
+    ("PATCH", f"/api/configs/{MAC}"),
     ("DELETE", f"/api/configs/{MAC}"),
+    ("GET", "/api/schemas"),
+    ("PUT", "/api/schemas/sensor"),
+    ("GET", "/api/validation"),
 ]
 OPEN = [
     f"/api/configs/{MAC}.json",
@@ -254,7 +254,13 @@ def test_admin_routes_match_the_table() -> None:
             ("GET", "/api/configs"),
             ("GET", MAC_RULE),
             ("PUT", MAC_RULE),
+            ("PATCH", MAC_RULE),
             ("DELETE", MAC_RULE),
+            ("GET", "/api/schemas"),
+            ("GET", "/api/schemas/<schema>"),
+            ("PUT", "/api/schemas/<schema>"),
+            ("DELETE", "/api/schemas/<schema>"),
+            ("GET", "/api/validation"),
             ("GET", "/api/configs/<mac>/history"),
             ("GET", "/api/configs/<mac>/history/<etag>"),
             ("GET", "/api/configs/<mac>/diff"),

@@ -10,7 +10,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from iot_config_core import MacAddress, open_store
+from iot_config_core import MacAddress, merge_patch, open_store
 from iot_config_server import Settings, create_app
 
 MACS = [
@@ -30,6 +30,12 @@ contents = st.dictionaries(
     json_values,
     max_size=4,
 )
+#: Merge patches: ``null`` removes a key, an object merges into an object, anything else replaces.
+merge_patches = st.dictionaries(
+    st.sampled_from(["deviceName", "enableOTA", "x", "ü", "new"]),
+    st.none() | json_values,
+    max_size=3,
+)
 preconditions = st.sampled_from(
     ["none", "if-match-current", "if-match-stale", "if-match-any", "if-none-match-any"]
 )
@@ -47,6 +53,11 @@ class ApiMachine(RuleBasedStateMachine):
             create_app(open_store("memory://fleet", create=True), Settings())
         )
         self.model: dict[MacAddress, tuple[dict[str, Any], str]] = {}
+        #: The mode of the ``default`` schema ("x", when present, must be a string), or None.
+        self.schema: str | None = None
+
+    def _violates(self, content: dict[str, Any]) -> bool:
+        return self.schema is not None and "x" in content and not isinstance(content["x"], str)
 
     def _headers(self, mac: MacAddress, precondition: str) -> dict[str, str]:
         current = self.model.get(mac)
@@ -83,7 +94,9 @@ class ApiMachine(RuleBasedStateMachine):
         ][spelling]
         headers = self._headers(mac, precondition)
         exists = mac in self.model
-        if (
+        if self.schema == "strict" and self._violates(content):
+            expected = 422  # the content is checked before the preconditions
+        elif (
             precondition == "if-match-stale"
             or (precondition in ("if-match-current", "if-match-any") and not exists)
             or (precondition == "if-none-match-any" and exists)
@@ -104,8 +117,13 @@ class ApiMachine(RuleBasedStateMachine):
             assert response.json["content"] == content
             self.model[mac] = (content, response.headers["ETag"].strip('"'))
         else:
-            assert response.json["code"] == (
-                "CONFLICT" if expected == 409 else "PRECONDITION_FAILED"
+            assert (
+                response.json["code"]
+                == {
+                    409: "CONFLICT",
+                    412: "PRECONDITION_FAILED",
+                    422: "SCHEMA_VIOLATION",
+                }[expected]
             )
 
     @rule(
@@ -125,6 +143,49 @@ class ApiMachine(RuleBasedStateMachine):
         if expected == 204:
             del self.model[mac]
 
+    @rule(
+        mac=st.sampled_from(MACS),
+        patch=merge_patches,
+        precondition=st.sampled_from(["none", "if-match-current", "if-match-stale"]),
+    )
+    def patch(self, mac: MacAddress, patch: dict[str, Any], precondition: str) -> None:
+        headers = {
+            **self._headers(mac, precondition),
+            "Content-Type": "application/merge-patch+json",
+        }
+        if mac not in self.model:
+            expected = 404  # nothing to patch, whatever the precondition
+        elif precondition == "if-match-stale":
+            expected = 412
+        else:
+            before = self.model[mac][0]
+            after = merge_patch(before, patch)
+            changed = json.dumps(after) != json.dumps(before)  # an unchanged one is not written
+            expected = 422 if changed and self.schema == "strict" and self._violates(after) else 200
+        response = self.app.patch(
+            f"/api/configs/{mac}", json.dumps(patch), headers=headers, status=expected
+        )
+        if expected == 200:
+            before, etag = self.model[mac]
+            content = merge_patch(before, patch)
+            assert response.json["content"] == content
+            new_etag = response.headers["ETag"].strip('"')
+            if json.dumps(content) == json.dumps(before):
+                assert new_etag == etag  # an unchanged config is not rewritten
+            self.model[mac] = (content, new_etag)
+
+    @rule(mode=st.sampled_from(["strict", "relaxed"]))
+    def put_schema(self, mode: str) -> None:
+        schema = {"properties": {"x": {"type": "string"}}}
+        body = {"schema": schema, "relaxed": mode == "relaxed"}
+        self.app.put_json("/api/schemas/default", body, status=200)
+        self.schema = mode
+
+    @rule()
+    def delete_schema(self) -> None:
+        self.app.delete("/api/schemas/default", status=204 if self.schema else 404)
+        self.schema = None
+
     @rule(mac=st.sampled_from(MACS))
     def poll(self, mac: MacAddress) -> None:
         url = f"/esp32/config/{mac}.json"
@@ -136,6 +197,14 @@ class ApiMachine(RuleBasedStateMachine):
         assert json.loads(response.body) == content
         assert response.headers["ETag"] == f'"{etag}"'
         self.app.get(url, headers={"If-None-Match": f'W/"{etag}"'}, status=304)
+
+    @invariant()
+    def report_lists_the_violations(self) -> None:
+        report = self.app.get("/api/validation").json
+        assert report["checked"] == len(self.model)
+        assert [v["mac_address"] for v in report["violations"]] == [
+            str(mac) for mac in sorted(self.model) if self._violates(self.model[mac][0])
+        ]
 
     @invariant()
     def listing_matches(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -45,6 +47,36 @@ def increment_worker(root: str, times: int, results: Queue[int]) -> None:
     results.put(cas_increment(open_store(root), MAC, times))
 
 
+def stop_all(workers: Sequence[BaseProcess]) -> list[int | None]:
+    """Join every worker, killing one still alive after 30 s; their exit codes."""
+    for worker in workers:
+        worker.join(timeout=30)
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=10)
+    return [worker.exitcode for worker in workers]
+
+
+def run_increments(roots: Sequence[str], processes: int, times: int) -> list[int]:
+    """``processes`` workers each increment MAC's count ``times`` through ``roots`` in turn.
+
+    Every worker must exit 0; returns how often each had to retry its compare-and-swap.
+    """
+    results: Queue[int] = CONTEXT.Queue()
+    workers = [
+        CONTEXT.Process(target=increment_worker, args=(roots[i % len(roots)], times, results))
+        for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        retries = [results.get(timeout=60) for _ in range(processes)]
+    finally:
+        exits = stop_all(workers)
+    assert exits == [0] * processes
+    return retries
+
+
 @pytest.mark.slow
 def test_racing_processes_have_one_winner_per_round(tmp_path: Path) -> None:
     store = open_store(str(tmp_path))
@@ -71,31 +103,14 @@ def test_racing_processes_have_one_winner_per_round(tmp_path: Path) -> None:
             assert final.etag == winner_etag
             assert all(etag == winner_etag for *_, etag in outcomes), outcomes
     finally:
-        for worker in workers:
-            worker.join(timeout=30)
-            if worker.is_alive():
-                worker.kill()
-    assert [w.exitcode for w in workers] == [0] * PROCESSES
+        exits = stop_all(workers)
+    assert exits == [0] * PROCESSES
 
 
 @pytest.mark.slow
 def test_increment_loops_across_processes_lose_no_update(tmp_path: Path) -> None:
     store = open_store(str(tmp_path))
     store.put(MAC, {"count": 0})
-    results: Queue[int] = CONTEXT.Queue()
-    workers = [
-        CONTEXT.Process(target=increment_worker, args=(str(tmp_path), INCREMENTS, results))
-        for _ in range(PROCESSES)
-    ]
-    for worker in workers:
-        worker.start()
-    try:
-        retries = [results.get(timeout=60) for _ in range(PROCESSES)]
-    finally:
-        for worker in workers:
-            worker.join(timeout=30)
-            if worker.is_alive():
-                worker.kill()
-    assert [w.exitcode for w in workers] == [0] * PROCESSES
+    retries = run_increments([str(tmp_path)], PROCESSES, INCREMENTS)
     assert store.get(MAC).content == {"count": PROCESSES * INCREMENTS}, retries
     assert all(r >= 0 for r in retries)

@@ -289,7 +289,20 @@ def test_debug_shows_the_traceback(cli: Cli, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [None, "serve", "list", "get", "put", "delete", "import", "export", "validate"]
+    "command",
+    [
+        None,
+        "serve",
+        "list",
+        "get",
+        "put",
+        "delete",
+        "import",
+        "export",
+        "validate",
+        "patch",
+        "schema",
+    ],
 )
 def test_help_on_every_subcommand_documents_exit_statuses(cli: Cli, command: str | None) -> None:
     result = cli(*([command] if command else []), "--help")
@@ -806,7 +819,9 @@ def test_validate_takes_no_store(cli: Cli, tmp_path: Path) -> None:
     assert result.status == EXIT_USAGE
     assert "without a store" in result.err
     help_text = cli("validate", "--help").out
-    assert "--store" not in help_text
+    assert "Without PATH, check every stored config against its JSON Schema" in " ".join(
+        help_text.split()
+    )
 
 
 # -- the real entry points, in fresh processes ----------------------------------------------------

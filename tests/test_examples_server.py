@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import importlib.util
 import json
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from support import REPO, ServerProcess, call, child_env
 
-from iot_config_core import MacAddress, PreconditionFailedError, encode_document, open_store
+from iot_config_core import (
+    MacAddress,
+    MergePatch,
+    PreconditionFailedError,
+    encode_document,
+    open_store,
+)
+from iot_config_core.fleet import FleetOutcome, patch_device
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-
-
-def clean_env() -> dict[str, str]:
-    """The test's environment without settings that would redirect the server or the CLI."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_CONFIG_")}
-    env.pop("ESP32_CONFIGS_DIR", None)
-    return env
 
 
 def run_example(name: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -38,7 +32,7 @@ def run_example(name: str, *argv: str, timeout: float = 120) -> subprocess.Compl
         [sys.executable, str(EXAMPLES / name), *argv],
         capture_output=True,
         text=True,
-        env=clean_env(),
+        env=child_env(),
         cwd=REPO,
         check=False,
         timeout=timeout,
@@ -161,110 +155,45 @@ def test_fleet_set_key_never_overwrites_a_concurrent_edit(store_dir: Path) -> No
         assert content["counter"] == increments[mac], mac
 
 
-def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), EXAMPLES / name)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_fleet_set_key_rereads_after_an_edit_between_its_read_and_write(store_dir: Path) -> None:
-    """Deterministic: another admin edits the device right after the script has read it."""
-    example = load_example("fleet_set_key.py")
+    """Deterministic: another admin edits the device right after the fleet patch listed it."""
     mac = MacAddress.parse("02-00-00-00-00-01")
     seed(store_dir, str(mac), {"deviceName": "kitchen", "note": "old"})
     store = open_store(str(store_dir))
     other_admin = open_store(str(store_dir))
-    calls = 0
+    listed = store.listing().summaries[0]
+    current = other_admin.get(mac)
+    other_admin.put(mac, {**current.content, "note": "edited"}, if_match=current.etag)
 
-    def matches(name: str | None) -> bool:
-        # set_key calls this after each read and before its write: the race window.
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            current = other_admin.get(mac)
-            other_admin.put(mac, {**current.content, "note": "edited"}, if_match=current.etag)
-        return name == "kitchen"
-
-    outcome = example.set_key(store, mac, "enableOTA", True, matches, dry_run=False, max_attempts=3)
-    assert outcome == ("changed", 1)
+    result = patch_device(
+        store, listed, MergePatch({"enableOTA": True}), lambda s: s.device_name == "kitchen"
+    )
+    assert (result.outcome, result.retries) == (FleetOutcome.CHANGED, 1)
     assert read(store_dir, str(mac)) == {
         "deviceName": "kitchen",
         "note": "edited",
         "enableOTA": True,
     }
+    other_admin.put(mac, {"deviceName": "hall"})  # renamed meanwhile: no longer selected
+    result = patch_device(store, listed, MergePatch({"x": 1}), lambda s: s.device_name == "kitchen")
+    assert result.outcome is FleetOutcome.NO_LONGER_MATCHES
+    assert read(store_dir, str(mac)) == {"deviceName": "hall"}
 
 
 # -- a real server process ------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def http_get(port: int, path: str) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
+    return call(port, "GET", path, timeout=5)[0]
 
 
 @pytest.fixture
 def server(store_dir: Path, tmp_path: Path) -> Iterator[int]:
-    """``iot-config serve`` in its own process on a free loopback port; stopped with SIGTERM."""
-    port = free_port()
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "iot_config_server.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--store",
-            str(store_dir),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=clean_env(),
-        cwd=REPO,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}: {_log(tmp_path)}")
-            with contextlib.suppress(OSError):
-                if http_get(port, "/api/health/live") == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not live within 30 s: {_log(tmp_path)}")
-            time.sleep(0.05)
-        yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            status = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-            pytest.fail("server ignored SIGTERM for 20 s")
-        log.close()
-    assert status == 0, _log(tmp_path)
-
-
-def _log(tmp_path: Path) -> str:
-    return (tmp_path / "server.log").read_text(errors="replace")[-2000:]
+    """``iot-config serve`` in its own process on a free loopback port; it must stop on SIGTERM."""
+    log = tmp_path / "server.log"
+    with ServerProcess("--store", str(store_dir), log_path=log) as proc:
+        yield proc.port
+        assert proc.terminate(20) == 0, proc.log()[-2000:]
 
 
 def test_fleet_simulator_against_a_real_server(server: int, store_dir: Path) -> None:
@@ -319,7 +248,7 @@ def test_fleet_simulator_sees_a_change_made_through_the_cli(server: int, store_d
         ],
         stdout=subprocess.PIPE,
         text=True,
-        env=clean_env(),
+        env=child_env(),
         cwd=REPO,
     )
     time.sleep(0.5)
@@ -328,7 +257,7 @@ def test_fleet_simulator_sees_a_change_made_through_the_cli(server: int, store_d
         input=json.dumps({"deviceName": "changing", "v": 1}),
         capture_output=True,
         text=True,
-        env=clean_env(),
+        env=child_env(),
         cwd=REPO,
         check=False,
         timeout=60,
@@ -388,7 +317,7 @@ def test_fleet_set_key_usage_lines_work_as_written(tmp_path: Path) -> None:
     assert commands
     assert commands[0].startswith(". .venv/bin/activate")
     (tmp_path / "examples").symlink_to(EXAMPLES)
-    env = clean_env()
+    env = child_env()
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     for command in commands[1:]:
         result = subprocess.run(

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import pytest
 import webtest
 from openapi_spec_validator import validate
@@ -26,16 +26,6 @@ from iot_config_server.http_errors import ERROR_TABLE, ApiErrorCode
 
 MAC = "aa-bb-cc-dd-ee-ff"
 ERROR_BODY = SCHEMA_NAMES[ErrorBody].key
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> ConfigStore:
-    return open_store(str(tmp_path / "configs"), create=True)
-
-
-@pytest.fixture
-def app(store: ConfigStore) -> webtest.TestApp:
-    return webtest.TestApp(create_app(store, Settings()))
 
 
 @pytest.fixture
@@ -125,10 +115,26 @@ def test_admin_operations_declare_the_bearer_scheme(document: dict[str, Any]) ->
     for method in ("get", "put", "delete"):
         assert {"adminToken": []} in config[method]["security"]
         assert "401" in config[method]["responses"]
-    device = document["paths"]["/esp32/config/{mac_address}.json"]["get"]
-    assert "security" not in device
-    assert "401" not in device["responses"]
     assert document["components"]["securitySchemes"]["adminToken"]["scheme"] == "bearer"
+
+
+def test_device_operations_declare_the_device_token_schemes(document: dict[str, Any]) -> None:
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["deviceToken"]["scheme"] == "bearer"
+    assert (schemes["deviceTokenQuery"]["in"], schemes["deviceTokenQuery"]["name"]) == (
+        "query",
+        "access_token",
+    )
+    for path in ("/esp32/config/{mac_address}.json", "/api/configs/{mac_address}.json"):
+        device = document["paths"][path]["get"]
+        # Any one of: the device's token (header or query), an admin token, or none (mode off).
+        assert device["security"] == [
+            {"deviceToken": []},
+            {"deviceTokenQuery": []},
+            {"adminToken": []},
+            {},
+        ]
+        assert "WWW-Authenticate" in device["responses"]["401"]["headers"]
 
 
 def test_error_codes_in_the_schema_are_the_tables(document: dict[str, Any]) -> None:

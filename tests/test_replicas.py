@@ -10,22 +10,16 @@ separate mounts (one per replica). Clients hammer both with GET + conditional PU
 - ``/metrics`` config counts of the two replicas agree after a list;
 - the version history both replicas show holds every acknowledged write exactly once, in order.
 
-The replicas run ``python -m iot_config_server.cli serve`` (the production entry point). Until
-that runner exists they run the same app (`create_app`) under waitress, and say so in the log.
+The replicas run ``python -m iot_config_server.cli serve``, the production entry point.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
-import importlib.util
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_server import ACCESS_KEY, SECRET_KEY, free_ports, moto_server
+from s3_server import ACCESS_KEY, SECRET_KEY, moto_server
+from support import JSON_HEADERS, PYTHON, Answer, ServerProcess, child_env, put_body
 from test_store_ceph import ceph_dirs  # noqa: F401 - the fixture, for the cephfs replicas
-
-import iot_config_core
 
 MAC = "02-00-00-00-aa-01"
 OTHER = "02-00-00-00-aa-02"
@@ -48,116 +41,49 @@ TIME_BUDGET_SECONDS = 60.0
 # Enough versions per device for every write of the race to stay in the history.
 HISTORY_LIMIT = CLIENTS * APPENDS_PER_CLIENT + 10
 
-# The same app as the production runner, for as long as `iot_config_server.serve` is missing.
-FALLBACK = """
-import os, sys, attrs, waitress
-from iot_config_core import open_store
-from iot_config_server.app import create_app
-from iot_config_server.settings import Settings
-url, port = sys.argv[1], int(sys.argv[2])
-settings = attrs.evolve(Settings.from_env(os.environ), store_url=url, host="127.0.0.1", port=port)
-print("iot_config_server.serve missing: serving create_app with waitress", flush=True)
-waitress.serve(create_app(open_store(url), settings), host="127.0.0.1", port=port, threads=8)
-"""
-
-Answer = tuple[int, dict[str, str], bytes]
+Pair = tuple[ServerProcess, ServerProcess]
 
 
-def _env(extra: dict[str, str]) -> dict[str, str]:
-    package_parent = str(Path(iot_config_core.__file__).resolve().parent.parent)
-    env = {
-        **os.environ,
-        "IOT_CONFIG_LOG_LEVEL": "WARNING",
-        "IOT_CONFIG_HISTORY_LIMIT": str(HISTORY_LIMIT),
-        **extra,
-    }
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
-    return env
+def put(
+    replica: ServerProcess, mac: str, content: Any, headers: dict[str, str] | None = None
+) -> Answer:
+    return replica.request(
+        "PUT", f"/api/configs/{mac}", put_body(content), {**JSON_HEADERS, **(headers or {})}
+    )
 
 
-class Replica:
-    """One server process on its own port over the shared store URL."""
+def get(replica: ServerProcess, mac: str) -> tuple[dict[str, Any], str]:
+    status, headers, data = replica.request("GET", f"/api/configs/{mac}")
+    assert status == 200, (status, data[:300])
+    return json.loads(data)["content"], headers["etag"]
 
-    def __init__(self, url: str, log: Path, env: dict[str, str]) -> None:
-        (self.port,) = free_ports(1)
-        if importlib.util.find_spec("iot_config_server.serve") is not None:
-            args = [
-                *(sys.executable, "-m", "iot_config_server.cli", "serve"),
-                *("--host", "127.0.0.1", "--port", str(self.port), "--store", url),
-            ]
-        else:
-            args = [sys.executable, "-c", FALLBACK, url, str(self.port)]
-        self.log_path = log
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, env=_env(env)
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"replica exited {self.proc.returncode}: {self.log()}")
-            with contextlib.suppress(OSError):
-                if self.request("GET", "/api/health/live")[0] == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"replica not live in 30 s: {self.log()}")
-            time.sleep(0.05)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
+def listed(replica: ServerProcess) -> dict[str, str | None]:
+    """MAC -> device name of every config the replica lists."""
+    status, _, data = replica.request("GET", "/api/configs")
+    assert status == 200, data[:300]
+    body = json.loads(data)
+    assert body["count"] == len(body["configs"])
+    return {item["mac_address"]: item["device_name"] for item in body["configs"]}
 
-    def request(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-    ) -> Answer:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            data = None if body is None else json.dumps({"content": body}).encode()
-            sent = {**({"Content-Type": "application/json"} if data else {}), **(headers or {})}
-            conn.request(method, path, body=data, headers=sent)
-            resp = conn.getresponse()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-        finally:
-            conn.close()
 
-    def get(self, mac: str) -> tuple[dict[str, Any], str]:
-        status, headers, data = self.request("GET", f"/api/configs/{mac}")
-        assert status == 200, (status, data[:300])
-        return json.loads(data)["content"], headers["etag"]
+def versions(replica: ServerProcess, mac: str) -> list[dict[str, Any]]:
+    status, _, data = replica.request("GET", f"/api/configs/{mac}/history")
+    assert status == 200, (status, data[:300])
+    found: list[dict[str, Any]] = json.loads(data)["versions"]
+    return found
 
-    def versions(self, mac: str) -> list[dict[str, Any]]:
-        status, _, data = self.request("GET", f"/api/configs/{mac}/history")
-        assert status == 200, (status, data[:300])
-        versions: list[dict[str, Any]] = json.loads(data)["versions"]
-        return versions
 
-    def listed(self) -> dict[str, str | None]:
-        """MAC -> device name of every config the replica lists."""
-        status, _, data = self.request("GET", "/api/configs")
-        assert status == 200, data[:300]
-        body = json.loads(data)
-        assert body["count"] == len(body["configs"])
-        return {item["mac_address"]: item["device_name"] for item in body["configs"]}
-
-    def config_count(self) -> float:
-        status, _, data = self.request("GET", "/metrics")
-        assert status == 200
-        match = re.search(rb"^iot_config_configs (\S+)$", data, re.MULTILINE)
-        assert match, data[:2000]
-        return float(match.group(1))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+def config_count(replica: ServerProcess) -> float:
+    status, _, data = replica.request("GET", "/metrics")
+    assert status == 200
+    match = re.search(rb"^iot_config_configs (\S+)$", data, re.MULTILINE)
+    assert match, data[:2000]
+    return float(match.group(1))
 
 
 @pytest.fixture(params=["local", "s3", "cephfs"])
-def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Replica, Replica]]:
+def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
     """Two replicas on one store of the kind named by the parameter."""
     with contextlib.ExitStack() as stack:
         urls: tuple[str, str]
@@ -176,22 +102,25 @@ def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[R
             }
             url = f"s3://replicas/{uuid.uuid4().hex}"
             setup = f"from iot_config_core import open_store; open_store({url!r}, create=True)"
-            subprocess.run([sys.executable, "-c", setup], env=_env(env), check=True, timeout=60)
+            subprocess.run([PYTHON, "-c", setup], env=child_env(**env), check=True, timeout=60)
             urls = (url, url)
         else:
             first, second = request.getfixturevalue("ceph_dirs")
             work = Path(tempfile.mkdtemp(dir=first))
             stack.callback(shutil.rmtree, work, ignore_errors=True)
             urls = (str(work), str(second / work.name))  # one mount per replica
-        one = Replica(urls[0], tmp_path / "one.log", env)
-        stack.callback(one.stop)
-        two = Replica(urls[1], tmp_path / "two.log", env)
-        stack.callback(two.stop)
+        env = {**env, "IOT_CONFIG_HISTORY_LIMIT": str(HISTORY_LIMIT)}
+        one = stack.enter_context(
+            ServerProcess("--store", urls[0], log_path=tmp_path / "one.log", env=env)
+        )
+        two = stack.enter_context(
+            ServerProcess("--store", urls[1], log_path=tmp_path / "two.log", env=env)
+        )
         yield one, two
 
 
 def _append_loop(
-    replicas: tuple[Replica, Replica],
+    replicas: Pair,
     client: int,
     acked: list[str],
     problems: list[str],
@@ -205,9 +134,9 @@ def _append_loop(
             if time.monotonic() > deadline:
                 return
             replica = replicas[(client + n + attempt) % 2]
-            content, etag = replica.get(MAC)
+            content, etag = get(replica, MAC)
             new = {"history": [*content["history"], token]}
-            status, _, data = replica.request("PUT", f"/api/configs/{MAC}", new, {"If-Match": etag})
+            status, _, data = put(replica, MAC, new, {"If-Match": etag})
             if status == 200:
                 with lock:
                     acked.append(token)
@@ -223,10 +152,10 @@ def _append_loop(
 
 @pytest.mark.slow
 def test_conditional_puts_through_two_replicas_lose_no_update(
-    replicas: tuple[Replica, Replica],
+    replicas: Pair,
 ) -> None:
     one, two = replicas
-    status, _, data = one.request("PUT", f"/api/configs/{MAC}", {"history": []})
+    status, _, data = put(one, MAC, {"history": []})
     assert status in (200, 201), data[:300]
     acked: list[str] = []
     problems: list[str] = []
@@ -243,71 +172,66 @@ def test_conditional_puts_through_two_replicas_lose_no_update(
     assert problems == []
     assert len(acked) == CLIENTS * APPENDS_PER_CLIENT, "time budget ran out"
     for replica in (one, two):
-        history = replica.get(MAC)[0]["history"]
+        history = get(replica, MAC)[0]["history"]
         assert sorted(history) == sorted(acked)  # every 200 is in it, exactly once
         assert len(set(history)) == len(history)
         for client in range(CLIENTS):  # and each client's appends are in its order
             mine = [t for t in history if t.startswith(f"c{client}-")]
             assert mine == [f"c{client}-{n}" for n in range(APPENDS_PER_CLIENT)]
     # The version history: every acknowledged write once, in order, the same on both replicas.
-    versions = one.versions(MAC)
-    assert versions == two.versions(MAC)
-    assert versions[0]["etag"] == one.get(MAC)[1].strip('"')
-    assert len(versions) == len(acked) + 1  # and the first, empty version
-    assert len({v["etag"] for v in versions}) == len(versions)
-    assert {v["source"] for v in versions} == {"api"}
-    assert len({v["request_id"] for v in versions}) == len(versions)
-    final = one.get(MAC)[0]["history"]
-    for age, version in enumerate(versions):  # newest first: each is the final one, shorter
+    shown = versions(one, MAC)
+    assert shown == versions(two, MAC)
+    assert shown[0]["etag"] == get(one, MAC)[1].strip('"')
+    assert len(shown) == len(acked) + 1  # and the first, empty version
+    assert len({v["etag"] for v in shown}) == len(shown)
+    assert {v["source"] for v in shown} == {"api"}
+    assert len({v["request_id"] for v in shown}) == len(shown)
+    final = get(one, MAC)[0]["history"]
+    for age, version in enumerate(shown):  # newest first: each is the final one, shorter
         status, _, data = two.request("GET", f"/api/configs/{MAC}/history/{version['etag']}")
         assert status == 200, data[:300]
         assert json.loads(data)["content"]["history"] == final[: len(final) - age]
 
 
 def test_each_replica_sees_the_others_writes_on_the_next_request(
-    replicas: tuple[Replica, Replica],
+    replicas: Pair,
 ) -> None:
     one, two = replicas
     device = f"/esp32/config/{OTHER}.json"
-    assert two.listed() == {}
+    assert listed(two) == {}
     assert two.request("GET", device)[0] == 404
 
-    status, headers, _ = one.request("PUT", f"/api/configs/{OTHER}", {"deviceName": "one"})
+    status, headers, _ = put(one, OTHER, {"deviceName": "one"})
     assert status in (200, 201)
     created = headers["etag"]
-    assert two.listed() == {OTHER: "one"}
+    assert listed(two) == {OTHER: "one"}
     status, headers, body = two.request("GET", device)
     assert (status, headers["etag"]) == (200, created)
     assert json.loads(body) == {"deviceName": "one"}
     assert one.request("GET", device)[0] == 200  # now cached on both replicas
 
-    status, headers, _ = two.request(
-        "PUT", f"/api/configs/{OTHER}", {"deviceName": "two"}, {"If-Match": created}
-    )
+    status, headers, _ = put(two, OTHER, {"deviceName": "two"}, {"If-Match": created})
     assert status == 200
     updated = headers["etag"]
     status, headers, body = one.request("GET", device)
     assert (status, headers["etag"], json.loads(body)) == (200, updated, {"deviceName": "two"})
-    assert one.get(OTHER) == ({"deviceName": "two"}, updated)
+    assert get(one, OTHER) == ({"deviceName": "two"}, updated)
 
-    stale = one.request(
-        "PUT", f"/api/configs/{OTHER}", {"deviceName": "stale"}, {"If-Match": created}
-    )
+    stale = put(one, OTHER, {"deviceName": "stale"}, {"If-Match": created})
     assert stale[0] == 412
 
-    assert one.listed() == two.listed() == {OTHER: "two"}
-    assert one.config_count() == two.config_count() == 1
+    assert listed(one) == listed(two) == {OTHER: "two"}
+    assert config_count(one) == config_count(two) == 1
 
     assert one.request("DELETE", f"/api/configs/{OTHER}", headers={"If-Match": updated})[0] in (
         200,
         204,
     )
     assert two.request("GET", device)[0] == 404
-    assert two.listed() == {}
-    assert one.listed() == {}
-    assert one.config_count() == two.config_count() == 0
-    versions = two.versions(OTHER)
-    assert [(v["etag"], v["deleted"]) for v in versions] == [
+    assert listed(two) == {}
+    assert listed(one) == {}
+    assert config_count(one) == config_count(two) == 0
+    assert [(v["etag"], v["deleted"]) for v in versions(two, OTHER)] == [
         (None, True),
         (updated.strip('"'), False),
         (created.strip('"'), False),

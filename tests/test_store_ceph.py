@@ -9,7 +9,6 @@ SIGKILL-mid-write test use both. Without the variable every test here is skipped
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -17,12 +16,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from multiprocessing.queues import Queue
 from pathlib import Path
 
 import pytest
 from test_cas_processes import MAC as COUNTER_MAC
-from test_cas_processes import increment_worker
+from test_cas_processes import run_increments
 from test_crash import test_sigkilled_writer_never_tears_the_document as sigkill_check
 
 from iot_config_core import ConfigStore, open_store
@@ -125,22 +123,7 @@ class TestCephfsStore(PosixStoreContract):
         roots = [first, self.second / first.name]
         store = open_store(str(first))
         store.put(COUNTER_MAC, {"count": 0})
-        context = multiprocessing.get_context("spawn")
-        results: Queue[int] = context.Queue()
-        workers = [
-            context.Process(target=increment_worker, args=(str(roots[i % 2]), increments, results))
-            for i in range(processes)
-        ]
-        for worker in workers:
-            worker.start()
-        try:
-            retries = [results.get(timeout=60) for _ in range(processes)]
-        finally:
-            for worker in workers:
-                worker.join(timeout=30)
-                if worker.is_alive():
-                    worker.kill()
-        assert [w.exitcode for w in workers] == [0] * processes
+        retries = run_increments([str(root) for root in roots], processes, increments)
         assert store.get(COUNTER_MAC).content == {"count": processes * increments}, retries
         assert open_store(str(roots[1])).get(COUNTER_MAC).content == {
             "count": processes * increments

@@ -21,11 +21,11 @@ from s3_server import (
     ACCESS_KEY,
     SECRET_KEY,
     S3Server,
-    free_ports,
     moto_server,
     seaweedfs_server,
     storage_options,
 )
+from support import free_port
 
 from iot_config_core import ConfigStore, open_store
 from iot_config_core.backend import ABSENT, VersionConflict
@@ -268,7 +268,7 @@ def test_url_without_bucket_is_unsupported() -> None:
 
 
 def test_unreachable_server_is_an_outage_not_a_crash() -> None:
-    (port,) = free_ports(1)  # nothing listens here
+    port = free_port()  # nothing listens here
     store = open_store(
         "s3://fleet/configs",
         key=ACCESS_KEY,

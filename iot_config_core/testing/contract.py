@@ -30,6 +30,7 @@ from iot_config_core.errors import (
     InvalidMacError,
     NotFoundError,
     PreconditionFailedError,
+    SchemaViolationError,
     StoredDocumentTooLargeError,
     StoreMissingError,
     StoreUnavailableError,
@@ -404,6 +405,34 @@ class StoreContract(abc.ABC):
             store.get_raw(MAC_B)
         with pytest.raises(PreconditionFailedError):  # store's last-seen etag is stale now
             store.put(MAC_C, {"x": 1}, if_match=etag_of({"deviceName": "other"}))
+
+    # -- schemas ----------------------------------------------------------------------------------
+
+    def test_schemas_live_beside_the_configs_and_are_never_listed_as_configs(
+        self, store: ConfigStore
+    ) -> None:
+        store.put(MAC_A, {"deviceModel": "esp32", "pollSeconds": "soon"})  # before the schema
+        schema = {"type": "object", "properties": {"pollSeconds": {"type": "integer"}}}
+        stored = store.schemas.put("esp32", schema)
+        store.schemas.put("default", {"required": ["deviceName"]}, relaxed=True)
+        assert store.schemas.names() == ["default", "esp32"]
+        assert [s.mac_address for s in store.list()] == [MAC_A]
+        assert store.listing().skipped == ()
+        assert store.get_raw(MAC_A).data  # stored before the schema: still served
+        with pytest.raises(SchemaViolationError) as caught:
+            store.put(MAC_B, {"deviceModel": "esp32", "pollSeconds": "x"})
+        assert caught.value.details["problems"] == [
+            {"pointer": "/pollSeconds", "message": "'x' is not of type 'integer'"}
+        ]
+        assert not store.exists(MAC_B)
+        store.put(MAC_B, {"deviceModel": "esp32", "pollSeconds": 5})
+        report = store.schema_report()
+        assert (report.checked, [v.mac_address for v in report.violations]) == (2, [MAC_A])
+        other = self.make_second_client(store)  # another replica sees the same schemas
+        assert other.schemas.get("esp32").etag == stored.etag
+        other.schemas.delete("esp32")
+        store.put(MAC_B, {"deviceModel": "esp32", "pollSeconds": "x"})  # default: relaxed
+        assert store.schemas.names() == ["default"]
 
     def test_hand_edits_are_seen(self, store: ConfigStore) -> None:
         store.put(MAC_A, {"deviceName": "old"})

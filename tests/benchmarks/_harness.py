@@ -23,6 +23,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -129,6 +130,23 @@ class Row:
             return None
         measured = self.ratio if self.baseline is not None else self.value
         return measured is not None and measured <= self.target
+
+
+def durable_write(directory: Path, file_name: str, data: bytes) -> None:
+    """The floor of every durable write: temp file, write, fsync, rename, fsync the directory."""
+    temp = directory / f".{file_name}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, directory / file_name)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _format_time(seconds: float) -> str:

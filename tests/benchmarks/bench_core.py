@@ -63,7 +63,7 @@ def mac_of(index: int) -> MacAddress:
 
 
 def typical_config(index: int, variant: int = 0) -> dict[str, Any]:
-    """A config shaped like the real ESP32 ones: ~30 keys, nested objects and arrays, ~1.3 KB."""
+    """A config shaped like the real ESP32 ones: ~30 keys, nested objects and arrays."""
     rng = random.Random(index * 7919 + variant)
     room = rng.choice(["kitchen", "hall", "garage", "office", "bedroom", "cellar", "attic"])
     return {

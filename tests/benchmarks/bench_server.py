@@ -45,11 +45,14 @@ from typing import Any
 import _harness
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-PYTHON = sys.executable
+sys.path.insert(1, str(HERE.parent))  # tests/: the helpers shared with the tests
+import support  # noqa: E402
+from support import PYTHON, free_port, tool  # noqa: E402
+
+WRK = tool("wrk")
 TOKEN = "bench-admin-token"
 HOT_MAC = "aa-bb-cc-00-00-01"
-# A typical device config: ~300 bytes of JSON.
+# A typical device config.
 HOT_CONTENT: dict[str, Any] = {
     "deviceName": "kitchen-sensor",
     "deviceEntityId": "sensor.kitchen",
@@ -64,15 +67,8 @@ HOT_CONTENT: dict[str, Any] = {
 # -- processes ------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def can_pin() -> bool:
-    return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+    return tool("taskset") is not None and (os.cpu_count() or 1) >= 2
 
 
 def pinned(cpu: int, argv: list[str]) -> list[str]:
@@ -80,12 +76,9 @@ def pinned(cpu: int, argv: list[str]) -> list[str]:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOT_CONFIG_")}
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO), str(HERE), env.get("PYTHONPATH", "")])
-    )
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
+    """`support.child_env`, with this directory importable too (the bare apps live here)."""
+    env = support.child_env(**extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env["PYTHONPATH"]])
     return env
 
 
@@ -296,7 +289,8 @@ def run_wrk(
     out.unlink(missing_ok=True)
     script = workdir / "wrk.lua"
     script.write_text(lua + DONE_LUA % {"out": out})
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script)]
+    assert WRK is not None
+    argv = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script)]
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
     argv.append(f"http://127.0.0.1:{port}{path}")
@@ -419,25 +413,12 @@ def write_floor(directory: Path, repeat: int) -> float:
     from iot_config_core import encode_document  # noqa: PLC0415
 
     data = encode_document({**HOT_CONTENT, "counter": 1})
-    target = directory / "floor.json"
-    temp = directory / ".floor.tmp"
 
-    def durable_write() -> None:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, target)
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    def floor() -> None:
+        _harness.durable_write(directory, "floor.json", data)
 
-    timing = _harness.measure({"floor": durable_write}, repeat=repeat)["floor"]
-    target.unlink(missing_ok=True)
+    timing = _harness.measure({"floor": floor}, repeat=repeat)["floor"]
+    (directory / "floor.json").unlink(missing_ok=True)
     return timing.median
 
 
@@ -697,11 +678,11 @@ def candidates(port: int, threads: int) -> dict[str, list[str]]:
     """Command lines serving `bare_app_from_env` on ``port``; only servers that are installed."""
     found: dict[str, list[str]] = {}
     target = "bench_server:bare_app_from_env"
-    if shutil.which("waitress-serve"):
-        found["waitress"] = ["waitress-serve", "--host", "127.0.0.1", f"--port={port}"]
+    if waitress := tool("waitress-serve"):
+        found["waitress"] = [waitress, "--host", "127.0.0.1", f"--port={port}"]
         found["waitress"] += [f"--threads={threads}", "--call", target]
-    if shutil.which("gunicorn"):
-        base = ["gunicorn", "-b", f"127.0.0.1:{port}", "-w", "1"]
+    if gunicorn := tool("gunicorn"):
+        base = [gunicorn, "-b", f"127.0.0.1:{port}", "-w", "1"]
         found["gunicorn sync"] = [*base, "-k", "sync", f"{target}()"]
         found["gunicorn gthread"] = [
             *base,
@@ -720,10 +701,10 @@ def candidates(port: int, threads: int) -> dict[str, list[str]]:
             f"numthreads={threads}); signal.signal(signal.SIGTERM, lambda *a: s.stop()); s.start()"
         )
         found["cheroot"] = [PYTHON, "-c", code]
-    if shutil.which("granian"):
+    if granian := tool("granian"):
         for mode in ("st", "mt"):
             found[f"granian {mode}"] = [
-                "granian", "--interface", "wsgi", "--factory", "--runtime-mode", mode,
+                granian, "--interface", "wsgi", "--factory", "--runtime-mode", mode,
                 "--host", "127.0.0.1", "--port", str(port), "--blocking-threads", str(threads),
                 "--no-log", target,
             ]  # fmt: skip
@@ -834,7 +815,7 @@ def main() -> int:
         "--scrape-only", action="store_true", help="only /metrics on a store of 10,000 configs"
     )
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    if WRK is None:
         print("bench_server: wrk is not installed, skipping (Debian: apt-get install -y wrk nginx)")
         return 0
     if not can_pin():

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _harness import Report, Timing, common_arguments, measure
+from _harness import Report, Timing, common_arguments, durable_write, measure
 from fsspec.asyn import sync
 
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests/: the S3 server helpers
@@ -58,7 +58,7 @@ def mac_of(index: int) -> MacAddress:
 
 
 def config(index: int, variant: int = 0) -> dict[str, Any]:
-    """A config shaped like the real ones (~1 KB): names, flags, nested objects, a list."""
+    """A config shaped like the real ones: names, flags, nested objects, a list."""
     rng = random.Random(index * 7919 + variant)
     room = rng.choice(["kitchen", "hall", "garage", "office", "bedroom"])
     return {
@@ -105,19 +105,7 @@ def posix_backend(name: str, base: Path) -> Backend:
             return f.read()
 
     def floor_write(file_name: str, data: bytes) -> None:
-        temp = scratch / f".{file_name}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, scratch / file_name)
-        dir_fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        durable_write(scratch, file_name, data)
 
     def floor_list() -> list[str]:
         with os.scandir(root) as it:

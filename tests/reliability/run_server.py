@@ -1,4 +1,4 @@
-"""Serve the real app over a latency-adding store: ``run_server.py STORE_DIR PORT DELAY``.
+"""Serve the real app over a latency-adding store: ``run_server.py STORE_DIR DELAY --port PORT``.
 
 The production entry point opens its store from a URL, and a slow backend has no URL, so this
 script builds the same app (`create_app`) over ``SlowBackend(PosixBackend(STORE_DIR), DELAY)`` and
@@ -8,6 +8,7 @@ same threads and timeouts). Settings other than the store come from ``IOT_CONFIG
 
 from __future__ import annotations
 
+import argparse
 import functools
 import importlib
 import os
@@ -37,9 +38,15 @@ def build_app(settings: Settings, root: str, delay: float) -> Any:
 
 def main() -> int:
     """Serve the app over a slow store until SIGTERM."""
-    root, port, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("root")
+    parser.add_argument("delay", type=float)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    root, delay = args.root, args.delay
     settings = attrs.evolve(
-        Settings.from_env(os.environ), store_url=root, host="127.0.0.1", port=port
+        Settings.from_env(os.environ), store_url=root, host=args.host, port=args.port
     )
     configure_logging(settings)
     return run_wsgi(

@@ -11,12 +11,14 @@ import importlib.util
 import json
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import PYTHON, child_env
 
 from iot_config_core import (
     DocumentLimits,
@@ -30,7 +32,7 @@ from iot_config_core import (
 )
 
 from .conftest import Figure
-from .support import PYTHON, python_env, scaled
+from .support import scaled
 
 FUZZER = Path(__file__).with_name("fuzz_core.py")
 
@@ -99,7 +101,7 @@ def test_atheris_fuzz(target: str, tmp_path: Path, figure: Figure) -> None:
     if target == "document":
         args.insert(3, f"-dict={dictionary}")
     done = subprocess.run(
-        args, capture_output=True, text=True, timeout=seconds + 60, env=python_env(), check=False
+        args, capture_output=True, text=True, timeout=seconds + 60, env=child_env(), check=False
     )
     tail = done.stderr[-3000:]
     assert done.returncode == 0, f"fuzzer found a failure (crash file in {tmp_path}):\n{tail}"
@@ -113,7 +115,22 @@ def test_atheris_fuzz(target: str, tmp_path: Path, figure: Figure) -> None:
 
 # -- Hypothesis: grammar-aware inputs the byte mutator rarely builds ------------------------------
 
-_COUNTS: dict[str, int] = {}
+
+class Tally:
+    """How many inputs a Hypothesis test tried: one instance serves all of its examples."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+@pytest.fixture
+def inputs(figure: Figure) -> Iterator[Tally]:
+    """A tally each example bumps; recorded as the test's figure when the test ends."""
+    tally = Tally()
+    yield tally
+    figure("hypothesis inputs", tally.count)
+
+
 _SETTINGS = settings(
     max_examples=int(scaled(600, 20_000)),
     deadline=None,
@@ -134,8 +151,8 @@ mac_like = st.one_of(
 
 @_SETTINGS
 @given(mac_like)
-def test_mac_parse_fuzz(text: str) -> None:
-    _COUNTS["mac"] = _COUNTS.get("mac", 0) + 1
+def test_mac_parse_fuzz(inputs: Tally, text: str) -> None:
+    inputs.count += 1
     try:
         mac = MacAddress.parse(text)
     except InvalidMacError:
@@ -182,8 +199,8 @@ def _mutations(value: dict[str, Any]) -> st.SearchStrategy[bytes]:
     ),
     st.sampled_from([DocumentLimits(), DocumentLimits(max_bytes=300, max_depth=3)]),
 )
-def test_decode_document_fuzz(data: bytes, limits: DocumentLimits) -> None:
-    _COUNTS["document"] = _COUNTS.get("document", 0) + 1
+def test_decode_document_fuzz(inputs: Tally, data: bytes, limits: DocumentLimits) -> None:
+    inputs.count += 1
     try:
         value = decode_document(data, limits)
     except InvalidDocumentError:
@@ -208,18 +225,10 @@ def test_decode_document_fuzz(data: bytes, limits: DocumentLimits) -> None:
         ).map(lambda tags: ", ".join(f'{"W/" if w else ""}"{t}"' for w, t in tags)),
     )
 )
-def test_etag_parse_fuzz(text: str) -> None:
-    _COUNTS["etag"] = _COUNTS.get("etag", 0) + 1
+def test_etag_parse_fuzz(inputs: Tally, text: str) -> None:
+    inputs.count += 1
     try:
         condition = ETagCondition.parse(text)
     except InvalidETagError:
         return
     assert ETagCondition.parse(str(condition)) == condition
-
-
-def test_hypothesis_fuzz_counts(figure: Figure) -> None:
-    """Report how many inputs the Hypothesis fuzz tests above ran (they run first)."""
-    if not _COUNTS:
-        pytest.skip("the Hypothesis fuzz tests did not run in this session")
-    for name, count in sorted(_COUNTS.items()):
-        figure(f"hypothesis inputs ({name})", count)

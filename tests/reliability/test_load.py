@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import socket
 import statistics
 import subprocess
@@ -26,13 +25,14 @@ from pathlib import Path
 from typing import Self
 
 import pytest
+from support import JSON_HEADERS, ServerProcess, call, put_body, tool
 
 from iot_config_core import encode_document
 
 from .conftest import Figure
-from .support import JSON_HEADERS, ServerProcess, call, put_body, scaled
+from .support import QUIET, scaled
 
-WRK = shutil.which("wrk")
+WRK = tool("wrk")
 DEVICES = 200
 ADMIN_MACS = 10
 
@@ -52,7 +52,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
         data = encode_document({"deviceName": f"dev{i}", "enableOTA": i % 3 == 0, "n": i})
         (root / f"{mac}.json").write_bytes(data)
         etags[mac] = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    server = ServerProcess(root, tmp_path / "server.log")
+    server = ServerProcess("--store", str(root), log_path=tmp_path / "server.log", env=QUIET)
     yield server, etags
     server.stop()
 

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import pytest
 import webtest
+from support import JSON_HEADERS, ServerProcess, put_body
 
 from iot_config_core import open_store
 from iot_config_server.app import create_app
 from iot_config_server.settings import Settings
-
-from .support import JSON_HEADERS, ServerProcess, put_body
 
 TOKENS = ("s3cr3t-token-alpha-0123456789", "s3cr3t-token-bravo-9876543210")
 MAC = "02-00-00-00-04-01"
@@ -36,12 +35,8 @@ MAC = "02-00-00-00-04-01"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     base = tmp_path_factory.mktemp("security")
     (base / "configs").mkdir()
-    proc = ServerProcess(
-        base / "configs",
-        base / "server.log",
-        env={"IOT_CONFIG_ADMIN_TOKENS": ",".join(TOKENS)},
-        log_level="DEBUG",
-    )
+    env = {"IOT_CONFIG_ADMIN_TOKENS": ",".join(TOKENS), "IOT_CONFIG_LOG_LEVEL": "DEBUG"}
+    proc = ServerProcess("--store", str(base / "configs"), log_path=base / "server.log", env=env)
     yield proc
     proc.stop()
 

@@ -20,10 +20,12 @@ import threading
 import time
 from pathlib import Path
 
+from support import JSON_HEADERS, ServerProcess, call, put_body
+
 from iot_config_core import decode_document
 
 from .conftest import Figure
-from .support import JSON_HEADERS, ServerProcess, call, put_body, scaled
+from .support import QUIET, scaled
 
 WRITERS = 8
 
@@ -56,7 +58,7 @@ def test_sigkill_during_put_storm(tmp_path: Path, figure: Figure) -> None:
     rng = random.Random(20260)
     total_acked = 0
     for round_no in range(rounds):
-        server = ServerProcess(root, tmp_path / "server.log")
+        server = ServerProcess("--store", str(root), log_path=tmp_path / "server.log", env=QUIET)
         # Restarted on a store a dead process left behind: everything reads back intact.
         for mac in macs:
             status, _, body = server.request("GET", f"/api/configs/{mac}")
@@ -94,7 +96,7 @@ def test_sigkill_during_put_storm(tmp_path: Path, figure: Figure) -> None:
         server.stop()
     leftovers = len([p for p in root.iterdir() if p.name.endswith(".tmp")])
     # A final server sees exactly the documents, none skipped, temp files invisible.
-    server = ServerProcess(root, tmp_path / "server.log")
+    server = ServerProcess("--store", str(root), log_path=tmp_path / "server.log", env=QUIET)
     try:
         listing = json.loads(server.request("GET", "/api/configs")[2])
         items = listing if isinstance(listing, list) else next(iter(listing.values()))
@@ -147,8 +149,8 @@ def _appender(
 def test_two_servers_one_store_conditional_appends(tmp_path: Path, figure: Figure) -> None:
     root = tmp_path / "configs"
     root.mkdir()
-    one = ServerProcess(root, tmp_path / "one.log")
-    two = ServerProcess(root, tmp_path / "two.log")
+    one = ServerProcess("--store", str(root), log_path=tmp_path / "one.log", env=QUIET)
+    two = ServerProcess("--store", str(root), log_path=tmp_path / "two.log", env=QUIET)
     mac = "02-00-00-00-03-01"
     clients = 6
     count = int(scaled(15, 150))

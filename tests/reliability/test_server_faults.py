@@ -17,21 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import JSON_HEADERS, ServerProcess, call, put_body
 
 from iot_config_server.settings import default_threads
 
 from .conftest import Figure
-from .support import (
-    JSON_HEADERS,
-    ServerProcess,
-    call,
-    put_body,
-    remount,
-    scaled,
-    snapshot,
-    temp_files,
-    tmpfs,
-)
+from .support import QUIET, SLOW_SERVER, remount, scaled, snapshot, temp_files, tmpfs
 from .test_store_faults import _fill
 
 MACS = [f"02-00-00-00-01-{i:02x}" for i in range(6)]
@@ -47,7 +38,8 @@ def mounted(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def server(mounted: Path, tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(mounted / "configs", tmp_path / "server.log")
+    log = tmp_path / "server.log"
+    proc = ServerProcess("--store", str(mounted / "configs"), log_path=log, env=QUIET)
     for i, mac in enumerate(MACS):
         status = proc.request("PUT", f"/api/configs/{mac}", put_body({"n": i}), JSON_HEADERS)[0]
         assert status in (200, 201)
@@ -188,7 +180,9 @@ def test_slow_store_is_queued_not_shed(
     store.mkdir()
     (store / f"{MACS[0]}.json").write_text('{"n": 0}\n')
     delay = 0.3
-    slow = ServerProcess(store, tmp_path / "slow.log", slow=delay)
+    slow = ServerProcess(
+        str(store), str(delay), log_path=tmp_path / "slow.log", env=QUIET, program=SLOW_SERVER
+    )
     threads = default_threads()  # the server's default, as the child computes it
     flooders = max(1, int(threads * in_flight_per_thread))
     samples = int(scaled(5, 30))
@@ -250,7 +244,8 @@ def test_hung_store_sheds_fast_and_probes_keep_answering(tmp_path: Path, figure:
     store = tmp_path / "configs"
     store.mkdir()
     (store / f"{MACS[0]}.json").write_text('{"n": 0}\n')
-    hung = ServerProcess(store, tmp_path / "hung.log", slow=HANG_SECONDS)
+    args = (str(store), str(HANG_SECONDS))
+    hung = ServerProcess(*args, log_path=tmp_path / "hung.log", env=QUIET, program=SLOW_SERVER)
     stop = threading.Event()
     answers: list[tuple[int, str, bool, float]] = []
     clients = [

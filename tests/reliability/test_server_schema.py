@@ -14,17 +14,17 @@ excluded too (see `EXCLUDED_CHECKS`). See ``docs/reliability.md``.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import JSON_HEADERS, ServerProcess, put_body, tool
 
 from .conftest import Figure
-from .support import FULL, JSON_HEADERS, ServerProcess, put_body, scaled
+from .support import FULL, QUIET, scaled
 
-SCHEMATHESIS = shutil.which("schemathesis") or shutil.which("st")
+SCHEMATHESIS = tool("schemathesis") or tool("st")
 CHECKS = "all"
 # ``use_after_free``: a deleted config keeps its history (GET .../history answers 200 after the
 # DELETE, so it can be restored: docs/history.md); that the config itself is gone after a DELETE
@@ -36,7 +36,7 @@ EXCLUDED_CHECKS = "positive_data_acceptance,use_after_free"
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     root = tmp_path / "configs"
     root.mkdir()
-    proc = ServerProcess(root, tmp_path / "server.log")
+    proc = ServerProcess("--store", str(root), log_path=tmp_path / "server.log", env=QUIET)
     for mac in ("aa-bb-cc-dd-ee-ff", "00-00-00-00-00-00"):
         proc.request("PUT", f"/api/configs/{mac}", put_body({"deviceName": "x"}), JSON_HEADERS)
     yield proc

@@ -1,0 +1,137 @@
+"""A change feed: which device configs changed, as seen by successive listings of a store.
+
+Every writer is seen -- this process, another server replica, the CLI, a script using the library,
+a hand edit on the file system -- because the feed compares listings instead of hooking writes.
+A listing re-reads only the files whose version token changed, so polling an unchanged fleet
+costs one metadata scan and no reads.
+
+The feed is a diff against a *baseline*, the ETag of every device the consumer already knows
+about. A fresh consumer starts from the fleet as it is now; one that kept state elsewhere (a
+retained MQTT topic, a database) resumes with that state as its baseline, and the first poll
+reports exactly what changed meanwhile: a resync, not silence.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+
+import attrs
+
+from .mac import MacAddress
+from .store import ConfigStore, Listing
+
+__all__ = ["Change", "ChangeFeed", "watch"]
+
+#: Seconds between two listings of `watch`, unless told otherwise.
+DEFAULT_INTERVAL = 5.0
+
+
+@attrs.frozen
+class Change:
+    """The config of one device changed: ``etag`` is its new version, ``None`` once deleted."""
+
+    mac_address: MacAddress
+    etag: str | None
+
+    @property
+    def deleted(self) -> bool:
+        """Whether the config is gone."""
+        return self.etag is None
+
+
+class ChangeFeed:
+    """Successive listings of one store, turned into per-device changes.
+
+    ``baseline`` is what the consumer already knows (MAC -> ETag). ``None`` means "nothing
+    before now": the first `poll` records the fleet and reports no change. A mapping makes the
+    first poll report every difference from it (``{}``: every config, a full resync).
+
+    A stored file that does not parse keeps its last valid version here: it is reported neither
+    as changed nor as deleted until it is repaired. Devices are served an error for it meanwhile,
+    and a half-saved hand edit is no reason to tell a fleet anything.
+
+    Not thread-safe: one consumer polls it. Memory is one entry per device.
+    """
+
+    def __init__(
+        self, store: ConfigStore, baseline: Mapping[MacAddress, str] | None = None
+    ) -> None:
+        self._store = store
+        self._known: dict[MacAddress, str] = {} if baseline is None else dict(baseline)
+        self._silent = baseline is None
+        self._generation: int | None = None
+
+    @property
+    def store(self) -> ConfigStore:
+        """The store this feed lists."""
+        return self._store
+
+    @property
+    def state(self) -> Mapping[MacAddress, str]:
+        """The ETag of every device as of the last poll (a copy)."""
+        return dict(self._known)
+
+    def poll(self) -> list[Change]:
+        """List the store once; the changes since the previous poll, sorted by MAC.
+
+        Raises what `ConfigStore.listing` raises (`StoreUnavailableError`); the baseline is then
+        unchanged, so the next successful poll reports everything missed.
+        """
+        listing = self._store.listing()
+        if listing.generation == self._generation:
+            return []
+        changes = self._diff(listing)
+        self._generation = listing.generation
+        if self._silent:
+            self._silent = False
+            return []
+        return changes
+
+    def resync(self, baseline: Mapping[MacAddress, str]) -> list[Change]:
+        """Replace the baseline by ``baseline`` and poll: every difference between the two.
+
+        For a consumer whose own record may have drifted from what the feed last told it, e.g.
+        after reconnecting to a broker that lost its retained messages.
+        """
+        self._known = dict(baseline)
+        self._silent = False
+        self._generation = None
+        return self.poll()
+
+    def _diff(self, listing: Listing) -> list[Change]:
+        known = self._known
+        current = {summary.mac_address: summary.etag for summary in listing.summaries}
+        changes = [Change(mac, etag) for mac, etag in current.items() if known.get(mac) != etag]
+        unparsable = {MacAddress.from_file_name(name) for name in listing.skipped}
+        for mac in sorted(known.keys() - current.keys()):
+            if mac in unparsable:
+                current[mac] = known[mac]
+            else:
+                changes.append(Change(mac, None))
+        self._known = current
+        return sorted(changes, key=lambda change: change.mac_address)
+
+
+def watch(
+    store: ConfigStore,
+    *,
+    interval: float = DEFAULT_INTERVAL,
+    baseline: Mapping[MacAddress, str] | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[Change]:
+    """Yield every change to ``store``'s configs, listing it every ``interval`` seconds.
+
+    Runs until ``stop`` is set (or for ever); see `ChangeFeed` for ``baseline`` (``{}`` first
+    yields every config that exists). A failing store raises `StoreUnavailableError` out of the
+    iterator: resume with ``baseline=`` the state you had to miss nothing.
+    """
+    if interval <= 0:
+        raise ValueError(f"interval must be positive, not {interval}")
+    stop = threading.Event() if stop is None else stop
+    feed = ChangeFeed(store, baseline)
+    while not stop.is_set():
+        started = time.monotonic()
+        yield from feed.poll()
+        stop.wait(max(0.0, interval - (time.monotonic() - started)))

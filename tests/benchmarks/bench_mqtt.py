@@ -1,0 +1,257 @@
+"""MQTT notifications benchmark: latency to a subscriber, the PUT throughput they cost, RSS.
+
+Real parts: Debian's Mosquitto, ``iot-config serve`` processes on one local store, wrk.
+
+- Latency, PUT acknowledged -> compat message received by a subscriber, p50/p99:
+  for the publishing server's own writes (announced at once) and for writes by another server
+  process on the same store (found by the publisher's poll, ``--poll`` seconds, so about half
+  the interval on average). Two publishers run on that store, and the duplicates they send
+  (the same change announced by both) are counted.
+- PUT throughput (wrk, 16 connections, server on CPU 0, wrk and the broker on CPU 1) of a server
+  with MQTT on and of one with it off, rounds interleaved; the cost is 1 - on/off (target < 5 %).
+  Every PUT is a change to announce (1,000 devices written round-robin), the worst case; the time
+  the publisher still needs for its backlog after wrk stops is added to the PUT run. Device GETs
+  (the fleet's polls) on both, in the same rounds.
+- RSS of both servers (supervisor + worker) after the load: what MQTT adds.
+
+Run: ``python tests/benchmarks/bench_mqtt.py [--quick] [--json PATH] [--poll SECONDS]``.
+Needs ``mosquitto`` (``apt-get install -y mosquitto``) and, for throughput, ``wrk``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import _harness
+import bench_server as server
+import support  # tests/ is on the path: bench_server put it there
+from mqtt_broker import PASSWORD, SBIN, USER, Mosquitto, Subscriber
+
+from iot_config_server.notifications import COMPAT_TOPIC
+
+PREFIX = "bench/devices"
+
+
+def put(port: int, mac: str, n: int) -> str:
+    """One PUT; returns the ETag."""
+    # The MAC in the content: equal content would have an equal ETag on another device.
+    body = json.dumps({"content": {"deviceName": "bench", "mac": mac, "n": n}}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {server.TOKEN}"}
+        conn.request("PUT", f"/api/configs/{mac}", body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"PUT {mac}: {response.status}")
+        return str(response.getheader("ETag")).strip('"')
+    finally:
+        conn.close()
+
+
+class Arrivals(Subscriber):
+    """A subscriber noting when each compat announcement arrived, by ETag."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.arrived: dict[str, list[float]] = {}
+        self.event = threading.Condition()
+        super().__init__(broker, COMPAT_TOPIC)
+
+    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+        now = time.perf_counter()
+        etag = json.loads(message.payload)["etag"]
+        with self.event:
+            self.arrived.setdefault(etag, []).append(now)
+            self.event.notify_all()
+
+    def wait(self, etag: str, timeout: float = 60.0) -> float:
+        with self.event:
+            if not self.event.wait_for(lambda: etag in self.arrived, timeout):
+                raise RuntimeError(f"no announcement of {etag} within {timeout} s")
+            return self.arrived[etag][0]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
+def mqtt_server(
+    name: str, port: int, store: Path, workdir: Path, broker: Mosquitto | None, poll: float
+) -> server.Proc:
+    argv = [support.PYTHON, "-m", "iot_config_server.cli", "serve", "--store", str(store)]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--threads", "8"]
+    argv += ["--log-level", "WARNING"]
+    extra = {"IOT_CONFIG_ADMIN_TOKENS": server.TOKEN}
+    if broker is not None:
+        extra |= {
+            "MQTT_URL": broker.url,
+            "MQTT_USERNAME": USER,
+            "MQTT_PASSWORD": PASSWORD,
+            "IOT_CONFIG_MQTT_TOPIC_PREFIX": PREFIX,
+            "IOT_CONFIG_MQTT_POLL_SECONDS": str(poll),
+        }
+    return server.Proc(name, argv, port, workdir, env=server.child_env(**extra))
+
+
+def latency(
+    report: _harness.Report, broker: Mosquitto, workdir: Path, samples: int, poll: float
+) -> None:
+    store = workdir / "latency-store"
+    store.mkdir()
+    ports = [support.free_port() for _ in range(3)]
+    publisher = mqtt_server("publisher", ports[0], store, workdir, broker, poll)
+    second = mqtt_server("second publisher", ports[1], store, workdir, broker, poll)
+    plain = mqtt_server("plain", ports[2], store, workdir, None, poll)
+    arrivals = Arrivals(broker)
+    rng = random.Random(13)
+    try:
+        with (
+            server.running(publisher, "/api/health/live"),
+            server.running(second, "/api/health/live"),
+            server.running(plain, "/api/health/live"),
+        ):
+            time.sleep(2 * poll)  # both publishers connected and synced (not measured)
+            own: list[float] = []
+            for n in range(samples):
+                etag = put(publisher.port, f"cc-00-00-00-00-{n % 200:02x}", n)
+                acked = time.perf_counter()
+                own.append(arrivals.wait(etag) - acked)
+            other: list[float] = []
+            other_etags = []
+            for n in range(max(8, samples // 10)):
+                time.sleep(rng.uniform(0, poll))  # not in step with the polls
+                etag = put(plain.port, f"cd-00-00-00-00-{n % 200:02x}", n)
+                acked = time.perf_counter()
+                other.append(arrivals.wait(etag, timeout=poll * 10 + 30) - acked)
+                other_etags.append(etag)
+            time.sleep(2 * poll)  # let late duplicates arrive before counting them
+    finally:
+        arrivals.close()
+    for name, values, how in (
+        ("own write", own, "announced at once by the writing server"),
+        ("other process", other, f"via a server without MQTT, found by a poll every {poll:g} s"),
+    ):
+        early = sum(value < 0 for value in values)
+        note = f"{len(values)} PUTs {how}; {early} arrived before the HTTP answer (counted as 0)"
+        clamped = [max(0.0, value) for value in values]
+        report.add_value(f"{name} p50", percentile(clamped, 0.5), "s", note=note)
+        report.add_value(f"{name} p99", percentile(clamped, 0.99), "s")
+    with arrivals.event:
+        announced = [len(arrivals.arrived.get(etag, [])) for etag in other_etags]
+    duplicates = sum(count - 1 for count in announced)
+    report.add_value(
+        "duplicate announcements",
+        duplicates,
+        "",
+        note=f"of {len(other_etags)} other-process changes, with two publishers on the store",
+    )
+
+
+def pending(port: int) -> float:
+    _status, body = server.http_get(port, "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith("iot_config_mqtt_pending_announcements "):
+            return float(line.split()[1])
+    return 0.0  # MQTT off
+
+
+def charged_with_backlog(port: int, load: server.Load) -> server.Load:
+    """``load`` with the time its announcements still took after wrk stopped added to it.
+
+    The publisher may lag behind a PUT load and publish its (coalesced) backlog afterwards:
+    that work belongs to the PUTs, not to whatever is measured next.
+    """
+    started = time.perf_counter()
+    while pending(port) > 0:
+        time.sleep(0.01)
+    drained = time.perf_counter() - started
+    duration = load.requests / load.rps
+    return dataclasses.replace(load, rps=load.requests / (duration + drained))
+
+
+def throughput(
+    report: _harness.Report, broker: Mosquitto, workdir: Path, rounds: int, seconds: float
+) -> None:
+    if shutil.which("wrk") is None:
+        print("bench_mqtt: wrk is not installed, skipping throughput (apt-get install -y wrk)")
+        return
+    subjects = {}
+    for name, with_broker in (("mqtt on", broker), ("mqtt off", None)):
+        store = workdir / name.replace(" ", "-")
+        store.mkdir()
+        subjects[name] = mqtt_server(name, support.free_port(), store, workdir, with_broker, 5.0)
+    loads: dict[str, list[server.Load]] = {name: [] for name in subjects}
+    reads: dict[str, list[server.Load]] = {name: [] for name in subjects}
+    lua = server.PUT_LUA % {"token": server.TOKEN}
+    device = "/esp32/config/bb-00-00-00-00-01.json"  # one of the MACs the PUT load writes
+    on, off = subjects["mqtt on"], subjects["mqtt off"]
+    with server.running(on, "/api/health/live"), server.running(off, "/api/health/live"):
+        for proc in subjects.values():  # warm-up: every MAC of the load written once
+            server.run_wrk(proc.port, "/", 2, 16, workdir, lua=lua)
+        for _ in range(rounds):
+            for name, proc in subjects.items():
+                load = server.run_wrk(proc.port, "/", seconds, 16, workdir, lua=lua)
+                loads[name].append(charged_with_backlog(proc.port, load))
+                reads[name].append(server.run_wrk(proc.port, device, seconds, 50, workdir))
+        rss = {name: proc.rss()[0] for name, proc in subjects.items()}
+    with_mqtt, without = server.median_load(loads["mqtt on"]), server.median_load(loads["mqtt off"])
+    errors = sum(load.errors for runs in loads.values() for load in runs)
+    report.add_value("PUT req/s, mqtt off", without.rps, "req/s", note=f"{errors} errors in all")
+    report.add_value("PUT req/s, mqtt on", with_mqtt.rps, "req/s")
+    cost = 100 * (1 - with_mqtt.rps / without.rps)
+    report.add_value("throughput cost of mqtt", cost, "%", target=5.0, note="1 - on/off")
+    get_on, get_off = server.median_load(reads["mqtt on"]), server.median_load(reads["mqtt off"])
+    report.add_value("device GET req/s, mqtt off", get_off.rps, "req/s", note="50 connections")
+    report.add_value("device GET req/s, mqtt on", get_on.rps, "req/s")
+    read_cost = 100 * (1 - get_on.rps / get_off.rps)
+    report.add_value("device GET cost of mqtt", read_cost, "%", target=5.0)
+    report.add_value("RSS, mqtt off", rss["mqtt off"], "MiB", note="supervisor + worker")
+    report.add_value("RSS added by mqtt", rss["mqtt on"] - rss["mqtt off"], "MiB")
+
+
+def main() -> int:
+    parser = _harness.common_arguments(__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--poll", type=float, default=1.0, help="publishers' poll interval")
+    args = parser.parse_args()
+    if shutil.which("mosquitto", path=SBIN) is None:
+        print("bench_mqtt: mosquitto is not installed, skipping (apt-get install -y mosquitto)")
+        return 0
+    samples, rounds, seconds = (40, 2, 3.0) if args.quick else (300, 5, 8.0)
+    report = _harness.Report(
+        "mqtt notifications",
+        {"samples": samples, "rounds": rounds, "seconds": seconds, "poll": args.poll},
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-mqtt-", dir=args.dir) as scratch:
+        workdir = Path(scratch)
+        broker = Mosquitto(workdir / "mosquitto")
+        try:
+            if server.can_pin():  # the broker stands for another machine: off the server's CPU
+                subprocess.run(["taskset", "-p", "-c", "1", str(broker.pid)], check=False,
+                               capture_output=True)  # fmt: skip
+            latency(report, broker, workdir, samples, args.poll)
+            throughput(report, broker, workdir, rounds, seconds)
+        finally:
+            broker.stop()
+    report.print()
+    if args.json:
+        report.write_json(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The change feed: every writer seen, resync from a baseline, corrupt files held back."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from iot_config_core import (
+    Change,
+    ChangeFeed,
+    ConfigStore,
+    MacAddress,
+    StoreUnavailableError,
+    open_store,
+    watch,
+)
+
+A = MacAddress.parse("02:00:00:00:00:0a")
+B = MacAddress.parse("02:00:00:00:00:0b")
+C = MacAddress.parse("02:00:00:00:00:0c")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "store"
+    path.mkdir()
+    return path
+
+
+def test_a_fresh_feed_starts_from_now(root: Path) -> None:
+    store = open_store(str(root))
+    store.put(A, {"n": 1})
+    feed = ChangeFeed(store)
+    assert feed.poll() == []
+    assert feed.state == {A: store.etag(A)}
+    assert feed.poll() == []
+
+
+def test_writes_by_another_store_object_and_by_hand_are_seen(root: Path) -> None:
+    feed = ChangeFeed(open_store(str(root)))
+    feed.poll()
+    other = open_store(str(root))  # another process, the CLI, a replica: its own store object
+    a = other.put(A, {"n": 1}).etag
+    b = other.put(B, {"n": 1}).etag
+    assert feed.poll() == [Change(A, a), Change(B, b)]
+    (root / B.file_name).write_text('{"n": 2}')  # an editor, by hand
+    other.delete(A)
+    changes = feed.poll()
+    assert changes == [Change(A, None), Change(B, other.etag(B))]
+    assert changes[0].deleted
+    assert not changes[1].deleted
+
+
+def test_a_corrupt_file_is_neither_changed_nor_deleted_until_repaired(root: Path) -> None:
+    store = open_store(str(root))
+    etag = store.put(A, {"n": 1}).etag
+    feed = ChangeFeed(store)
+    feed.poll()
+    (root / A.file_name).write_text('{"n": ')  # a half-saved edit
+    assert feed.poll() == []
+    assert feed.state == {A: etag}
+    repaired = store.put(A, {"n": 2}).etag
+    assert feed.poll() == [Change(A, repaired)]
+
+
+def test_resync_reports_every_difference_from_a_baseline(root: Path) -> None:
+    store = open_store(str(root))
+    a = store.put(A, {"n": 1}).etag
+    b = store.put(B, {"n": 1}).etag
+    # What a retained topic still holds: A current, B stale, C deleted while nobody watched.
+    baseline = {A: a, B: "stale", C: "gone"}
+    assert ChangeFeed(store, baseline).poll() == [Change(B, b), Change(C, None)]
+    feed = ChangeFeed(store)
+    feed.poll()
+    assert feed.resync(baseline) == [Change(B, b), Change(C, None)]
+    assert ChangeFeed(store, {}).poll() == [Change(A, a), Change(B, b)]
+
+
+def test_a_failed_listing_loses_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    root.mkdir()
+    store = open_store(str(root))
+    feed = ChangeFeed(store)
+    feed.poll()
+    etag = store.put(A, {"n": 1}).etag
+    hidden = tmp_path / "hidden"
+    os.rename(root, hidden)
+    with pytest.raises(StoreUnavailableError):
+        feed.poll()
+    os.rename(hidden, root)
+    assert feed.poll() == [Change(A, etag)]
+
+
+def test_watch_yields_until_stopped(root: Path) -> None:
+    store = open_store(str(root))
+    first = store.put(A, {"n": 1}).etag
+    stop = threading.Event()
+    seen: list[Change] = []
+    got_one = threading.Event()
+
+    def consume() -> None:
+        for change in watch(store, interval=0.05, baseline={}, stop=stop):
+            seen.append(change)
+            got_one.set()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    try:
+        assert got_one.wait(30)
+        second = open_store(str(root)).put(A, {"n": 2}).etag
+        deadline = time.monotonic() + 30
+        while Change(A, second) not in seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert seen == [Change(A, first), Change(A, second)]
+
+
+def test_watch_refuses_a_silly_interval() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        next(watch(open_store("memory://"), interval=0))
+
+
+MACS = [MacAddress(n) for n in range(1, 5)]
+operations = st.lists(
+    st.tuples(st.sampled_from(MACS), st.one_of(st.none(), st.integers(0, 3))), max_size=12
+)
+
+
+@given(batches=st.lists(operations, max_size=5))
+def test_changes_replayed_on_the_old_state_give_the_new_one(
+    batches: list[list[tuple[MacAddress, int | None]]],
+) -> None:
+    """Whatever writes happen between polls, old state + changes = what the store lists."""
+    store: ConfigStore = open_store("memory://", create=True)
+    feed = ChangeFeed(store, {})
+    mirror: dict[MacAddress, str] = {}
+    for batch in batches:
+        for mac, value in batch:
+            if value is None:
+                if store.exists(mac):
+                    store.delete(mac)
+            else:
+                store.put(mac, {"v": value})
+        for change in feed.poll():
+            assert mirror.get(change.mac_address) != change.etag  # only real changes
+            if change.etag is None:
+                del mirror[change.mac_address]
+            else:
+                mirror[change.mac_address] = change.etag
+        assert mirror == {s.mac_address: s.etag for s in store.listing().summaries}
