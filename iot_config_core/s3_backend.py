@@ -109,6 +109,15 @@ def _total_size(response: dict[str, Any]) -> int:
     return int(response.get("ContentLength", 0))
 
 
+async def _read_body(response: dict[str, Any]) -> bytes:
+    """The whole body of a GetObject answer, its stream closed."""
+    body = response["Body"]
+    try:
+        return bytes(await body.read())
+    finally:
+        body.close()
+
+
 @attrs.frozen
 class S3Capabilities:
     """Which conditions the server really enforces (probed once, before the first write)."""
@@ -234,11 +243,7 @@ class S3Backend(Backend):
                 if _is_missing_key(exc2):
                     return None
                 raise
-        body = response["Body"]
-        try:
-            data: bytes = await body.read()
-        finally:
-            body.close()
+        data = await _read_body(response)
         size = _total_size(response)
         if size == len(data):
             self._learn_etags(response["ETag"], data)
@@ -410,12 +415,7 @@ class S3Backend(Backend):
             if _is_missing_key(exc):
                 return None
             raise
-        body = response["Body"]
-        try:
-            data: bytes = await body.read()
-        finally:
-            body.close()
-        return data
+        return await _read_body(response)
 
     def remove_hidden(self, paths: Sequence[str]) -> None:
         self._run(self._remove_hidden, list(paths))
