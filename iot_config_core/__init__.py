@@ -36,8 +36,10 @@ from .errors import (
     StoreMissingError,
     StoreUnavailableError,
     UnsupportedStoreError,
+    VersionNotFoundError,
 )
 from .etags import EntityTag, ETagCondition
+from .history import Attribution, Version, attributed
 from .mac import MacAddress
 from .model import ConfigSummary, RawDocument, StoredConfig
 from .patching import JsonPatch, MergePatch, Patch, PatchResult, merge_patch, patch_from_json
@@ -67,6 +69,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that was n
 
 __all__ = [
     "AlreadyExistsError",
+    "Attribution",
     "Backend",
     "Change",
     "ChangeFeed",
@@ -109,7 +112,10 @@ __all__ = [
     "StoredSchema",
     "UnsupportedStoreError",
     "Validation",
+    "Version",
+    "VersionNotFoundError",
     "__version__",
+    "attributed",
     "compute_etag",
     "decode_document",
     "encode_document",

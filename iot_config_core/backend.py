@@ -3,14 +3,17 @@
 A backend stores opaque bytes under flat names in one root and offers exactly one hard primitive:
 an atomic *conditional* replace or remove, checked against a version token it handed out earlier.
 Everything else (ETags, preconditions, validation, caching, listing) is built once on top, in
-`iot_config_core.store`. Backends raise `OSError` (or their client's errors) for I/O failures and
-`VersionConflict` when the condition does not hold; the store turns both into typed errors.
+`iot_config_core.store`. Beside the configs a backend keeps *hidden* objects (paths whose first
+component starts with a dot, e.g. ``.history/<mac>/<record>``): never scanned, never served, used
+by `iot_config_core.history` for per-device version records. Backends raise `OSError` (or their
+client's errors) for I/O failures and `VersionConflict` when the condition does not hold; the
+store turns both into typed errors.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from datetime import datetime
 from typing import Final
 
@@ -151,3 +154,29 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def probe(self) -> None:
         """Prove the root is readable and writable, leaving nothing behind."""
+
+    # -- hidden objects (version history) ------------------------------------------------------
+
+    @abc.abstractmethod
+    def put_hidden(self, path: str, data: bytes) -> None:
+        """Durably store ``data`` at the hidden ``path`` (``.dir/…/name``, a name never reused).
+
+        The history records a version here *before* the config is swapped and relies on that
+        order: once this returns, the record must survive any crash that the next durable
+        `replace` survives.
+        """
+
+    @abc.abstractmethod
+    def list_hidden(self, directory: str) -> list[str]:
+        """The names (not paths) of the objects directly in the hidden ``directory``.
+
+        ``[]`` when the directory does not exist; temp files of unfinished writes are not named.
+        """
+
+    @abc.abstractmethod
+    def read_hidden(self, path: str) -> bytes | None:
+        """The whole object at the hidden ``path``, or ``None`` when absent."""
+
+    @abc.abstractmethod
+    def remove_hidden(self, paths: Sequence[str]) -> None:
+        """Delete the hidden ``paths``; ones already gone are fine (pruning may race)."""

@@ -31,6 +31,7 @@ __all__ = [
     "StoreUnavailableError",
     "StoredDocumentTooLargeError",
     "UnsupportedStoreError",
+    "VersionNotFoundError",
 ]
 
 
@@ -56,6 +57,7 @@ class ErrorCode(StrEnum):
     PATCH_CONFLICT = "PATCH_CONFLICT"
     INVALID_SCHEMA = "INVALID_SCHEMA"
     SCHEMA_VIOLATION = "SCHEMA_VIOLATION"
+    VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
 
 
 class ConfigError(Exception):
@@ -211,3 +213,12 @@ class SchemaViolationError(InvalidDocumentError):
     """
 
     code = ErrorCode.SCHEMA_VIOLATION
+
+
+class VersionNotFoundError(NotFoundError):
+    """No version with this ETag in the device's history (``details``: ``mac_address``, ``etag``).
+
+    Also what rolling back or undeleting finds when there is nothing in the history to restore.
+    """
+
+    code = ErrorCode.VERSION_NOT_FOUND

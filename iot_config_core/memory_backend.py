@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -140,3 +140,28 @@ class MemoryBackend(Backend):
             path = self._path(".health-probe")
             self._fs.pipe_file(path, b"ok\n")
             self._fs.rm_file(path)
+
+    def put_hidden(self, path: str, data: bytes) -> None:
+        with self._lock:
+            if not self._root_exists():
+                raise FileNotFoundError(self.root)
+            self._fs.pipe_file(self._path(path), bytes(data))
+
+    def list_hidden(self, directory: str) -> list[str]:
+        prefix = self._path(directory) + "/"
+        with self._lock:
+            return [
+                key[len(prefix) :]
+                for key in self._fs.store
+                if key.startswith(prefix) and "/" not in key[len(prefix) :]
+            ]
+
+    def read_hidden(self, path: str) -> bytes | None:
+        with self._lock:
+            file = self._fs.store.get(self._path(path))
+            return None if file is None else bytes(file.getvalue())
+
+    def remove_hidden(self, paths: Sequence[str]) -> None:
+        with self._lock:
+            for path in paths:
+                self._fs.store.pop(self._path(path), None)

@@ -8,6 +8,9 @@ mix.
 Compare-and-swap holds across threads and processes (two server replicas on one CephFS mount): the
 check and the swap run under an exclusive ``flock`` on a per-name lock file in ``.locks/``. flock
 locks belong to an open file description, so threads of one process exclude each other too.
+
+Hidden objects (version history) are files in dot-directories under the root (``.history/<mac>/``),
+written the same durable way; the listing skips every dot-name, so they are never configs.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import secrets
 import stat as stat_module
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from .backend import ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict
@@ -261,3 +264,64 @@ class PosixBackend(Backend):
         finally:
             os.close(fd)
             os.unlink(path)
+
+    # -- hidden objects -------------------------------------------------------------------------
+
+    def _hidden_dir(self, directory: str) -> str:
+        assert directory.startswith("."), directory
+        return os.path.join(self.root, *directory.split("/"))
+
+    def _make_dirs(self, path: str) -> None:
+        """Create ``path`` and missing parents under the root, each new entry synced."""
+        if os.path.isdir(path):
+            return
+        parent = os.path.dirname(path)
+        if parent != self.root:
+            self._make_dirs(parent)
+        elif not os.path.isdir(self.root):
+            raise FileNotFoundError(errno.ENOENT, "store root is missing", self.root)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+            sync_directory(parent)
+
+    def put_hidden(self, path: str, data: bytes) -> None:
+        # Written in place under its fresh name and fsynced, with no rename and no directory
+        # fsync: a record counts only once the config swap after it happened, and that swap's
+        # own fsyncs commit the (earlier) directory entry of the record on a journaling
+        # filesystem (ext4, XFS, CephFS's MDS journal). A record torn by a crash mid-write was
+        # never followed by its swap, so it is off the history's chain and never read.
+        directory, _, name = path.rpartition("/")
+        where = self._hidden_dir(directory)
+        self._make_dirs(where)
+        target = os.path.join(where, name)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+            raise
+        os.close(fd)
+
+    def list_hidden(self, directory: str) -> list[str]:
+        try:
+            names = os.listdir(self._hidden_dir(directory))
+        except FileNotFoundError:
+            return []
+        return [name for name in names if name[0] != "."]
+
+    def read_hidden(self, path: str) -> bytes | None:
+        try:
+            with open(self._hidden_dir(path), "rb") as file:
+                return file.read()
+        except FileNotFoundError:
+            return None
+
+    def remove_hidden(self, paths: Sequence[str]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._hidden_dir(path))

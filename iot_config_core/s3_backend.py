@@ -13,15 +13,19 @@ Servers differ in how they refuse a condition (412, 409 under contention, moto's
 turned into `VersionConflict` here, at one boundary. A server that *ignores* a condition (radosgw
 16 ignores ``If-Match`` on DELETE) would silently turn compare-and-swap into last-write-wins, so
 the first write probes what the server honours and refuses what it cannot do safely.
+
+Hidden objects (version history) are keys under ``<prefix>/.history/``: the listing asks with a
+``/`` delimiter and skips dot-names, so they never appear as configs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
 import threading
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -105,6 +109,15 @@ def _total_size(response: dict[str, Any]) -> int:
     return int(response.get("ContentLength", 0))
 
 
+async def _read_body(response: dict[str, Any]) -> bytes:
+    """The whole body of a GetObject answer, its stream closed."""
+    body = response["Body"]
+    try:
+        return bytes(await body.read())
+    finally:
+        body.close()
+
+
 @attrs.frozen
 class S3Capabilities:
     """Which conditions the server really enforces (probed once, before the first write)."""
@@ -167,20 +180,22 @@ class S3Backend(Backend):
 
     async def _scan(self) -> list[tuple[str, Hashable]]:
         entries: list[tuple[str, Hashable]] = []
-        kwargs: dict[str, Any] = {
-            "Prefix": self.prefix,
-            "Delimiter": "/",
-            "MaxKeys": self._page_size,
-        }
+        for item in await self._list(self.prefix):
+            name = item["Key"][len(self.prefix) :]
+            if name and not name.startswith("."):
+                entries.append((name, _unquote(item["ETag"])))  # the token `_entry` makes
+        return entries
+
+    async def _list(self, prefix: str) -> list[dict[str, Any]]:
+        """Every object directly under ``prefix`` (one LIST request per page, no cache)."""
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/", "MaxKeys": self._page_size}
         while True:
             page = await self._call("list_objects_v2", **kwargs)
-            for item in page.get("Contents", []):
-                name = item["Key"][len(self.prefix) :]
-                if name and not name.startswith("."):
-                    entries.append((name, _unquote(item["ETag"])))  # the token `_entry` makes
+            items.extend(page.get("Contents", []))
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
-                return entries
+                return items
             kwargs["ContinuationToken"] = token
 
     def stat(self, name: str) -> Entry | None:
@@ -228,11 +243,7 @@ class S3Backend(Backend):
                 if _is_missing_key(exc2):
                     return None
                 raise
-        body = response["Body"]
-        try:
-            data: bytes = await body.read()
-        finally:
-            body.close()
+        data = await _read_body(response)
         size = _total_size(response)
         if size == len(data):
             self._learn_etags(response["ETag"], data)
@@ -377,3 +388,39 @@ class S3Backend(Backend):
         key = self._key(f".health-{secrets.token_hex(8)}")
         await self._call("put_object", Key=key, Body=b"ok\n")
         await self._call("delete_object", Key=key)
+
+    # -- hidden objects -------------------------------------------------------------------------
+
+    def put_hidden(self, path: str, data: bytes) -> None:
+        self._run(self._put_hidden, path, bytes(data))
+
+    async def _put_hidden(self, path: str, data: bytes) -> None:
+        # An S3 PUT is durable once answered; the name is fresh, so no condition is needed.
+        await self._call("put_object", Key=self._key(path), Body=data)
+
+    def list_hidden(self, directory: str) -> list[str]:
+        return self._run(self._list_hidden, directory)
+
+    async def _list_hidden(self, directory: str) -> list[str]:
+        prefix = self._key(directory) + "/"
+        return [item["Key"][len(prefix) :] for item in await self._list(prefix)]
+
+    def read_hidden(self, path: str) -> bytes | None:
+        return self._run(self._read_hidden, path)
+
+    async def _read_hidden(self, path: str) -> bytes | None:
+        try:
+            response = await self._call("get_object", Key=self._key(path))
+        except OSError as exc:
+            if _is_missing_key(exc):
+                return None
+            raise
+        return await _read_body(response)
+
+    def remove_hidden(self, paths: Sequence[str]) -> None:
+        self._run(self._remove_hidden, list(paths))
+
+    async def _remove_hidden(self, paths: list[str]) -> None:
+        # One DELETE each, concurrently: DeleteObjects needs a Content-MD5 some servers check
+        # differently, and pruning removes only a few records at a time.
+        await asyncio.gather(*(self._call("delete_object", Key=self._key(p)) for p in paths))

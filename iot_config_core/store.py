@@ -7,11 +7,14 @@ backend primitives of `iot_config_core.backend`:
   so no update is ever lost, whatever the backend and however many writers share it;
 - nothing invalid is written, and a stored file that does not parse is reported, never served;
 - reads are validated against a cheap version token (a stat), so unchanged documents are neither
-  re-read nor re-parsed, and a change by another process or a human is seen on the next call.
+  re-read nor re-parsed, and a change by another process or a human is seen on the next call;
+- every write and delete is recorded in the device's history (`iot_config_core.history`) before
+  its swap, so it can be shown, compared and rolled back.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -45,8 +48,10 @@ from .errors import (
     StoreMissingError,
     StoreUnavailableError,
     UnsupportedStoreError,
+    VersionNotFoundError,
 )
 from .etags import ETagCondition
+from .history import DEFAULT_HISTORY_LIMIT, History, Version, json_patch
 from .mac import MacAddress
 from .model import ConfigSummary, RawDocument, StoredConfig
 from .patching import Patch, PatchResult
@@ -163,6 +168,7 @@ def open_store(
     create: bool = False,
     limits: DocumentLimits = DocumentLimits(),
     device_cache_bytes: int = DEFAULT_RAW_CACHE_BYTES,
+    history_limit: int = DEFAULT_HISTORY_LIMIT,
     **storage_options: Any,
 ) -> ConfigStore:
     """Open the store at ``url``: a path, ``file://``, ``memory://``, ``s3://bucket/prefix``.
@@ -171,7 +177,8 @@ def open_store(
     anything is contacted. ``create=True`` creates the root first; otherwise a missing root makes
     operations fail with `StoreMissingError`. A ``memory://`` store is private to its
     `ConfigStore` and starts empty and ready. ``device_cache_bytes`` bounds the memory of the
-    documents kept for `get_raw` (0: none kept).
+    documents kept for `get_raw` (0: none kept);
+    ``history_limit`` versions are kept per device (0: none recorded).
     """
     if not url.strip():
         raise UnsupportedStoreError("the store URL is empty: give a path or a URL", url=url)
@@ -191,7 +198,9 @@ def open_store(
         if isinstance(exc, ConfigError):
             raise
         raise StoreUnavailableError(f"cannot open {url!r}: {exc}", url=url) from exc
-    store = ConfigStore(backend, limits=limits, raw_cache_bytes=device_cache_bytes)
+    store = ConfigStore(
+        backend, limits=limits, raw_cache_bytes=device_cache_bytes, history_limit=history_limit
+    )
     if create:
         store.create_root()
     return store
@@ -333,10 +342,12 @@ class ConfigStore:
         *,
         limits: DocumentLimits = DocumentLimits(),
         raw_cache_bytes: int = DEFAULT_RAW_CACHE_BYTES,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
     ) -> None:
         """A store over ``backend``; `open_store` builds the backend from a URL."""
         self.limits = limits
         self._backend = backend
+        self._history = History(backend, history_limit)
         self._parsed: dict[str, _Parsed] = {}
         self._raw = _RawCache(raw_cache_bytes)
         # Concurrent listings share scans: see `listing`. Guarded by ``_list_turn``.
@@ -682,7 +693,9 @@ class ConfigStore:
             current_etag = self.etag(mac)
             self._check(mac, current_etag, match, none_match, create_only=create_only)
             return StoredConfig(mac, json.loads(data), new_etag, len(data), None)
-        entry = self._put_in_one_request(name, data, match, none_match, create_only=create_only)
+        entry = None
+        if not self._history.enabled:  # a recorded write must know the version it replaces
+            entry = self._put_in_one_request(name, data, match, none_match, create_only=create_only)
         if entry is None:
             entry = self._put_checked(mac, data, match, none_match, create_only=create_only)
         self._raw.discard(name)
@@ -710,12 +723,11 @@ class ConfigStore:
             if current is not None and current.data == data:
                 return current.entry
             try:
-                with self._guard("put"):
-                    return self._backend.replace(
-                        name, data, ABSENT if current is None else current.entry.token
-                    )
+                entry = self._swap(mac, data, current, "put")
             except VersionConflict:
                 continue  # another writer got in between: check again against its version
+            assert entry is not None
+            return entry
         raise self._contended(mac, "put")
 
     def _put_in_one_request(
@@ -838,14 +850,42 @@ class ConfigStore:
                 raise self._missing(mac)
             self._check(mac, compute_etag(current.data), match, None, create_only=False)
             try:
-                with self._guard("delete"):
-                    self._backend.remove(name, current.entry.token)
+                self._swap(mac, None, current, "delete")
                 break
             except VersionConflict:
                 continue
         else:
             raise self._contended(mac, "delete")
         self._raw.discard(name)
+
+    def _swap(
+        self, mac: MacAddress, data: bytes | None, current: Blob | None, action: str
+    ) -> Entry | None:
+        """Replace ``current`` with ``data`` (``None``: remove it), recorded in the history first.
+
+        The record is written before the conditional swap and removed when the swap loses the
+        race (`VersionConflict`), so each acknowledged write is recorded exactly once.
+        """
+        name = mac.file_name
+        pending = None
+        with self._guard(action):
+            if self._history.enabled:
+                pending = self._history.begin(mac, data, current)
+            try:
+                if data is None:
+                    assert current is not None
+                    self._backend.remove(name, current.entry.token)
+                    entry = None
+                else:
+                    expected = ABSENT if current is None else current.entry.token
+                    entry = self._backend.replace(name, data, expected)
+            except VersionConflict:
+                if pending is not None:
+                    self._history.abandon(pending)
+                raise
+        if pending is not None:
+            self._history.commit(pending)
+        return entry
 
     @staticmethod
     def _check(
@@ -896,6 +936,84 @@ class ConfigStore:
         """Create the root directory or prefix if it is missing."""
         with self._guard("create root"):
             self._backend.create_root()
+
+    # -- history --------------------------------------------------------------------------------
+
+    @property
+    def history_limit(self) -> int:
+        """How many versions are kept per device (0: history is off)."""
+        return self._history.limit
+
+    def _current(self, mac: MacAddress, action: str) -> Blob | None:
+        with self._guard(action):
+            current = self._backend.read(mac.file_name, self.limits.max_bytes)
+            if current is None and not self._backend.root_exists():
+                raise self._missing_store()
+        return current
+
+    def history(self, mac: MacLike) -> builtins.list[Version]:
+        """The versions of ``mac``, newest first; `NotFoundError` when there is none and no config.
+
+        A deleted config keeps its history (its newest version is the deletion). The current
+        version comes first; when it was changed outside the store its source is ``external``.
+        """
+        mac = _mac(mac)
+        current = self._current(mac, "history")
+        with self._guard("history"):
+            versions = self._history.versions(mac, current)
+        if not versions and current is None:
+            raise NotFoundError(f"no config and no history for {mac}", mac_address=str(mac))
+        return versions
+
+    def version(self, mac: MacLike, etag: str) -> StoredConfig:
+        """The content of version ``etag`` of ``mac`` (quoted or not) from its history.
+
+        `VersionNotFoundError` when no version of that ETag is in the history (a deletion has no
+        content); `CorruptDocumentError` when a version recorded from outside does not parse.
+        """
+        mac = _mac(mac)
+        wanted = etag.strip().removeprefix("W/").strip('"')
+        current = self._current(mac, "get version")
+        with self._guard("get version"):
+            found = self._history.find(mac, wanted, current) if wanted else None
+        if found is None:
+            raise VersionNotFoundError(
+                f"no version {wanted or etag!r} in the history of {mac}",
+                mac_address=str(mac),
+                etag=wanted or etag,
+            )
+        version, data = found
+        blob = Blob(data, Entry(wanted, version.saved_at), len(data))
+        content = self._decode(mac, blob, wanted)
+        return StoredConfig(mac, content, wanted, len(data), version.saved_at)
+
+    def rollback(
+        self, mac: MacLike, etag: str, *, if_match: Condition | None = None
+    ) -> StoredConfig:
+        """Write version ``etag`` of ``mac`` again, as a new version (``if_match``: as in `put`).
+
+        Rolling back to the current content changes nothing and records nothing.
+        """
+        old = self.version(mac, etag)
+        return self.put(old.mac_address, old.content, if_match=if_match)
+
+    def undelete(self, mac: MacLike) -> StoredConfig:
+        """Restore the newest version a deleted config had; `AlreadyExistsError` if it exists."""
+        mac = _mac(mac)
+        restorable = next((v for v in self.history(mac) if not v.deleted), None)
+        if restorable is None or restorable.etag is None:
+            raise VersionNotFoundError(
+                f"no version of {mac} to restore in its history", mac_address=str(mac)
+            )
+        old = self.version(mac, restorable.etag)
+        return self.put(mac, old.content, create_only=True)
+
+    def diff(self, mac: MacLike, old: str, new: str | None = None) -> builtins.list[dict[str, Any]]:
+        """The RFC 6902 JSON Patch from version ``old`` to ``new`` (default: the current config)."""
+        mac = _mac(mac)
+        before = self.version(mac, old).content
+        after = self.get(mac).content if new is None else self.version(mac, new).content
+        return json_patch(before, after)
 
 
 def _decode_stored(blob: Blob, limits: DocumentLimits) -> dict[str, Any]:

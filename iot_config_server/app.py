@@ -33,6 +33,7 @@ from iot_config_core import (
     StoredConfig,
     StoredSchema,
     Validation,
+    attributed,
     compute_etag,
 )
 from iot_config_core.wire import config_to_wire, summaries_to_wire
@@ -43,6 +44,7 @@ from .auth import BearerAuth
 from .cors import CorsPolicy
 from .device_auth import Authorize, DeviceAuth
 from .endpoints import ENDPOINTS, Endpoint, allowed_methods, rules
+from .history_api import history_to_wire, parse_rollback_request
 from .http_errors import ApiError, ApiErrorCode, error_body_bytes, http_error_for, user_message
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import UNMATCHED_ROUTE, AppMetrics, FreshValue, RouteMetrics
@@ -439,9 +441,11 @@ class _RequestPlugin:
             status = 0
             try:
                 try:
+                    author = None
                     if check_auth is not None:
-                        check_auth(environ.get("HTTP_AUTHORIZATION"))
-                    body = callback(**kwargs)
+                        author = check_auth(environ.get("HTTP_AUTHORIZATION"))
+                    with attributed(author, "api", rid):  # recorded in the config's history
+                        body = callback(**kwargs)
                 except bottle.HTTPError as exc:  # bottle.abort() in a route added to the app
                     status = exc.status_code
                     raise  # answered as JSON by _route_error
@@ -626,7 +630,10 @@ class _Routes:
         self._gate = gate
         self._ops = {
             name: metrics.operation(name)
-            for name in ("get_raw", "get", "list", "put", "patch", "delete", "schema", "validate")
+            for name in (
+                *("get_raw", "get", "list", "put", "patch", "delete", "schema", "validate"),
+                *("history", "rollback"),
+            )
         }
         self._list_answers = _ListAnswers()
         self._body_cap = store.limits.max_bytes + ENVELOPE_ALLOWANCE
@@ -791,6 +798,42 @@ class _Routes:
         report = self._operate("validate", self._store.schema_report)
         bottle.response.content_type = JSON
         return _json(api_converter.unstructure(report))
+
+    def config_history(self, mac: str) -> bytes:
+        address = MacAddress.parse(mac)
+        versions = self._operate("history", lambda: self._store.history(address))
+        bottle.response.content_type = JSON
+        return _json(history_to_wire(address, versions, self._store.history_limit))
+
+    def config_version(self, mac: str, etag: str) -> bytes:
+        address = MacAddress.parse(mac)
+        return _config_answer(self._operate("history", lambda: self._store.version(address, etag)))
+
+    def config_diff(self, mac: str) -> bytes:
+        address = MacAddress.parse(mac)
+        query = bottle.request.query
+        old, new = query.get("from"), query.get("to")
+        if not old:
+            raise ApiError(
+                ApiErrorCode.BAD_REQUEST, "the query parameter 'from' (an ETag) is absent"
+            )
+        patch = self._operate("history", lambda: self._store.diff(address, old, new or None))
+        bottle.response.content_type = "application/json-patch+json"
+        return _json(patch)
+
+    def rollback_config(self, mac: str) -> bytes:
+        environ = bottle.request.environ
+        address = MacAddress.parse(mac)
+        if_match = _condition(environ, "HTTP_IF_MATCH", "If-Match")
+        require_json(environ)
+        wanted = parse_rollback_request(read_body(environ, self._body_cap)).etag
+        stored = self._operate(
+            "rollback",
+            lambda: self._store.rollback(address, wanted, if_match=if_match),
+            write=True,
+        )
+        log.info("rolled back config %s to %s (etag %s)", address, wanted, stored.etag)
+        return _config_answer(stored)
 
     def _health(self) -> bytes:
         response = bottle.response

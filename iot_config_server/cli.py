@@ -51,11 +51,13 @@ from iot_config_core.device_tokens import (
     new_secret_line,
 )
 from iot_config_core.fleet import FleetOutcome, FleetPatchResult, Selector, patch_fleet
+from iot_config_core.history import attributed, os_user
 from iot_config_core.legacy import Checked, FileReport, LegacyDirectory, Outcome, read_document
 from iot_config_core.patching import JSON_PATCH, MERGE_PATCH, Patch, decode_patch
 from iot_config_core.posix_backend import sync_directory, write_file_atomically
 from iot_config_core.query import MAX_LIMIT
 from iot_config_core.wire import summary_to_wire
+from iot_config_server.history_api import history_to_wire  # no Bottle either
 from iot_config_server.http_errors import ExitStatus, exit_status_for  # no Bottle either
 from iot_config_server.settings import Settings, SettingsError  # plain attrs: no Bottle
 
@@ -356,14 +358,19 @@ def cmd_list(ctx: _Context, args: argparse.Namespace) -> int:
         )
         for s in summaries
     ]
+    _table(header, rows, numeric=4)
+    return EXIT_OK
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], numeric: int) -> None:
+    """Aligned columns under ``header``; the ``numeric`` column is right-aligned."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         cells = [
-            cell.rjust(w) if i == 4 else cell.ljust(w)
+            cell.rjust(w) if i == numeric else cell.ljust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ]
         _out("  ".join(cells).rstrip())
-    return EXIT_OK
 
 
 def cmd_get(ctx: _Context, args: argparse.Namespace) -> int:
@@ -390,6 +397,60 @@ def cmd_delete(ctx: _Context, args: argparse.Namespace) -> int:
     mac: MacAddress = args.mac
     ctx.open().delete(mac, if_match=args.if_match)
     _err(f"deleted {mac}")
+    return EXIT_OK
+
+
+def cmd_history(ctx: _Context, args: argparse.Namespace) -> int:
+    """Print the versions of one config, newest first: who changed what, when, through what."""
+    mac: MacAddress = args.mac
+    store = ctx.open()
+    versions = store.history(mac)
+    if args.json:
+        _out(json.dumps(history_to_wire(mac, versions, store.history_limit), indent=2))
+        return EXIT_OK
+    header = ("ETAG", "SAVED (UTC)", "SIZE", "AUTHOR", "SOURCE", "REQUEST ID")
+    rows = [
+        (
+            v.etag or "(deleted)",
+            _timestamp(v.saved_at),
+            str(v.size),
+            _cell(v.author, 24),
+            v.source,
+            _cell(v.request_id, 24),
+        )
+        for v in versions
+    ]
+    _table(header, rows, numeric=2)
+    return EXIT_OK
+
+
+def cmd_show(ctx: _Context, args: argparse.Namespace) -> int:
+    """Print one version of a config from its history."""
+    version = ctx.open().version(args.mac, args.etag)
+    _out(json.dumps(version.content, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_diff(ctx: _Context, args: argparse.Namespace) -> int:
+    """Print the RFC 6902 JSON Patch from one version to another (default: the current one)."""
+    patch = ctx.open().diff(args.mac, args.old, args.new)
+    _out(json.dumps(patch, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_rollback(ctx: _Context, args: argparse.Namespace) -> int:
+    """Write an earlier version again as the current one; print the ETag now stored."""
+    stored = ctx.open().rollback(args.mac, args.etag, if_match=args.if_match)
+    _out(stored.etag)
+    _err(f"{stored.mac_address} is at version {args.etag} again")
+    return EXIT_OK
+
+
+def cmd_undelete(ctx: _Context, args: argparse.Namespace) -> int:
+    """Restore the newest version a deleted config had; print its ETag."""
+    stored = ctx.open().undelete(args.mac)
+    _out(stored.etag)
+    _err(f"restored {stored.mac_address}")
     return EXIT_OK
 
 
@@ -1079,9 +1140,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a JSON document file (- for standard input), or a directory of <mac>.json files",
     )
     sub.add_argument("-v", "--verbose", action="store_true", help="also list valid files")
-    _add_patch_commands(add)
-    _device_token_parser(add)
-    _watch_parser(add)
+    for more in (_add_patch_commands, _history_commands, _watch_parser, _device_token_parser):
+        more(add)
     return parser
 
 
@@ -1154,6 +1214,53 @@ def _add_patch_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     delete = actions.add_parser("delete", help="delete a schema")
     delete.add_argument("name", metavar="NAME")
     delete.add_argument("--if-match", metavar="ETAG", help="delete only if at ETAG")
+
+
+def _history_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """The subcommands over a config's version history (docs/history.md)."""
+    sub = add(
+        "history",
+        cmd_history,
+        "list the versions of one config",
+        "List the versions of MAC's config, newest first, with who saved each, when, and "
+        "through what (api, cli, library, or external: changed outside the store). A deleted "
+        "config keeps its history.",
+    )
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
+    sub.add_argument("--json", action="store_true", help="the REST API's JSON shape")
+    sub = add("show", cmd_show, "print one version", "Print version ETAG of MAC's config.")
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
+    sub.add_argument("etag", metavar="ETAG", help="a version's ETag, from `history`")
+    sub = add(
+        "diff",
+        cmd_diff,
+        "what changed between two versions",
+        "Print the RFC 6902 JSON Patch that turns version OLD of MAC's config into NEW "
+        "(default: the current config).",
+    )
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
+    sub.add_argument("old", metavar="OLD", help="a version's ETag, from `history`")
+    sub.add_argument("new", metavar="NEW", nargs="?", help="another version (default: current)")
+    sub = add(
+        "rollback",
+        cmd_rollback,
+        "write an earlier version again",
+        "Write version ETAG of MAC's config again, as a new version (the old one stays in the "
+        "history); print the ETag now stored. Also restores a deleted config.",
+    )
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
+    sub.add_argument("etag", metavar="ETAG", help="the version to restore, from `history`")
+    sub.add_argument(
+        "--if-match", metavar="ETAG", help="only if the current version is ETAG (no lost edit)"
+    )
+    sub = add(
+        "undelete",
+        cmd_undelete,
+        "restore a deleted config",
+        "Restore the newest version MAC's config had before it was deleted; refused if a "
+        "config exists.",
+    )
+    sub.add_argument("mac", metavar="MAC", type=_mac, help=MAC_HELP)
 
 
 # -- entry point ----------------------------------------------------------------------------------
@@ -1231,7 +1338,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         ctx = _context(args, env)
         if args.command == "serve":
             return handler(ctx, args)
-        with _library_logging(args.debug):
+        with _library_logging(args.debug), attributed(os_user(), "cli"):
             return handler(ctx, args)
     except (UsageError, ConfigError) as exc:
         failure, status, message = exc, _exit_status(exc), _describe(exc)

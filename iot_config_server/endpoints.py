@@ -18,6 +18,7 @@ from iot_config_core.schemas import SchemaReport
 from iot_config_core.wire import ConfigListWire, ConfigWire
 
 from .api_models import HealthyReport, PutConfigRequest, UnhealthyReport
+from .history_api import HistoryWire, RollbackRequest
 from .http_errors import ApiErrorCode, Code
 from .schema_api import PutSchemaRequest, SchemaListWire, SchemaWire
 
@@ -505,6 +506,79 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "documentation",
         (Reply(200, "The file.", media_type="application/octet-stream"),),
         errors=(ApiErrorCode.ROUTE_NOT_FOUND, ApiErrorCode.DOCS_UNAVAILABLE),
+    ),
+    Endpoint(
+        "config_history",
+        "GET",
+        "/api/configs/<mac>/history",
+        "The versions of one config, newest first: who changed what, when, through what",
+        "history",
+        (Reply(200, "The history (a deleted config keeps its own).", HistoryWire),),
+        errors=_MAC_ERRORS,
+        action="get history",
+        admin=True,
+        description="At most the store's `limit` versions per device are kept. A change made "
+        "outside the store (a hand edit) shows as source `external`.",
+    ),
+    Endpoint(
+        "config_version",
+        "GET",
+        "/api/configs/<mac>/history/<etag>",
+        "One version of a config from its history, in the config shape",
+        "history",
+        (Reply(200, "That version.", ConfigWire, headers=(ETAG,)),),
+        errors=(*_MAC_ERRORS, ErrorCode.VERSION_NOT_FOUND, *_STORED_ERRORS),
+        action="get version",
+        admin=True,
+    ),
+    Endpoint(
+        "config_diff",
+        "GET",
+        "/api/configs/<mac>/diff",
+        "What changed between two versions, as an RFC 6902 JSON Patch",
+        "history",
+        (
+            Reply(
+                200,
+                "The JSON Patch turning version `from` into version `to`.",
+                media_type="application/json-patch+json",
+            ),
+        ),
+        errors=(
+            *_MAC_ERRORS,
+            ErrorCode.VERSION_NOT_FOUND,
+            *_STORED_ERRORS,
+            ApiErrorCode.BAD_REQUEST,
+        ),
+        action="diff versions",
+        admin=True,
+        description="Query: `from` (an ETag from the history, required) and `to` (default: the "
+        "current config).",
+    ),
+    Endpoint(
+        "rollback_config",
+        "POST",
+        "/api/configs/<mac>/rollback",
+        "Write an earlier version again, as a new version (also restores a deleted config)",
+        "history",
+        (Reply(200, "The config now stored.", ConfigWire, headers=(ETAG,)),),
+        errors=(
+            *_MAC_ERRORS,
+            ErrorCode.VERSION_NOT_FOUND,
+            *_STORED_ERRORS,
+            ApiErrorCode.INVALID_BODY,
+            ApiErrorCode.INVALID_HEADER,
+            ErrorCode.INVALID_DOCUMENT,
+            ErrorCode.SCHEMA_VIOLATION,
+            ErrorCode.PRECONDITION_FAILED,
+            ApiErrorCode.PAYLOAD_TOO_LARGE,
+            ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode.UNSUPPORTED_STORE,
+        ),
+        action="roll back config",
+        admin=True,
+        request_model=RollbackRequest,
+        request_headers=(IF_MATCH,),
     ),
 )
 

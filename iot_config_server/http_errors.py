@@ -158,6 +158,9 @@ ERROR_TABLE: Mapping[Code, ErrorRule] = {
     # token as ApiErrorCode.UNAUTHORIZED themselves; these rows say what the codes mean elsewhere.
     ErrorCode.INVALID_DEVICE_TOKEN: ErrorRule(401, "UNAUTHORIZED", headers=WWW_AUTHENTICATE),
     ErrorCode.INVALID_DEVICE_SECRET: ErrorRule(500, "INTERNAL_ERROR", ExitStatus.USAGE),
+    ErrorCode.VERSION_NOT_FOUND: ErrorRule(
+        404, "VERSION_NOT_FOUND", cause="{message}; GET .../history lists the versions kept"
+    ),
     # HTTP-layer errors
     ApiErrorCode.BAD_REQUEST: ErrorRule(400, "BAD_REQUEST", ExitStatus.USAGE),
     ApiErrorCode.INVALID_BODY: ErrorRule(400, "INVALID_BODY"),

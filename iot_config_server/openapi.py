@@ -45,6 +45,7 @@ TAGS = {
     "unless device auth is on: then the device's own token (or an admin token).",
     "operations": "Health checks and Prometheus metrics. Open.",
     "documentation": "This document and the interactive docs. Open.",
+    "history": "Each config's versions: who changed what, diffs, rollback (admin, as configs).",
 }
 #: The documented name of the MAC path parameter.
 MAC_NAME = DOCUMENTED_NAMES["mac"]

@@ -20,6 +20,7 @@ from iot_config_core import (
     open_store,
     store_scheme,
 )
+from iot_config_core.history import DEFAULT_HISTORY_LIMIT
 from iot_config_core.store import DEFAULT_RAW_CACHE_BYTES
 
 from .broker import BrokerAddress
@@ -211,6 +212,10 @@ class Settings:
         validator=_check_topic_prefix,
     )
     mqtt_poll_seconds: float = attrs.field(default=5.0, validator=_check_poll_seconds)
+    #: Versions kept per device in the store's history (0: none recorded).
+    history_limit: int = attrs.field(
+        default=DEFAULT_HISTORY_LIMIT, validator=_not_negative("history_limit")
+    )
 
     def __attrs_post_init__(self) -> None:
         if store_scheme(self.store_url) == "memory" and self.workers > 1:
@@ -254,6 +259,7 @@ class Settings:
             create=create,
             limits=self.document_limits,
             device_cache_bytes=self.device_cache_bytes,
+            history_limit=self.history_limit,
         )
 
     @property
@@ -318,6 +324,7 @@ class Settings:
             "mqtt_ca_file": ("MQTT_CA_FILE", _optional_text),
             "mqtt_topic_prefix": ("MQTT_TOPIC_PREFIX", _text),
             "mqtt_poll_seconds": ("MQTT_POLL_SECONDS", _seconds),
+            "history_limit": ("HISTORY_LIMIT", _integer),
         }
         for field, (name, parse) in fields.items():
             value = raw(name)

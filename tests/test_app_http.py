@@ -261,6 +261,10 @@ def test_admin_routes_match_the_table() -> None:
             ("PUT", "/api/schemas/<schema>"),
             ("DELETE", "/api/schemas/<schema>"),
             ("GET", "/api/validation"),
+            ("GET", "/api/configs/<mac>/history"),
+            ("GET", "/api/configs/<mac>/history/<etag>"),
+            ("GET", "/api/configs/<mac>/diff"),
+            ("POST", "/api/configs/<mac>/rollback"),
         ]
     )
 

@@ -84,7 +84,7 @@ def write_doc(path: Path, content: object) -> bytes:
 
 
 def stored_names(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.name != ".locks")
+    return sorted(p.name for p in root.iterdir() if p.name not in {".locks", ".history"})
 
 
 def seed(root: Path, mac: str, content: dict[str, object]) -> bytes:

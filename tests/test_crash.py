@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import iot_config_core
-from iot_config_core import MacAddress, open_store
+from iot_config_core import MacAddress, NotFoundError, open_store
 from iot_config_core.posix_backend import STALE_TEMP_SECONDS, TEMP_SUFFIX
 
 MAC = MacAddress.parse("aa:bb:cc:00:00:01")
@@ -57,9 +57,13 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_and_kill(root: Path, start: int, delay: float) -> None:
+def run_and_kill(root: Path, start: int, delay: float, writer: str = WRITER) -> list[str]:
+    """Start ``writer``, kill it ``delay`` seconds after it is ready; the lines it printed since.
+
+    A line cut by the kill (no newline) is dropped: nobody could have relied on it.
+    """
     child = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(root), str(start), str(MAC)],
+        [sys.executable, "-c", writer, str(root), str(start), str(MAC)],
         stdout=subprocess.PIPE,
         env=child_env(),
     )
@@ -69,10 +73,9 @@ def run_and_kill(root: Path, start: int, delay: float) -> None:
         time.sleep(delay)
     finally:
         child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-        if child.stdout is not None:
-            child.stdout.close()
+        out, _ = child.communicate(timeout=10)
     assert child.returncode == -signal.SIGKILL
+    return [line.decode() for line in out.split(b"\n")[:-1]]
 
 
 @pytest.mark.slow
@@ -141,3 +144,53 @@ def test_writes_leave_no_temp_files(tmp_path: Path) -> None:
         store.put(MAC, {"i": i})
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(TEMP_SUFFIX)]
     assert leftovers == []
+
+
+# The same writer, printing the ETag of every write once `put` returned (acknowledged), with a
+# history long enough to keep every version of the test.
+RECORDING_WRITER = """
+import sys
+from iot_config_core import open_store
+store = open_store(sys.argv[1], history_limit=100_000)
+i = int(sys.argv[2])
+print("ready", flush=True)
+while True:
+    stored = store.put(sys.argv[3], {"version": i, "pad": "x" * ((i * 7919) % 60000)})
+    print(stored.etag, flush=True)
+    i += 1
+"""
+
+
+@pytest.mark.slow
+def test_sigkilled_writer_history_has_every_acknowledged_write_once(tmp_path: Path) -> None:
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    store = open_store(str(tmp_path), history_limit=100_000)
+    deadline = time.monotonic() + TIME_BUDGET_SECONDS
+    acknowledged: list[str] = []
+    rounds = 0
+    while rounds < ROUNDS and time.monotonic() < deadline:
+        delay = rng.uniform(0.0, 0.06)
+        acknowledged += run_and_kill(tmp_path, rounds * 1_000_000, delay, RECORDING_WRITER)
+        rounds += 1
+        if not store.exists(MAC):  # killed before its first write: nothing to show yet
+            assert not acknowledged, seed
+            with pytest.raises(NotFoundError):
+                store.history(MAC)
+            continue
+        current = store.get(MAC)
+        history = store.history(MAC)
+        # The current config is the head of its history, recorded by the writer, never
+        # "external": the record was durable before the swap.
+        assert (history[0].etag, history[0].source) == (current.etag, "library"), seed
+        recorded = [v.etag for v in reversed(history)]
+        assert len(set(recorded)) == len(recorded), seed  # each version once
+        it = iter(recorded)
+        assert all(etag in it for etag in acknowledged), seed  # every acknowledged one, in order
+        # At most the one write per round that finished but was killed before it said so.
+        assert len(recorded) - len(acknowledged) <= rounds, seed
+    assert rounds >= 10, f"only {rounds} rounds in the time budget"
+    assert acknowledged, "no write was acknowledged"
+    for version in [*store.history(MAC)[:3], *rng.sample(store.history(MAC), 5)]:
+        assert version.etag is not None
+        assert is_written_version(store.version(MAC, version.etag).content), seed

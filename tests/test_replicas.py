@@ -7,7 +7,8 @@ separate mounts (one per replica). Clients hammer both with GET + conditional PU
 
 - no lost update: every 200 to a ``PUT If-Match`` is exactly one step of the document's history;
 - each replica's list and device endpoint show the other's writes on the very next request;
-- ``/metrics`` config counts of the two replicas agree after a list.
+- ``/metrics`` config counts of the two replicas agree after a list;
+- the version history both replicas show holds every acknowledged write exactly once, in order.
 
 The replicas run ``python -m iot_config_server.cli serve``, the production entry point.
 """
@@ -37,6 +38,8 @@ OTHER = "02-00-00-00-aa-02"
 CLIENTS = 4
 APPENDS_PER_CLIENT = 15
 TIME_BUDGET_SECONDS = 60.0
+# Enough versions per device for every write of the race to stay in the history.
+HISTORY_LIMIT = CLIENTS * APPENDS_PER_CLIENT + 10
 
 Pair = tuple[ServerProcess, ServerProcess]
 
@@ -62,6 +65,13 @@ def listed(replica: ServerProcess) -> dict[str, str | None]:
     body = json.loads(data)
     assert body["count"] == len(body["configs"])
     return {item["mac_address"]: item["device_name"] for item in body["configs"]}
+
+
+def versions(replica: ServerProcess, mac: str) -> list[dict[str, Any]]:
+    status, _, data = replica.request("GET", f"/api/configs/{mac}/history")
+    assert status == 200, (status, data[:300])
+    found: list[dict[str, Any]] = json.loads(data)["versions"]
+    return found
 
 
 def config_count(replica: ServerProcess) -> float:
@@ -99,6 +109,7 @@ def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
             work = Path(tempfile.mkdtemp(dir=first))
             stack.callback(shutil.rmtree, work, ignore_errors=True)
             urls = (str(work), str(second / work.name))  # one mount per replica
+        env = {**env, "IOT_CONFIG_HISTORY_LIMIT": str(HISTORY_LIMIT)}
         one = stack.enter_context(
             ServerProcess("--store", urls[0], log_path=tmp_path / "one.log", env=env)
         )
@@ -167,6 +178,19 @@ def test_conditional_puts_through_two_replicas_lose_no_update(
         for client in range(CLIENTS):  # and each client's appends are in its order
             mine = [t for t in history if t.startswith(f"c{client}-")]
             assert mine == [f"c{client}-{n}" for n in range(APPENDS_PER_CLIENT)]
+    # The version history: every acknowledged write once, in order, the same on both replicas.
+    shown = versions(one, MAC)
+    assert shown == versions(two, MAC)
+    assert shown[0]["etag"] == get(one, MAC)[1].strip('"')
+    assert len(shown) == len(acked) + 1  # and the first, empty version
+    assert len({v["etag"] for v in shown}) == len(shown)
+    assert {v["source"] for v in shown} == {"api"}
+    assert len({v["request_id"] for v in shown}) == len(shown)
+    final = get(one, MAC)[0]["history"]
+    for age, version in enumerate(shown):  # newest first: each is the final one, shorter
+        status, _, data = two.request("GET", f"/api/configs/{MAC}/history/{version['etag']}")
+        assert status == 200, data[:300]
+        assert json.loads(data)["content"]["history"] == final[: len(final) - age]
 
 
 def test_each_replica_sees_the_others_writes_on_the_next_request(
@@ -207,3 +231,8 @@ def test_each_replica_sees_the_others_writes_on_the_next_request(
     assert listed(two) == {}
     assert listed(one) == {}
     assert config_count(one) == config_count(two) == 0
+    assert [(v["etag"], v["deleted"]) for v in versions(two, OTHER)] == [
+        (None, True),
+        (updated.strip('"'), False),
+        (created.strip('"'), False),
+    ]

@@ -110,6 +110,8 @@ def test_legacy_variables_and_precedence() -> None:
         ({"IOT_CONFIG_STORE_STALL_SECONDS": "0"}, "IOT_CONFIG_STORE_STALL_SECONDS"),
         ({"IOT_CONFIG_STORE_STALL_SECONDS": "soon"}, "IOT_CONFIG_STORE_STALL_SECONDS"),
         ({"IOT_CONFIG_ACCESS_LOG": "maybe"}, "IOT_CONFIG_ACCESS_LOG"),
+        ({"IOT_CONFIG_HISTORY_LIMIT": "-1"}, "IOT_CONFIG_HISTORY_LIMIT"),
+        ({"IOT_CONFIG_HISTORY_LIMIT": "all"}, "IOT_CONFIG_HISTORY_LIMIT"),
         (
             {"IOT_CONFIG_STORE": "memory://fleet", "IOT_CONFIG_WORKERS": "2"},
             "IOT_CONFIG_WORKERS",

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+import jsonpatch
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
@@ -33,14 +34,16 @@ from iot_config_core.errors import (
     StoredDocumentTooLargeError,
     StoreMissingError,
     StoreUnavailableError,
+    VersionNotFoundError,
 )
+from iot_config_core.history import attributed
 from iot_config_core.mac import MacAddress
 from iot_config_core.store import ConfigStore, open_store
 
 from .stateful import StoreModelMachine
 from .strategies import MAC_A, MAC_B, MAC_C, etag_of, nest_depth
 
-__all__ = ["PosixStoreContract", "StoreContract", "cas_increment"]
+__all__ = ["PosixStoreContract", "StoreContract", "cas_increment", "with_history_limit"]
 
 
 def _run_threads(count: int, target: Callable[[int], object]) -> list[object]:
@@ -80,6 +83,11 @@ def cas_increment(store: ConfigStore, mac: MacAddress | str, times: int) -> int:
             except PreconditionFailedError:
                 retries += 1
     return retries
+
+
+def with_history_limit(store: ConfigStore, limit: int) -> ConfigStore:
+    """Another client of ``store``'s backend that keeps ``limit`` versions per device."""
+    return ConfigStore(store._backend, limits=store.limits, history_limit=limit)  # noqa: SLF001
 
 
 class StoreContract(abc.ABC):
@@ -678,6 +686,146 @@ class StoreContract(abc.ABC):
         assert all(isinstance(r, int) for r in results), results
         assert store.get(MAC_C).content == {"count": k * m}
         assert json.loads(store.get_raw(MAC_C).data) == {"count": k * m}
+
+    # -- history ----------------------------------------------------------------------------------
+
+    def test_history_records_each_write_newest_first(self, store: ConfigStore) -> None:
+        first = store.put(MAC_A, {"v": 1})
+        with attributed("alice", "api", "req-1"):
+            second = store.put(MAC_A, {"v": 2}, if_match=first.etag)
+        store.put(MAC_A, {"v": 2})  # the same bytes: not a new version
+        history = store.history(MAC_A)
+        assert [v.etag for v in history] == [second.etag, first.etag]
+        assert [v.previous for v in history] == [first.etag, None]
+        assert (history[0].author, history[0].source, history[0].request_id) == (
+            "alice",
+            "api",
+            "req-1",
+        )
+        assert history[1].source == "library"
+        assert [v.size for v in history] == [second.size, first.size]
+        assert all(v.saved_at is not None and not v.deleted for v in history)
+        assert store.version(MAC_A, first.etag).content == {"v": 1}
+        assert store.version(MAC_A, f'"{first.etag}"').etag == first.etag
+        # History is never a config: not listed, not skipped, not served.
+        assert [s.mac_address for s in store.list()] == [MAC_A]
+        assert store.listing().skipped == ()
+
+    def test_history_of_unknown_device_is_not_found(self, store: ConfigStore) -> None:
+        with pytest.raises(NotFoundError):
+            store.history(MAC_B)
+        store.put(MAC_B, {"v": 1})
+        with pytest.raises(VersionNotFoundError) as info:
+            store.version(MAC_B, etag_of({"v": 2}))
+        assert info.value.details["etag"] == etag_of({"v": 2})
+        with pytest.raises(VersionNotFoundError):
+            store.rollback(MAC_B, "not-an-etag")
+        assert [v.etag for v in store.history(MAC_B)] == [etag_of({"v": 1})]
+
+    def test_delete_keeps_history_and_undelete_restores(self, store: ConfigStore) -> None:
+        first = store.put(MAC_A, {"v": 1})
+        second = store.put(MAC_A, {"v": 2})
+        store.delete(MAC_A)
+        history = store.history(MAC_A)
+        assert [(v.etag, v.deleted) for v in history] == [
+            (None, True),
+            (second.etag, False),
+            (first.etag, False),
+        ]
+        assert history[0].previous == second.etag
+        restored = store.undelete(MAC_A)
+        assert (restored.content, restored.etag) == ({"v": 2}, second.etag)
+        assert store.get(MAC_A).content == {"v": 2}
+        assert [v.etag for v in store.history(MAC_A)][:2] == [second.etag, None]
+        with pytest.raises(AlreadyExistsError):
+            store.undelete(MAC_A)
+
+    def test_rollback_writes_the_old_content_as_a_new_version(self, store: ConfigStore) -> None:
+        first = store.put(MAC_A, {"v": 1, "name": "good"})
+        bad = store.put(MAC_A, {"v": 2, "name": "bricked"})
+        with pytest.raises(PreconditionFailedError):
+            store.rollback(MAC_A, first.etag, if_match=first.etag)
+        assert store.get(MAC_A).etag == bad.etag
+        rolled = store.rollback(MAC_A, first.etag, if_match=bad.etag)
+        assert (rolled.content, rolled.etag) == (first.content, first.etag)
+        assert [v.etag for v in store.history(MAC_A)] == [first.etag, bad.etag, first.etag]
+        store.rollback(MAC_A, first.etag)  # already current: nothing new
+        assert len(store.history(MAC_A)) == 3
+
+    def test_diff_is_a_json_patch_between_versions(self, store: ConfigStore) -> None:
+        old = store.put(MAC_A, {"name": "a", "list": [1, 2], "gone": True})
+        new = store.put(MAC_A, {"name": "b", "list": [1, 2, 3], "nested": {"x": 1}})
+        patch = store.diff(MAC_A, old.etag)
+        assert patch == store.diff(MAC_A, old.etag, new.etag)
+        assert jsonpatch.apply_patch(dict(old.content), patch) == new.content
+        back = store.diff(MAC_A, new.etag, old.etag)
+        assert jsonpatch.apply_patch(dict(new.content), back) == old.content
+        assert store.diff(MAC_A, new.etag) == []
+
+    def test_history_is_bounded_and_can_be_off(self, store: ConfigStore) -> None:
+        limited = with_history_limit(store, 3)
+        etags = [limited.put(MAC_A, {"v": i}).etag for i in range(10)]
+        assert [v.etag for v in limited.history(MAC_A)] == etags[::-1][:3]
+        assert len(store._backend.list_hidden(f".history/{MAC_A}")) == 3  # noqa: SLF001
+        off = with_history_limit(store, 0)
+        off.put(MAC_B, {"v": 1})
+        off.delete(MAC_B)
+        assert store._backend.list_hidden(f".history/{MAC_B}") == []  # noqa: SLF001
+        assert off.history(MAC_A) == []
+        with pytest.raises(VersionNotFoundError):
+            off.rollback(MAC_A, etags[-2])
+
+    def test_changes_outside_the_store_are_external_versions(self, store: ConfigStore) -> None:
+        first = store.put(MAC_A, {"v": 1})
+        edited = b'{"v": 9}\n'
+        self.write_raw(store, MAC_A.file_name, edited)
+        history = store.history(MAC_A)
+        assert [(v.etag, v.source, v.author) for v in history] == [
+            (compute_etag(edited), "external", None),
+            (first.etag, "library", history[1].author),
+        ]
+        third = store.put(MAC_A, {"v": 3})
+        history = store.history(MAC_A)
+        assert [(v.etag, v.source) for v in history] == [
+            (third.etag, "library"),
+            (compute_etag(edited), "external"),
+            (first.etag, "library"),
+        ]
+        assert store.rollback(MAC_A, compute_etag(edited)).content == {"v": 9}
+
+    def test_a_record_whose_swap_never_happened_is_not_shown(self, store: ConfigStore) -> None:
+        first = store.put(MAC_A, {"v": 1})
+        backend = store._backend  # noqa: SLF001
+        # A writer killed between its record and its swap leaves exactly this behind.
+        current = backend.read(MAC_A.file_name, store.limits.max_bytes)
+        store._history.begin(MAC_A, encode_document({"v": "lost"}), current)  # noqa: SLF001
+        assert [v.etag for v in store.history(MAC_A)] == [first.etag]
+        second = store.put(MAC_A, {"v": 2})
+        assert [v.etag for v in store.history(MAC_A)] == [second.etag, first.etag]
+        # A writer that read the first version lost its race to the second and has not removed
+        # its record yet: the newest record is then one of a version that never was current.
+        store._history.begin(MAC_A, encode_document({"v": "late"}), current)  # noqa: SLF001
+        history = store.history(MAC_A)
+        assert [(v.etag, v.source) for v in history] == [
+            (second.etag, "library"),
+            (first.etag, "library"),
+        ]
+        third = store.put(MAC_A, {"v": 3})
+        assert [v.etag for v in store.history(MAC_A)] == [third.etag, second.etag, first.etag]
+        with pytest.raises(VersionNotFoundError):
+            store.version(MAC_A, etag_of({"v": "lost"}))
+        store._history.begin(MAC_B, encode_document({"v": "lost"}), None)  # noqa: SLF001
+        with pytest.raises(NotFoundError):
+            store.history(MAC_B)
+
+    def test_racing_writers_are_each_recorded_once_in_order(self, store: ConfigStore) -> None:
+        k, m = self.counter_threads, self.counter_increments
+        clients = [with_history_limit(c, k * m + 5) for c in self.clients(store)]
+        clients[0].put(MAC_C, {"count": 0})
+        results = _run_threads(k, lambda i: cas_increment(clients[i % len(clients)], MAC_C, m))
+        assert all(isinstance(r, int) for r in results), results
+        expected = [etag_of({"count": n}) for n in range(k * m, -1, -1)]
+        assert [v.etag for v in clients[-1].history(MAC_C)] == expected
 
 
 class PosixStoreContract(StoreContract):

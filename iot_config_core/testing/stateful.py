@@ -26,10 +26,12 @@ __all__ = ["StoreModelMachine"]
 
 
 class StoreModelMachine(RuleBasedStateMachine):
-    """Store operations checked against a dict of MAC -> (content, etag).
+    """Store operations checked against a dict of MAC -> (content, etag), and a history model.
 
     Operations go through the store and, when the backend has one, a second client on the same
-    root, so cache coherence between clients is checked on every step.
+    root, so cache coherence between clients is checked on every step. The history model is a
+    list of versions per MAC (ETags, ``None`` for a delete), newest first, pruned to the store's
+    limit, plus the version a hand edit made that no write has recorded yet (shown as external).
     """
 
     def __init__(self, contract: StoreContract) -> None:
@@ -38,6 +40,9 @@ class StoreModelMachine(RuleBasedStateMachine):
         self.store = contract.make_store()
         self.clients = contract.clients(self.store)
         self.model: dict[MacAddress, tuple[dict[str, Any], str]] = {}
+        self.history: dict[MacAddress, list[str | None]] = {}
+        self.external: dict[MacAddress, str] = {}
+        self.hand_edits = 0
 
     macs = st.sampled_from([MAC_A, MAC_B, MAC_C])
     client = st.integers(min_value=0, max_value=1)
@@ -53,7 +58,18 @@ class StoreModelMachine(RuleBasedStateMachine):
         return None if entry is None else entry[1]
 
     def _stored(self, mac: MacAddress, content: dict[str, Any]) -> None:
-        self.model[mac] = (content, etag_of(content))
+        etag = etag_of(content)
+        if etag != self._current_etag(mac):
+            self._recorded(mac, etag)
+        self.model[mac] = (content, etag)
+
+    def _recorded(self, mac: MacAddress, etag: str | None) -> None:
+        """A write through the store: it records a hand-edited version first, then its own."""
+        versions = self.history.setdefault(mac, [])
+        if mac in self.external:
+            versions.insert(0, self.external.pop(mac))
+        versions.insert(0, etag)
+        del versions[self.store.history_limit :]
 
     @rule(data=st.data(), mac=macs, content=small_contents, client=client)
     def put(
@@ -109,9 +125,14 @@ class StoreModelMachine(RuleBasedStateMachine):
 
     @rule(mac=macs, content=small_contents)
     def hand_edit(self, mac: MacAddress, content: dict[str, Any]) -> None:
+        # Each hand edit is new bytes: restoring the exact bytes of an older version by hand
+        # cannot be told from that version being current all along (docs/history.md).
+        self.hand_edits += 1
+        content = {**content, "_edit": self.hand_edits}
         data = json.dumps(content, separators=(",", ":")).encode()
         self.contract.write_raw(self.store, mac.file_name, data)
         self.model[mac] = (content, compute_etag(data))
+        self.external[mac] = compute_etag(data)
 
     @rule(data=st.data(), mac=macs, client=client)
     def get(self, data: st.DataObject, mac: MacAddress, client: int) -> None:
@@ -139,6 +160,7 @@ class StoreModelMachine(RuleBasedStateMachine):
         if mac in self.model:
             self._client(client).delete(mac)
             del self.model[mac]
+            self._recorded(mac, None)
         else:
             with pytest.raises(NotFoundError):
                 self._client(client).delete(mac)
@@ -156,10 +178,32 @@ class StoreModelMachine(RuleBasedStateMachine):
         elif tag == current:
             store.delete(mac, if_match=tag)
             del self.model[mac]
+            self._recorded(mac, None)
         else:
             with pytest.raises(PreconditionFailedError) as info:
                 store.delete(mac, if_match=tag)
             assert info.value.current_etag == current
+
+    @rule(mac=macs, client=client)
+    def history_agrees(self, mac: MacAddress, client: int) -> None:
+        limit = self.store.history_limit
+        shown = [self.external[mac]] if mac in self.external else []
+        expected = (shown + self.history.get(mac, []))[:limit]
+        if not expected:
+            with pytest.raises(NotFoundError):
+                self._client(client).history(mac)
+            return
+        assert [v.etag for v in self._client(client).history(mac)] == expected
+
+    @rule(mac=macs, client=client)
+    def rollback_to_oldest(self, mac: MacAddress, client: int) -> None:
+        versions = [etag for etag in self.history.get(mac, []) if etag is not None]
+        if not versions or mac in self.external:
+            return  # nothing to roll back to, or a version the model cannot name the content of
+        target = versions[-1]
+        content = self._client(client).version(mac, target).content
+        self._client(client).rollback(mac, target)
+        self._stored(mac, dict(content))
 
     @rule(client=client)
     def list_configs(self, client: int) -> None:

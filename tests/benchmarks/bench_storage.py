@@ -11,7 +11,10 @@ a fleet of 1,000 configs:
 - ``list`` warm (nothing changed: one scan or LIST) and cold (a fresh store: scan + read every
   document), against a bare scan / LIST (+ reading every object) through the same client;
 
-and then every store operation as a ratio to the same operation on local disk in the same run.
+and then every store operation as a ratio to the same operation on local disk in the same run,
+and what the version history costs (`run_history`): ``put`` with history on against off on the
+same backend (target <= 1.5x on local disk and CephFS, <= 1.2x on S3), the listing before and
+after every config got history, and the bytes each recorded version takes.
 Nothing asserts: run it, read the tables.
 
     python3 tests/benchmarks/bench_storage.py                       # local, moto, SeaweedFS
@@ -85,6 +88,7 @@ class Backend:
     floor_read: Callable[[str], bytes]
     floor_write: Callable[[str, bytes], None]  # writes to a scratch area, not the fleet
     floor_list: Callable[[], list[str]]
+    disk_root: Path | None = None  # where a POSIX store's files are, to weigh the history
 
 
 # -- POSIX (local disk, CephFS) ------------------------------------------------------------------
@@ -114,6 +118,7 @@ def posix_backend(name: str, base: Path) -> Backend:
         floor_read,
         floor_write,
         floor_list,
+        root,
     )
 
 
@@ -161,10 +166,17 @@ def s3_backend(name: str, options: dict[str, Any]) -> Backend:
 # -- the measurements ----------------------------------------------------------------------------
 
 
+def without_history(store: ConfigStore) -> ConfigStore:
+    """Another client of the same root that records no history."""
+    return ConfigStore(store._backend, limits=store.limits, history_limit=0)
+
+
 def populate(backend: Backend, count: int) -> list[MacAddress]:
+    # Without history, so `run_history` can time the listing before and after history exists.
+    store = without_history(backend.store)
     macs = [mac_of(i) for i in range(count)]
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: backend.store.put(macs[i], config(i)), range(count)))
+        list(pool.map(lambda i: store.put(macs[i], config(i)), range(count)))
     return macs
 
 
@@ -241,6 +253,94 @@ def run_backend(backend: Backend, sizes: dict[str, int]) -> dict[str, Timing]:
     return timings
 
 
+HISTORY_TARGETS = {"local": 1.5, "cephfs": 1.5}
+S3_HISTORY_TARGET = 1.2
+
+
+def run_history(backend: Backend, macs: list[MacAddress], sizes: dict[str, int]) -> Report:
+    """PUT with history on vs off (disjoint configs, round-robin), listing before and after."""
+    name = backend.name
+    report = Report(f"storage: history on vs off ({name})", dict(sizes))
+    on, off = backend.store, without_history(backend.store)
+    batch = sizes["batch"]
+    on_macs, off_macs = macs[2 * batch : 3 * batch], macs[3 * batch : 4 * batch]
+    turn = [0]
+
+    def put_with(store: ConfigStore, targets: list[MacAddress]) -> Callable[[], None]:
+        def put() -> None:
+            turn[0] += 1
+            for i, mac in enumerate(targets):
+                store.put(mac, config(i, 1000 + turn[0]))
+
+        return put
+
+    puts = measure(
+        {"put history off": put_with(off, off_macs), "put history on": put_with(on, on_macs)},
+        repeat=sizes["put_rounds"],
+        per_call=batch,
+    )
+    target = HISTORY_TARGETS.get(name, S3_HISTORY_TARGET)
+    report.add(
+        f"{name} put", puts["put history on"], baseline=puts["put history off"], target=target
+    )
+
+    def lists(label: str) -> dict[str, Timing]:
+        store = backend.reopen()
+        store.list()
+        warm = measure({label: store.list}, repeat=sizes["list_rounds"])
+        cold = measure(
+            {f"{label} cold": lambda: backend.reopen().list()}, repeat=sizes["cold"], warmup=0
+        )
+        return warm | cold
+
+    before = lists("list")
+    # One recorded version of every config (two records each: the version before is recorded
+    # first, as it was written without history).
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: on.put(macs[i], config(i, 1)), range(len(macs))))
+    after = lists("list")
+    report.add(f"{name} list warm, all with history", after["list"], baseline=before["list"])
+    report.add(
+        f"{name} list cold, all with history", after["list cold"], baseline=before["list cold"]
+    )
+    if backend.disk_root is not None:
+        label, present, aside = interleaved_lists(backend, sizes)
+        report.add(label, present, baseline=aside)
+        records = [p for p in (backend.disk_root / ".history").rglob("*") if p.is_file()]
+        logical = sum(p.stat().st_size for p in records) / len(records)
+        allocated = sum(p.stat().st_blocks * 512 for p in records) / len(records)
+        document = sum(len(encode_document(config(i, 1))) for i in range(len(macs))) / len(macs)
+        report.add_value(f"{name} bytes per version", logical, "B", note=f"{len(records)} records")
+        report.add_value(f"{name} bytes allocated per version", allocated, "B")
+        report.add_value(f"{name} bytes per document", document, "B")
+    return report
+
+
+def interleaved_lists(backend: Backend, sizes: dict[str, int]) -> tuple[str, Timing, Timing]:
+    """A cold listing with ``.history`` present and moved aside, alternated (POSIX only).
+
+    Before/after timings drift with the machine's load; renaming the directory away and back
+    between rounds compares the same fleet in the same minutes.
+    """
+    assert backend.disk_root is not None
+    history, aside = backend.disk_root / ".history", backend.disk_root.parent / "history-aside"
+
+    def listed(present: bool) -> Callable[[], None]:
+        def run() -> None:
+            if history.exists() != present:
+                (aside if present else history).rename(history if present else aside)
+            backend.reopen().list()
+
+        return run
+
+    cold = measure(
+        {"with": listed(present=True), "without": listed(present=False)},
+        repeat=max(sizes["list_rounds"], 5),
+    )
+    listed(present=True)()
+    return f"{backend.name} list cold, history present", cold["with"], cold["without"]
+
+
 OPS = [
     ("get", "bare read", GET_PUT_TARGET),
     ("get_raw", "bare read", None),
@@ -288,6 +388,7 @@ def main() -> None:
         backends(args, Path(tmp)) as found,
     ):
         results = {b.name: run_backend(b, sizes) for b in found}
+        history = [run_history(b, [mac_of(i) for i in range(sizes["fleet"])], sizes) for b in found]
     local = results["local"]
     for name, timings in results.items():
         for op, floor_op, target in OPS:
@@ -303,10 +404,11 @@ def main() -> None:
                 )
     floor.print()
     versus_disk.print()
+    for report in history:
+        report.print()
     if args.json:
-        args.json.write_text(
-            "[\n" + ",\n".join(repr(r.to_json()) for r in (floor, versus_disk)) + "\n]\n"
-        )
+        reports = (floor, versus_disk, *history)
+        args.json.write_text("[\n" + ",\n".join(repr(r.to_json()) for r in reports) + "\n]\n")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ delay, so data, versions and errors are real; only the timing changes.
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 from iot_config_core.backend import Absent, AnyVersion, Backend, Blob, Entry
 
@@ -64,3 +64,19 @@ class SlowBackend(Backend):
     def probe(self) -> None:
         self._wait()
         self._inner.probe()
+
+    def put_hidden(self, path: str, data: bytes) -> None:
+        self._wait()
+        self._inner.put_hidden(path, data)
+
+    def list_hidden(self, directory: str) -> list[str]:
+        self._wait()
+        return self._inner.list_hidden(directory)
+
+    def read_hidden(self, path: str) -> bytes | None:
+        self._wait()
+        return self._inner.read_hidden(path)
+
+    def remove_hidden(self, paths: Sequence[str]) -> None:
+        self._wait()
+        self._inner.remove_hidden(paths)
