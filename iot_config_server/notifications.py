@@ -259,6 +259,9 @@ class Notifier:
         self._hold_until = 0.0  # after a store failure, nothing is published before this
         # The fleet as first listed, for the first-start rule; dropped after the first resync.
         self._fleet_at_start: dict[MacAddress, str] | None = None
+        # Own writes before the first resync: changes to announce, even if that first listing
+        # already saw them (a publisher process may start after its server answers requests).
+        self._own_before_sync: set[MacAddress] | None = set()
         # Log each distinct trouble once (paho's thread / the announcer's thread respectively).
         self._connection_trouble: str | None = None
         self._store_trouble: str | None = None
@@ -298,6 +301,8 @@ class Notifier:
             self._pending[mac] = None
             self.metrics.pending(len(self._pending))
             self._announced.add(mac)
+            if self._own_before_sync is not None:
+                self._own_before_sync.add(mac)
             self._wake.notify()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -600,7 +605,9 @@ class Notifier:
         with self._wake:
             if first:
                 known = self._fleet_at_start
-                self._told.update(self._feed.state if known is None else known)
+                fleet = self._feed.state if known is None else known
+                own = self._own_before_sync or set()
+                self._told.update((mac, etag) for mac, etag in fleet.items() if mac not in own)
                 if self._told:
                     log.info(
                         "the broker holds no %s/<mac> topics yet: publishing them for %d "
@@ -610,6 +617,7 @@ class Notifier:
                         COMPAT_TOPIC,
                     )
             self._fleet_at_start = None
+            self._own_before_sync = None
         self._queue_listed(changes)
         return True
 

@@ -149,13 +149,14 @@ def _run_publisher(settings: Settings, fifo: str) -> None:
     notifier = notifier_from_settings(settings.open_store(), settings)
     if notifier is None:  # the supervisor starts this process only with a broker
         return
-    notifier.start()  # its metrics, in the files the workers' scrapes sum
     # O_RDWR: a FIFO opened so never reports end of file, even while no worker holds it open.
+    # Read from before the start: writes made while this process started are own writes.
     fd = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
     reader = threading.Thread(
         target=read_records, args=(fd, notifier.announce), name="own-writes", daemon=True
     )
     reader.start()
+    notifier.start()  # its metrics, in the files the workers' scrapes sum
     parent = os.getppid()
     while not stop.wait(1.0):
         if os.getppid() != parent:  # the supervisor died without stopping us
