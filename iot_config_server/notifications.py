@@ -30,7 +30,7 @@ broker that lost its state while every publisher was down too -- the retained to
 in but the configs that existed when this process started are not announced on the old topic
 (that would make every old device refetch, or restart, at once).
 
-**Several publishers** (replicas, or worker processes) on one store and broker: each sees the
+**Several publishers** (replicas) on one store and broker: each sees the
 others' retained messages, so it publishes only what the broker does not hold yet. Two announce
 the same change only when both find it before either's message has come back from the broker
 (their polls within one listing plus a broker round trip of each other; own writes are announced
@@ -39,10 +39,11 @@ carries the same ETag: a device that asks with ``If-None-Match`` gets a 304.
 ``tests/benchmarks/bench_mqtt.py`` counts them.
 
 **The API never waits for MQTT.** `Notifier.announce` only adds a MAC to a dict; the store reads
-and the publishing happen on the notifier's own thread, the network I/O on paho's. It runs in
-every worker process that serves the app (`iot_config_server.wsgi`), because own writes are
-announced by the process that made them, without any IPC; more publishers cost a connection and
-a listing per interval each, not more messages (see above).
+and the publishing happen on the notifier's own thread, the network I/O on paho's.
+``iot-config serve`` runs the notifier in a process of its own beside the workers, which hand it
+their writes (`iot_config_server.publisher`), so publishing never takes a request-serving
+process's GIL; another WSGI server runs one in each process that builds the app
+(`iot_config_server.wsgi`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import attrs

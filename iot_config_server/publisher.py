@@ -19,6 +19,10 @@ that write anyway, a poll interval later.
 workers (the supervisor makes one whenever MQTT is on, even for one worker), so whichever worker
 answers a scrape reports the publisher's counters and gauges too.
 
+**Priority.** The publisher runs at a lower CPU priority than the workers (`NICENESS`): where
+it shares a core with them (a replica limited to one core), requests go first and announcements
+wait, coalesced per device, for the time the workers leave.
+
 **Life.** The supervisor restarts a publisher that exits unexpectedly (after a back-off, with an
 error line each time), stops it with SIGTERM after the workers have stopped, and the publisher
 exits by itself if the supervisor dies.
@@ -52,6 +56,9 @@ __all__ = ["HandOff", "publisher_process", "read_records"]
 
 log = logging.getLogger(__name__)
 
+#: The publisher's CPU priority below the workers' (``nice``): on a core it shares with them it
+#: takes what they leave, and its backlog, bounded by the fleet, waits instead of the requests.
+NICENESS = 10
 #: Bytes per record: a MAC's 48-bit value, big-endian.
 RECORD_BYTES = 6
 #: How long the publisher gets to disconnect cleanly after SIGTERM before it is killed.
@@ -141,6 +148,8 @@ def _run_publisher(settings: Settings, fifo: str) -> None:
     from .notifications import notifier_from_settings  # noqa: PLC0415
 
     configure_logging(settings)
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())

@@ -109,7 +109,8 @@ def test_every_writer_is_announced_by_the_publishing_server(
 
 def publishers(server: ServerProcess) -> list[int]:
     """The pids of the publisher processes the server's supervisor started, in order."""
-    return [int(pid) for pid in re.findall(r"MQTT publisher process started \(pid (\d+)\)", server.log())]
+    started = re.findall(r"MQTT publisher process started \(pid (\d+)\)", server.log())
+    return [int(pid) for pid in started]
 
 
 def gone(pid: int) -> bool:
@@ -159,7 +160,8 @@ def test_one_publisher_process_beside_the_workers_restarted_and_stopped_with_the
         assert server.terminate() == 0
     wait_for(lambda: gone(restarted), "the publisher to stop with the server")
     log = server.log()
-    assert log.count("MQTT notifications to mqtt://127.0.0.1") == 2  # once per publisher, not per worker
+    # Once per publisher process, not once per worker.
+    assert log.count("MQTT notifications to mqtt://127.0.0.1") == 2
     assert f"the MQTT publisher process (pid {crashed}) exited with status -9" in log
     assert "Traceback" not in log
 

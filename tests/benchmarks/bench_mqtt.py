@@ -30,6 +30,7 @@ import math
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -199,6 +200,22 @@ def publisher_pids(proc: server.Proc) -> list[int]:
     return found
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes ``pids`` used so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def serving_pids(proc: server.Proc) -> list[int]:
+    """The supervisor and its workers: every process of the server but the publisher's."""
+    publisher = set(publisher_pids(proc))
+    return [pid for pid in server.process_tree(proc.proc.pid) if pid not in publisher]
+
+
 def connected(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while b"iot_config_mqtt_connected 1.0" not in server.http_get(port, "/metrics")[1]:
@@ -223,6 +240,10 @@ def throughput(
         subjects[name] = mqtt_server(name, support.free_port(), store, workdir, with_broker, 5.0)
     loads: dict[str, list[server.Load]] = {name: [] for name in subjects}
     reads: dict[str, list[server.Load]] = {name: [] for name in subjects}
+    # CPU seconds per PUT of the serving processes and of the publisher: immune to the load that
+    # other jobs put on this machine, unlike throughput.
+    serving_cpu: dict[str, list[float]] = {name: [] for name in subjects}
+    publisher_cpu: dict[str, list[float]] = {name: [] for name in subjects}
     lua = server.PUT_LUA % {"token": server.TOKEN}
     device = "/esp32/config/bb-00-00-00-00-01.json"  # one of the MACs the PUT load writes
     with contextlib.ExitStack() as stack:
@@ -238,8 +259,12 @@ def throughput(
             server.run_wrk(proc.port, "/", 2, 16, workdir, lua=lua)
         for _ in range(rounds):
             for name, proc in subjects.items():
+                serving, publisher = serving_pids(proc), publisher_pids(proc)
+                before = cpu_seconds(serving), cpu_seconds(publisher)
                 load = server.run_wrk(proc.port, "/", seconds, 16, workdir, lua=lua)
                 loads[name].append(charged_with_backlog(proc.port, load))
+                serving_cpu[name].append((cpu_seconds(serving) - before[0]) / load.requests)
+                publisher_cpu[name].append((cpu_seconds(publisher) - before[1]) / load.requests)
                 reads[name].append(server.run_wrk(proc.port, device, seconds, 50, workdir))
         rss = {name: proc.rss()[0] for name, proc in subjects.items()}
     errors = sum(load.errors for runs in loads.values() for load in runs)
@@ -247,6 +272,8 @@ def throughput(
     get_off = server.median_load(reads[OFF])
     report.add_value("PUT req/s, mqtt off", without.rps, "req/s", note=f"{errors} errors in all")
     report.add_value("device GET req/s, mqtt off", get_off.rps, "req/s", note="50 connections")
+    cpu_off = statistics.median(serving_cpu[OFF])
+    report.add_value("worker CPU per PUT, mqtt off", cpu_off, "s", note="supervisor + worker")
     for name in (ON, ONE_CORE):
         with_mqtt, get_on = server.median_load(loads[name]), server.median_load(reads[name])
         report.add_value(f"PUT req/s, {name}", with_mqtt.rps, "req/s")
@@ -259,6 +286,19 @@ def throughput(
         )
         read_cost = 100 * (1 - get_on.rps / get_off.rps)
         report.add_value(f"device GET cost, {name}", read_cost, "%", target=5.0)
+    cpu_on = statistics.median(serving_cpu[ON] + serving_cpu[ONE_CORE])
+    report.add_value(
+        "worker CPU per PUT, mqtt on",
+        cpu_on,
+        "s",
+        note=f"{100 * (cpu_on / cpu_off - 1):+.1f} % of the worker's CPU: the request-serving cost",
+    )
+    report.add_value(
+        "publisher CPU per PUT",
+        statistics.median(publisher_cpu[ON] + publisher_cpu[ONE_CORE]),
+        "s",
+        note="the publisher process, during the load and its backlog",
+    )
     report.add_value("RSS, mqtt off", rss[OFF], "MiB", note="supervisor + worker")
     report.add_value("RSS added by mqtt", rss[ON] - rss[OFF], "MiB", note="+ the publisher")
 
