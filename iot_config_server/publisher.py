@@ -33,10 +33,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import multiprocessing
 import os
+import pickle
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -141,6 +143,12 @@ def read_records(fd: int, announce: Callable[[MacAddress], object]) -> None:
         rest = data[whole:]
 
 
+def main() -> None:
+    """The publisher process's entry point: ``python -m iot_config_server.publisher FIFO``."""
+    settings = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 -- from our supervisor's pipe
+    _run_publisher(settings, sys.argv[1])
+
+
 def _run_publisher(settings: Settings, fifo: str) -> None:
     """The publisher process: the notifier, fed by the FIFO, until SIGTERM or its parent dies."""
     from .logging_setup import configure_logging  # noqa: PLC0415 -- in the new process
@@ -202,12 +210,10 @@ class _Keeper:
     """Starts the publisher process, restarts it when it exits unexpectedly, stops it."""
 
     def __init__(self, settings: Settings, fifo: str) -> None:
-        self._settings = settings
+        self._settings = pickle.dumps(settings)
         self._fifo = fifo
-        # Spawned, not forked: the supervisor's threads (this one) must not be copied.
-        self._context = multiprocessing.get_context("spawn")
         self._stopping = threading.Event()
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name="mqtt-publisher", daemon=True)
 
@@ -216,14 +222,19 @@ class _Keeper:
         self._thread.start()
 
     def _spawn(self) -> None:
-        process = self._context.Process(
-            target=_run_publisher, args=(self._settings, self._fifo), name="iot-config-mqtt"
-        )
+        # A new interpreter running this module, not a fork (the supervisor's threads must not
+        # be copied) nor multiprocessing's spawn (which re-imports the CLI and adds a resource
+        # tracker process); the settings arrive pickled on its stdin.
         with self._lock:
             if self._stopping.is_set():
                 return
-            process.start()
+            process = subprocess.Popen(  # noqa: S603 -- our own interpreter and module
+                [sys.executable, "-m", __name__, self._fifo], stdin=subprocess.PIPE
+            )
             self._process = process
+        assert process.stdin is not None
+        with contextlib.suppress(OSError), process.stdin:  # a publisher that died at once
+            process.stdin.write(self._settings)
         log.info("MQTT publisher process started (pid %s)", process.pid)
 
     def _watch(self) -> None:
@@ -233,7 +244,7 @@ class _Keeper:
             if process is None:
                 return
             started = time.monotonic()
-            process.join()
+            status = process.wait()
             if self._stopping.is_set():
                 return
             _forget_metrics_of(process.pid)
@@ -243,7 +254,7 @@ class _Keeper:
                 "the MQTT publisher process (pid %s) exited with status %s; restarting it in "
                 "%g s (own writes wait in the hand-off meanwhile)",
                 process.pid,
-                process.exitcode,
+                status,
                 delay,
             )
             if self._stopping.wait(delay):
@@ -257,13 +268,14 @@ class _Keeper:
             process = self._process
         if process is None:
             return
-        if process.is_alive():
+        if process.poll() is None:
             process.terminate()  # SIGTERM: the publisher disconnects cleanly
-            process.join(STOP_SECONDS)
-            if process.is_alive():
+            try:
+                process.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
                 log.warning("the MQTT publisher did not stop within %g s: killed", STOP_SECONDS)
                 process.kill()
-                process.join()
+                process.wait()
         self._thread.join(STOP_SECONDS)
 
 
@@ -279,3 +291,7 @@ def _forget_metrics_of(pid: int | None) -> None:
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             log.warning("cannot remove the metrics of publisher %s: %s", pid, exc)
+
+
+if __name__ == "__main__":
+    main()

@@ -188,14 +188,14 @@ def charged_with_backlog(port: int, load: server.Load) -> server.Load:
 
 
 def publisher_pids(proc: server.Proc) -> list[int]:
-    """The server's MQTT publisher process (spawned by its supervisor; the workers are forked)."""
+    """The server's MQTT publisher process (started by its supervisor)."""
     found = []
     for pid in server.process_tree(proc.proc.pid):
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"spawn_main" in command:
+        if b"iot_config_server.publisher" in command:
             found.append(pid)
     return found
 
