@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import pickle
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 NICENESS = 10
 #: Bytes per record: a MAC's 48-bit value, big-endian.
 RECORD_BYTES = 6
+#: The hand-off pipe's size asked for: many thousand writes queue while the publisher restarts.
+PIPE_BYTES = 1 << 20
 #: How long the publisher gets to disconnect cleanly after SIGTERM before it is killed.
 STOP_SECONDS = 10.0
 #: Restart back-off after an unexpected exit, seconds: first and longest.
@@ -196,6 +199,8 @@ def publisher_process(settings: Settings) -> Iterator[str]:
     # Held open for the server's life: workers can open the FIFO (a FIFO without a reader
     # refuses them), and records written while the publisher restarts wait in the pipe.
     keep = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):  # above the system's limit: the default size (64 KiB)
+        fcntl.fcntl(keep, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     keeper = _Keeper(settings, fifo)
     keeper.start()
     try:

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from iot_config_core import ConfigError, StoreMissingError, StoreUnavailableError
+from iot_config_core import ConfigError, StoreMissingError, StoreUnavailableError, store_scheme
 
 from .device_auth import settings_problem
 from .http_errors import ExitStatus
@@ -272,7 +272,8 @@ def serve(settings: Settings) -> int:
     from .metrics import multiprocess_directory  # noqa: PLC0415 -- prometheus_client: serving only
     from .publisher import publisher_process  # noqa: PLC0415
 
-    mqtt = settings.mqtt_url is not None
+    # A memory:// store lives in its one worker: that worker publishes itself, in a thread.
+    mqtt = settings.mqtt_url is not None and store_scheme(settings.store_url) != "memory"
     with contextlib.ExitStack() as stack:
         # Workers (and the MQTT publisher) count into files summed at scrape time.
         stack.enter_context(multiprocess_directory(settings.workers, publisher=mqtt))
