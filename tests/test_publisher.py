@@ -16,7 +16,7 @@ from iot_config_core import MacAddress
 from iot_config_server.publisher import HandOff, read_records
 
 
-class _Enough(Exception):
+class _EnoughError(Exception):
     """Raised by the test's announce callback once it has every record it waits for."""
 
 
@@ -46,9 +46,9 @@ def test_own_writes_arrive_in_order_and_a_full_pipe_drops_and_counts_instead_of_
         def announce(mac: MacAddress) -> None:
             received.append(mac)
             if len(received) == len(sent):
-                raise _Enough
+                raise _EnoughError
 
-        with pytest.raises(_Enough):
+        with pytest.raises(_EnoughError):
             read_records(held, announce)
         assert received == sent
         hand_off(MacAddress(1))  # room again: handed off, not dropped
