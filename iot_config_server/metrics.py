@@ -71,14 +71,14 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 @contextlib.contextmanager
-def multiprocess_directory(workers: int, *, publisher: bool = False) -> Iterator[str | None]:
+def multiprocess_directory(workers: int) -> Iterator[str | None]:
     """Per-process metric files for a server with ``workers`` processes, for the server's life.
 
     Entered by the server's supervisor before any worker starts: workers (and the MQTT
-    ``publisher`` process, when there is one) inherit the variable and count in files there.
-    With one worker, no publisher and no directory configured nothing is set up: metrics stay
-    in memory. An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used (for any
-    number of workers) after removing the metric files a previous run left; otherwise a private
+    publisher process, when there is one) inherit the variable and count in files there.
+    With one worker and no directory configured nothing is set up: metrics stay in memory.
+    An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used (for any number of workers) after
+    removing the metric files a previous run left; otherwise a private
     temporary directory is made and removed afterwards. Either way a restarted server starts
     counting from zero, as Prometheus expects of a new process.
     """
@@ -89,7 +89,7 @@ def multiprocess_directory(workers: int, *, publisher: bool = False) -> Iterator
             stale.unlink(missing_ok=True)
         yield configured
         return
-    if workers < 2 and not publisher:
+    if workers < 2:
         yield None
         return
     directory = tempfile.mkdtemp(prefix="iot-config-metrics-")
@@ -295,6 +295,14 @@ class AppMetrics:
     def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
         """Another counter of this app, kept where its request counters are (one or N workers)."""
         return Counter(name, documentation, labels, namespace=NAMESPACE, registry=self._counted_in)
+
+    def include_files(self, directory: str) -> None:
+        """Also report the metrics another process counts in ``directory`` (multiprocess files).
+
+        For the MQTT publisher process of a server whose one worker keeps its own metrics in
+        memory: values in files cost a request more than values in memory.
+        """
+        MultiProcessCollector(self.registry, path=directory)  # type: ignore[no-untyped-call]
 
     def gauge(self, name: str, documentation: str, mode: GaugeMode) -> Gauge:
         """A gauge of this app; ``mode`` combines the values of several processes (``livemax``)."""

@@ -15,9 +15,10 @@ workers write while the publisher restarts waits in the pipe. A full pipe (the p
 stopped reading) drops the record and counts it: the publisher's next poll of the store finds
 that write anyway, a poll interval later.
 
-**Metrics.** The publisher counts in the same prometheus_client multiprocess directory as the
-workers (the supervisor makes one whenever MQTT is on, even for one worker), so whichever worker
-answers a scrape reports the publisher's counters and gauges too.
+**Metrics.** The publisher counts in prometheus_client's multiprocess files: in the workers'
+directory when they have one (several workers), else in a private one that the one worker's
+scrape adds to its own metrics, which stay in memory (values in files measured as costing each
+request more). Either way whichever worker answers a scrape reports the publisher's too.
 
 **Priority.** The publisher runs at a lower CPU priority than the workers (`NICENESS`): where
 it shares a core with them (a replica limited to one core), requests go first and announcements
@@ -186,25 +187,29 @@ def _run_publisher(settings: Settings, fifo: str) -> None:
 
 
 @contextlib.contextmanager
-def publisher_process(settings: Settings) -> Iterator[str]:
-    """Run the MQTT publisher process for as long as the context lasts; yields the FIFO's path.
+def publisher_process(settings: Settings) -> Iterator[tuple[str, str | None]]:
+    """Run the MQTT publisher process for as long as the context lasts.
 
     For the server's supervisor, entered before the workers start (and after the metrics
-    directory is set up, which the publisher inherits). Workers hand own writes to the FIFO with
-    `HandOff`.
+    directory is set up). Yields the FIFO's path, to which workers hand own writes with
+    `HandOff`, and the directory of the publisher's metric files when it is not the workers'
+    (`AppMetrics.include_files`): ``None`` when the workers count in files as well.
     """
     directory = tempfile.mkdtemp(prefix="iot-config-mqtt-")  # mode 0700: ours alone
     fifo = str(Path(directory) / "own-writes")
     os.mkfifo(fifo, 0o600)
+    shared = os.environ.get(MULTIPROCESS_ENV)
+    metrics = shared or str(Path(directory) / "metrics")
+    Path(metrics).mkdir(exist_ok=True)
     # Held open for the server's life: workers can open the FIFO (a FIFO without a reader
     # refuses them), and records written while the publisher restarts wait in the pipe.
     keep = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
     with contextlib.suppress(OSError):  # above the system's limit: the default size (64 KiB)
         fcntl.fcntl(keep, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    keeper = _Keeper(settings, fifo)
+    keeper = _Keeper(settings, fifo, metrics)
     keeper.start()
     try:
-        yield fifo
+        yield fifo, None if shared else metrics
     finally:
         keeper.stop()
         os.close(keep)
@@ -214,9 +219,10 @@ def publisher_process(settings: Settings) -> Iterator[str]:
 class _Keeper:
     """Starts the publisher process, restarts it when it exits unexpectedly, stops it."""
 
-    def __init__(self, settings: Settings, fifo: str) -> None:
+    def __init__(self, settings: Settings, fifo: str, metrics: str) -> None:
         self._settings = pickle.dumps(settings)
         self._fifo = fifo
+        self._metrics = metrics
         self._stopping = threading.Event()
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
@@ -234,7 +240,9 @@ class _Keeper:
             if self._stopping.is_set():
                 return
             process = subprocess.Popen(  # noqa: S603 -- our own interpreter and module
-                [sys.executable, "-m", __name__, self._fifo], stdin=subprocess.PIPE
+                [sys.executable, "-m", __name__, self._fifo],
+                stdin=subprocess.PIPE,
+                env={**os.environ, MULTIPROCESS_ENV: self._metrics},
             )
             self._process = process
         assert process.stdin is not None
@@ -252,7 +260,7 @@ class _Keeper:
             status = process.wait()
             if self._stopping.is_set():
                 return
-            _forget_metrics_of(process.pid)
+            _forget_metrics_of(process.pid, self._metrics)
             if time.monotonic() - started > STABLE_SECONDS:
                 delay = RESTART_DELAY[0]
             log.error(
@@ -284,11 +292,8 @@ class _Keeper:
         self._thread.join(STOP_SECONDS)
 
 
-def _forget_metrics_of(pid: int | None) -> None:
+def _forget_metrics_of(pid: int, directory: str) -> None:
     """Remove a dead publisher's gauges from the scrape (its counters stay: they add up)."""
-    directory = os.environ.get(MULTIPROCESS_ENV)
-    if pid is None or not directory:
-        return
     from prometheus_client import multiprocess  # noqa: PLC0415
 
     try:

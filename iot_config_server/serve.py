@@ -137,11 +137,15 @@ def _prepare_store(settings: Settings) -> str | None:
     return store.description
 
 
-def _load_app(settings: Settings, hand_off: str | None = None) -> WsgiApp:
+def _load_app(
+    settings: Settings, hand_off: str | None = None, publisher_metrics: str | None = None
+) -> WsgiApp:
     """Build the app inside a worker process (module-level, so it pickles by reference)."""
     from .wsgi import create_app_from_settings  # noqa: PLC0415 -- Bottle only in workers
 
-    return create_app_from_settings(settings, hand_off=hand_off)
+    return create_app_from_settings(
+        settings, hand_off=hand_off, publisher_metrics=publisher_metrics
+    )
 
 
 def run_wsgi(
@@ -275,12 +279,14 @@ def serve(settings: Settings) -> int:
     # A memory:// store lives in its one worker: that worker publishes itself, in a thread.
     mqtt = settings.mqtt_url is not None and store_scheme(settings.store_url) != "memory"
     with contextlib.ExitStack() as stack:
-        # Workers (and the MQTT publisher) count into files summed at scrape time.
-        stack.enter_context(multiprocess_directory(settings.workers, publisher=mqtt))
+        # Workers count into files summed at scrape time.
+        stack.enter_context(multiprocess_directory(settings.workers))
         # MQTT: one publisher process beside the workers, fed their own writes by a FIFO.
-        hand_off = stack.enter_context(publisher_process(settings)) if mqtt else None
+        hand_off, publisher_metrics = (
+            stack.enter_context(publisher_process(settings)) if mqtt else (None, None)
+        )
         status = run_wsgi(
-            functools.partial(_load_app, settings, hand_off),
+            functools.partial(_load_app, settings, hand_off, publisher_metrics),
             host=address,
             port=port,
             threads=settings.threads,

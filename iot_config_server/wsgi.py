@@ -31,15 +31,19 @@ log = logging.getLogger(__name__)
 __all__ = ["create_app_from_env", "create_app_from_settings"]
 
 
-def create_app_from_settings(settings: Settings, *, hand_off: str | None = None) -> WsgiApp:
+def create_app_from_settings(
+    settings: Settings, *, hand_off: str | None = None, publisher_metrics: str | None = None
+) -> WsgiApp:
     """Configure logging, open the store and build the app: what one server worker runs.
 
     The app is the Bottle app of `create_app`, wrapped by the access log when it is on.
 
     MQTT notifications (``MQTT_URL``): ``iot-config serve`` publishes from one process of its
     own and passes its hand-off FIFO as ``hand_off`` (`iot_config_server.publisher`); this app
-    only writes its own changes there. Without it (another WSGI server, embedding), the app
-    publishes from a thread of its own process, one publisher per process.
+    only writes its own changes there, and ``/metrics`` adds the publisher's metric files in
+    ``publisher_metrics`` (when they are not the workers' own directory). Without ``hand_off``
+    (another WSGI server, embedding), the app publishes from a thread of its own process, one
+    publisher per process.
 
     The first listing is started in the background, so the config count in ``/metrics`` is right
     from the first scrape and the first ``GET /api/configs`` finds a warm cache, while the server
@@ -51,6 +55,8 @@ def create_app_from_settings(settings: Settings, *, hand_off: str | None = None)
         handed = HandOff(hand_off)
         bottle_app = create_app(store, settings, on_change=handed)
         metrics: AppMetrics = bottle_app.config[METRICS_CONFIG_KEY]
+        if publisher_metrics is not None:
+            metrics.include_files(publisher_metrics)
         handed.count_drops(
             metrics.counter(
                 "mqtt_handoffs_dropped",
