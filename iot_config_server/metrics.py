@@ -14,7 +14,8 @@ that dies and is respawned loses nothing it counted. The directory is made empty
 starts (`multiprocess_directory`). The config count and build info are not kept in files: the
 worker answering the scrape computes them (the store is the same for every worker), so there is
 no per-process gauge to aggregate and nothing to clean up when a worker exits (prometheus_client's
-``mark_process_dead`` only removes files of live gauges, which this module never creates).
+``mark_process_dead`` only removes files of live gauges, which only the MQTT publisher process
+keeps, and its supervisor removes them when it dies).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -47,6 +49,7 @@ __all__ = [
     "OperationMetrics",
     "RouteMetrics",
     "multiprocess_directory",
+    "use_file_backed_values",
 ]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -55,6 +58,8 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The route label of requests that matched no route (404/405), so typos cannot add series.
 UNMATCHED_ROUTE = "<unmatched>"
 NAMESPACE = "iot_config"
+#: How a gauge's values of several live processes combine (dead processes' files are removed).
+GaugeMode = Literal["livemax", "livesum"]
 log = logging.getLogger(__name__)
 
 #: How long a scrape waits for the config count; a slower (or hung) store gets the last count.
@@ -69,10 +74,11 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 def multiprocess_directory(workers: int) -> Iterator[str | None]:
     """Per-process metric files for a server with ``workers`` processes, for the server's life.
 
-    Entered by the server's supervisor before any worker starts: workers inherit the variable
-    and count in files there. With one worker (and no directory configured) nothing is set up:
-    metrics stay in memory. An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used (for any
-    number of workers) after removing the metric files a previous run left; otherwise a private
+    Entered by the server's supervisor before any worker starts: workers (and the MQTT
+    publisher process, when there is one) inherit the variable and count in files there.
+    With one worker and no directory configured nothing is set up: metrics stay in memory.
+    An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used (for any number of workers) after
+    removing the metric files a previous run left; otherwise a private
     temporary directory is made and removed afterwards. Either way a restarted server starts
     counting from zero, as Prometheus expects of a new process.
     """
@@ -95,7 +101,7 @@ def multiprocess_directory(workers: int) -> Iterator[str | None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _use_file_backed_values() -> None:
+def use_file_backed_values() -> None:
     """Make metrics created from now on in this process keep their values in files.
 
     prometheus_client picks its value class when it is first imported, and Granian forks workers
@@ -240,7 +246,7 @@ class AppMetrics:
         files = os.environ.get(MULTIPROCESS_ENV)
         counted_in: CollectorRegistry | None = self.registry
         if files:
-            _use_file_backed_values()
+            use_file_backed_values()
             MultiProcessCollector(self.registry, path=files)  # type: ignore[no-untyped-call]
             counted_in = None  # the values live in the files the collector above sums
         self._requests = Counter(
@@ -289,6 +295,24 @@ class AppMetrics:
     def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
         """Another counter of this app, kept where its request counters are (one or N workers)."""
         return Counter(name, documentation, labels, namespace=NAMESPACE, registry=self._counted_in)
+
+    def include_files(self, directory: str) -> None:
+        """Also report the metrics another process counts in ``directory`` (multiprocess files).
+
+        For the MQTT publisher process of a server whose one worker keeps its own metrics in
+        memory: values in files cost a request more than values in memory.
+        """
+        MultiProcessCollector(self.registry, path=directory)  # type: ignore[no-untyped-call]
+
+    def gauge(self, name: str, documentation: str, mode: GaugeMode) -> Gauge:
+        """A gauge of this app; ``mode`` combines the values of several processes (``livemax``)."""
+        return Gauge(
+            name,
+            documentation,
+            namespace=NAMESPACE,
+            registry=self._counted_in,
+            multiprocess_mode=mode,
+        )
 
     def route(self, template: str) -> RouteMetrics:
         """The metrics of a route template (one object per template)."""

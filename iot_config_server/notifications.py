@@ -30,7 +30,7 @@ broker that lost its state while every publisher was down too -- the retained to
 in but the configs that existed when this process started are not announced on the old topic
 (that would make every old device refetch, or restart, at once).
 
-**Several publishers** (replicas, or worker processes) on one store and broker: each sees the
+**Several publishers** (replicas) on one store and broker: each sees the
 others' retained messages, so it publishes only what the broker does not hold yet. Two announce
 the same change only when both find it before either's message has come back from the broker
 (their polls within one listing plus a broker round trip of each other; own writes are announced
@@ -39,10 +39,11 @@ carries the same ETag: a device that asks with ``If-None-Match`` gets a 304.
 ``tests/benchmarks/bench_mqtt.py`` counts them.
 
 **The API never waits for MQTT.** `Notifier.announce` only adds a MAC to a dict; the store reads
-and the publishing happen on the notifier's own thread, the network I/O on paho's. It runs in
-every worker process that serves the app (`iot_config_server.wsgi`), because own writes are
-announced by the process that made them, without any IPC; more publishers cost a connection and
-a listing per interval each, not more messages (see above).
+and the publishing happen on the notifier's own thread, the network I/O on paho's.
+``iot-config serve`` runs the notifier in a process of its own beside the workers, which hand it
+their writes (`iot_config_server.publisher`), so publishing never takes a request-serving
+process's GIL; another WSGI server runs one in each process that builds the app
+(`iot_config_server.wsgi`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import attrs
@@ -67,9 +67,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from prometheus_client import Counter
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import Counter, Gauge
 
 from iot_config_core import (
     Change,
@@ -80,7 +78,7 @@ from iot_config_core import (
 )
 
 from .broker import BrokerAddress
-from .metrics import AppMetrics
+from .metrics import AppMetrics, GaugeMode
 from .settings import Settings
 
 __all__ = ["COMPAT_TOPIC", "MqttOptions", "Notifier", "NotifierMetrics", "notifier_from_settings"]
@@ -138,18 +136,28 @@ class MqttOptions:
         return f"{self.prefix}/{mac}"
 
 
-class NotifierMetrics(Collector):
+class NotifierMetrics:
     """Publishes by topic and outcome, failed connections, connection state, pending devices.
 
-    The counters live where the app keeps its own (`AppMetrics.counter`), so with several worker
-    processes they add up; the two gauges are read at scrape time from the answering worker.
+    They live where the app keeps its own (`AppMetrics.counter`, `AppMetrics.gauge`): with
+    several processes (workers, or the publisher process of ``iot-config serve``) in the
+    multiprocess files, summed at scrape time; the connection gauge is then the highest, the
+    pending count the sum, over the live processes that publish. Without an app (``None``), they
+    are counted detached from any registry, or in those files if the process writes there.
     """
 
-    def __init__(self, app: AppMetrics | None, pending: Callable[[], int]) -> None:
+    def __init__(self, app: AppMetrics | None) -> None:
         def counter(name: str, documentation: str, labels: tuple[str, ...]) -> Counter:
             if app is not None:
                 return app.counter(name, documentation, labels)
             return Counter(name, documentation, labels, namespace="iot_config", registry=None)
+
+        def gauge(name: str, documentation: str, mode: GaugeMode) -> Gauge:
+            if app is not None:
+                return app.gauge(name, documentation, mode)
+            return Gauge(
+                name, documentation, namespace="iot_config", registry=None, multiprocess_mode=mode
+            )
 
         publishes = counter(
             "mqtt_publishes",
@@ -166,10 +174,16 @@ class NotifierMetrics(Collector):
         self._failures = counter(
             "mqtt_connect_failures", "Failed attempts to connect to the MQTT broker.", ("reason",)
         )
-        self.connected = False
-        self._pending = pending
-        if app is not None:
-            app.registry.register(self)
+        self._connected = gauge(
+            "mqtt_connected", "1 while connected to the MQTT broker.", "livemax"
+        )
+        self._pending = gauge(
+            "mqtt_pending_announcements",
+            "Devices whose change is waiting to be published (at most one entry per device).",
+            "livesum",
+        )
+        self._connected.set(0)
+        self._pending.set(0)
 
     def published(self, topic: str, outcome: str) -> None:
         """Count one publish on ``topic`` (compat or device) by outcome."""
@@ -178,20 +192,15 @@ class NotifierMetrics(Collector):
     def connect_failed(self, reason: str) -> None:
         """Count one failed connection attempt by reason (a small fixed set of labels)."""
         self._failures.labels(reason).inc()
-        self.connected = False
+        self.connection(up=False)
 
-    def collect(self) -> Iterator[Metric]:
-        """The gauges, as they are now."""
-        yield GaugeMetricFamily(
-            "iot_config_mqtt_connected",
-            "1 while connected to the MQTT broker.",
-            value=float(self.connected),
-        )
-        yield GaugeMetricFamily(
-            "iot_config_mqtt_pending_announcements",
-            "Devices whose change is waiting to be published (at most one entry per device).",
-            value=float(self._pending()),
-        )
+    def connection(self, *, up: bool) -> None:
+        """Record whether the client is connected now."""
+        self._connected.set(1 if up else 0)
+
+    def pending(self, count: int) -> None:
+        """Record how many devices wait to be announced now."""
+        self._pending.set(count)
 
 
 @attrs.frozen
@@ -229,7 +238,7 @@ class Notifier:
     def __init__(self, store: ConfigStore, options: MqttOptions) -> None:
         self._store = store
         self._options = options
-        self.metrics = NotifierMetrics(None, self._pending_count)  # until `start` is given one
+        self.metrics = NotifierMetrics(None)  # until `start` is given the app's
         self._feed = ChangeFeed(store)
         self._wake = threading.Condition(threading.Lock())
         # Guarded by _wake: the queue, the broker mirror, what devices were told, in-flight ids.
@@ -250,6 +259,9 @@ class Notifier:
         self._hold_until = 0.0  # after a store failure, nothing is published before this
         # The fleet as first listed, for the first-start rule; dropped after the first resync.
         self._fleet_at_start: dict[MacAddress, str] | None = None
+        # Own writes before the first resync: changes to announce, even if that first listing
+        # already saw them (a publisher process may start after its server answers requests).
+        self._own_before_sync: set[MacAddress] | None = set()
         # Log each distinct trouble once (paho's thread / the announcer's thread respectively).
         self._connection_trouble: str | None = None
         self._store_trouble: str | None = None
@@ -265,7 +277,7 @@ class Notifier:
         ``metrics``: the app's, so that ``/metrics`` shows the notifier's too.
         """
         if metrics is not None:
-            self.metrics = NotifierMetrics(metrics, self._pending_count)
+            self.metrics = NotifierMetrics(metrics)
         options = self._options
         log.info(
             "MQTT notifications to %s%s: %s and %s/<mac> (retained); other writers' changes "
@@ -283,14 +295,14 @@ class Notifier:
         self._thread.start()
         atexit.register(self.stop)
 
-    def _pending_count(self) -> int:
-        return len(self._pending)
-
     def announce(self, mac: MacAddress) -> None:
         """Queue an announcement of ``mac``'s current version (cheap: no I/O, no waiting)."""
         with self._wake:
             self._pending[mac] = None
+            self.metrics.pending(len(self._pending))
             self._announced.add(mac)
+            if self._own_before_sync is not None:
+                self._own_before_sync.add(mac)
             self._wake.notify()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -304,7 +316,7 @@ class Notifier:
             self._thread.join(timeout)
         self._client.disconnect()
         self._client.loop_stop()
-        self.metrics.connected = False
+        self.metrics.connection(up=False)
 
     # -- paho's thread --------------------------------------------------------------------------
 
@@ -332,7 +344,7 @@ class Notifier:
         """Count a failed connection and log it, once until the reason changes."""
         if count:
             self.metrics.connect_failed(label)
-        self.metrics.connected = False
+        self.metrics.connection(up=False)
         if message != self._connection_trouble:
             self._connection_trouble = message
             log.error(
@@ -368,7 +380,7 @@ class Notifier:
             self._ready = False
             self._syncing_since = time.monotonic()
             pending = len(self._pending)
-        self.metrics.connected = True
+        self.metrics.connection(up=True)
         if self._connection_trouble is not None or self._session == 1:
             log.info(
                 "connected to MQTT broker %s; %d announcements pending",
@@ -403,7 +415,7 @@ class Notifier:
         if was_ready:
             self._trouble("disconnected", f"connection lost ({reason})", count=False)
         else:
-            self.metrics.connected = False
+            self.metrics.connection(up=False)
 
     def _on_subscribe(
         self,
@@ -577,6 +589,7 @@ class Notifier:
             for change in changes:
                 if change.mac_address not in own:
                     self._pending[change.mac_address] = change
+            self.metrics.pending(len(self._pending))
 
     def _resync_with_broker(self) -> bool:
         """Queue every device whose retained topic differs from the store; False if it failed."""
@@ -592,7 +605,9 @@ class Notifier:
         with self._wake:
             if first:
                 known = self._fleet_at_start
-                self._told.update(self._feed.state if known is None else known)
+                fleet = self._feed.state if known is None else known
+                own = self._own_before_sync or set()
+                self._told.update((mac, etag) for mac, etag in fleet.items() if mac not in own)
                 if self._told:
                     log.info(
                         "the broker holds no %s/<mac> topics yet: publishing them for %d "
@@ -602,6 +617,7 @@ class Notifier:
                         COMPAT_TOPIC,
                     )
             self._fleet_at_start = None
+            self._own_before_sync = None
         self._queue_listed(changes)
         return True
 
@@ -613,6 +629,7 @@ class Notifier:
                     return
                 mac, listed = next(iter(self._pending.items()))
                 del self._pending[mac]
+                self.metrics.pending(len(self._pending))
             if listed is not None:
                 current = listed.etag
             else:
@@ -628,6 +645,7 @@ class Notifier:
             with self._wake:
                 if not self._ready:
                     self._pending.setdefault(mac, listed)
+                    self.metrics.pending(len(self._pending))
                     return
                 if current is None:
                     self._told.pop(mac, None)

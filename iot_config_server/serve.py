@@ -17,6 +17,7 @@ workers import them when they build the app.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -25,7 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from iot_config_core import ConfigError, StoreMissingError, StoreUnavailableError
+from iot_config_core import ConfigError, StoreMissingError, StoreUnavailableError, store_scheme
 
 from .device_auth import settings_problem
 from .http_errors import ExitStatus
@@ -136,11 +137,15 @@ def _prepare_store(settings: Settings) -> str | None:
     return store.description
 
 
-def _load_app(settings: Settings) -> WsgiApp:
+def _load_app(
+    settings: Settings, hand_off: str | None = None, publisher_metrics: str | None = None
+) -> WsgiApp:
     """Build the app inside a worker process (module-level, so it pickles by reference)."""
     from .wsgi import create_app_from_settings  # noqa: PLC0415 -- Bottle only in workers
 
-    return create_app_from_settings(settings)
+    return create_app_from_settings(
+        settings, hand_off=hand_off, publisher_metrics=publisher_metrics
+    )
 
 
 def run_wsgi(
@@ -269,10 +274,19 @@ def serve(settings: Settings) -> int:
             "can change or delete configs"
         )
     from .metrics import multiprocess_directory  # noqa: PLC0415 -- prometheus_client: serving only
+    from .publisher import publisher_process  # noqa: PLC0415
 
-    with multiprocess_directory(settings.workers):  # workers count into files summed at scrape
+    # A memory:// store lives in its one worker: that worker publishes itself, in a thread.
+    mqtt = settings.mqtt_url is not None and store_scheme(settings.store_url) != "memory"
+    with contextlib.ExitStack() as stack:
+        # Workers count into files summed at scrape time.
+        stack.enter_context(multiprocess_directory(settings.workers))
+        # MQTT: one publisher process beside the workers, fed their own writes by a FIFO.
+        hand_off, publisher_metrics = (
+            stack.enter_context(publisher_process(settings)) if mqtt else (None, None)
+        )
         status = run_wsgi(
-            functools.partial(_load_app, settings),
+            functools.partial(_load_app, settings, hand_off, publisher_metrics),
             host=address,
             port=port,
             threads=settings.threads,

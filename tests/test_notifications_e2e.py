@@ -7,6 +7,8 @@ a second server process on the same store and by ``iot-config put`` are announce
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -103,6 +105,65 @@ def test_every_writer_is_announced_by_the_publishing_server(
     assert publisher.log().count("MQTT notifications to mqtt://127.0.0.1") == 1
     assert "MQTT notifications off (MQTT_URL is not set)" in replica.log()
     assert "mqtt" not in replica.log().lower().replace("mqtt notifications off (mqtt_url", "")
+
+
+def publishers(server: ServerProcess) -> list[int]:
+    """The pids of the publisher processes the server's supervisor started, in order."""
+    started = re.findall(r"MQTT publisher process started \(pid (\d+)\)", server.log())
+    return [int(pid) for pid in started]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_one_publisher_process_beside_the_workers_restarted_and_stopped_with_the_server(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    mqtt_env = {
+        "IOT_CONFIG_MQTT_URL": broker.url,
+        "IOT_CONFIG_MQTT_USERNAME": USER,
+        "IOT_CONFIG_MQTT_PASSWORD": PASSWORD,
+        "IOT_CONFIG_MQTT_TOPIC_PREFIX": PREFIX,
+        "IOT_CONFIG_MQTT_POLL_SECONDS": "30",  # own writes only: the hand-off, not the poll
+    }
+    with (
+        subscribed(broker, COMPAT_TOPIC) as sub,
+        ServerProcess(
+            "--store", str(store), "--workers", "2", log_path=tmp_path / "server.log", env=mqtt_env
+        ) as server,
+    ):
+        first = put(server, API_MAC, {"n": 1})
+        wait_for(lambda: announced(sub.on(COMPAT_TOPIC), API_MAC) == [first], "the first PUT")
+        (crashed,) = publishers(server)
+        os.kill(crashed, signal.SIGKILL)  # an OOM kill of the publisher alone
+        wait_for(lambda: gone(crashed), "the publisher's death")
+        second = put(server, API_MAC, {"n": 2})  # waits in the hand-off for the new publisher
+        wait_for(lambda: len(publishers(server)) == 2, "the restart")
+        wait_for(
+            lambda: announced(sub.on(COMPAT_TOPIC), API_MAC) == [first, second], "the second PUT"
+        )
+
+        def metrics() -> str:
+            return call(server.port, "GET", "/metrics")[2].decode()
+
+        # The dead publisher's gauges are gone, its counters are kept; any worker answers.
+        wait_for(lambda: "iot_config_mqtt_connected 1.0" in metrics(), "the connection gauge")
+        assert 'iot_config_mqtt_publishes_total{outcome="ok",topic="compat"} 2.0' in metrics()
+        restarted = publishers(server)[1]
+        assert server.terminate() == 0
+    wait_for(lambda: gone(restarted), "the publisher to stop with the server")
+    log = server.log()
+    # Once per publisher process, not once per worker.
+    assert log.count("MQTT notifications to mqtt://127.0.0.1") == 2
+    assert f"the MQTT publisher process (pid {crashed}) exited with status -9" in log
+    assert "Traceback" not in log
 
 
 def test_watch_prints_one_line_per_change_until_interrupted(tmp_path: Path) -> None:

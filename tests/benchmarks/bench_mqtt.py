@@ -7,12 +7,14 @@ Real parts: Debian's Mosquitto, ``iot-config serve`` processes on one local stor
   process on the same store (found by the publisher's poll, ``--poll`` seconds, so about half
   the interval on average). Two publishers run on that store, and the duplicates they send
   (the same change announced by both) are counted.
-- PUT throughput (wrk, 16 connections, server on CPU 0, wrk and the broker on CPU 1) of a server
-  with MQTT on and of one with it off, rounds interleaved; the cost is 1 - on/off (target < 5 %).
-  Every PUT is a change to announce (1,000 devices written round-robin), the worst case; the time
-  the publisher still needs for its backlog after wrk stops is added to the PUT run. Device GETs
-  (the fleet's polls) on both, in the same rounds.
-- RSS of both servers (supervisor + worker) after the load: what MQTT adds.
+- PUT throughput (wrk, 16 connections, the server's worker on CPU 0, wrk and the broker on CPU 1)
+  of a server with MQTT off and of two with it on, rounds interleaved: one whose publisher process
+  runs on CPU 1 (what the design is for: publishing never on the request-serving core), and one
+  whose publisher shares CPU 0 with the worker (a replica limited to one core). The cost is
+  1 - on/off (target < 5 %). Every PUT is a change to announce (1,000 devices written
+  round-robin), the worst case; the time the publisher still needs for its backlog after wrk
+  stops is added to the PUT run. Device GETs (the fleet's polls) on each, in the same rounds.
+- RSS of the servers (supervisor, worker and, with MQTT, the publisher) after the load.
 
 Run: ``python tests/benchmarks/bench_mqtt.py [--quick] [--json PATH] [--poll SECONDS]``.
 Needs ``mosquitto`` (``apt-get install -y mosquitto``) and, for throughput, ``wrk``.
@@ -20,6 +22,7 @@ Needs ``mosquitto`` (``apt-get install -y mosquitto``) and, for throughput, ``wr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -27,6 +30,7 @@ import math
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -183,6 +187,46 @@ def charged_with_backlog(port: int, load: server.Load) -> server.Load:
     return dataclasses.replace(load, rps=load.requests / (duration + drained))
 
 
+def publisher_pids(proc: server.Proc) -> list[int]:
+    """The server's MQTT publisher process (started by its supervisor)."""
+    found = []
+    for pid in server.process_tree(proc.proc.pid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"iot_config_server.publisher" in command:
+            found.append(pid)
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes ``pids`` used so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def serving_pids(proc: server.Proc) -> list[int]:
+    """The supervisor and its workers: every process of the server but the publisher's."""
+    publisher = set(publisher_pids(proc))
+    return [pid for pid in server.process_tree(proc.proc.pid) if pid not in publisher]
+
+
+def connected(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while b"iot_config_mqtt_connected 1.0" not in server.http_get(port, "/metrics")[1]:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the publisher of :{port} did not connect within {timeout} s")
+        time.sleep(0.1)
+
+
+OFF, ON, ONE_CORE = "mqtt off", "mqtt on", "mqtt on, publisher on the worker's core"
+
+
 def throughput(
     report: _harness.Report, broker: Mosquitto, workdir: Path, rounds: int, seconds: float
 ) -> None:
@@ -190,37 +234,88 @@ def throughput(
         print("bench_mqtt: wrk is not installed, skipping throughput (apt-get install -y wrk)")
         return
     subjects = {}
-    for name, with_broker in (("mqtt on", broker), ("mqtt off", None)):
-        store = workdir / name.replace(" ", "-")
+    for name, with_broker in ((OFF, None), (ON, broker), (ONE_CORE, broker)):
+        store = workdir / name.replace(" ", "-").replace(",", "").replace("'", "")
         store.mkdir()
         subjects[name] = mqtt_server(name, support.free_port(), store, workdir, with_broker, 5.0)
     loads: dict[str, list[server.Load]] = {name: [] for name in subjects}
     reads: dict[str, list[server.Load]] = {name: [] for name in subjects}
+    # CPU seconds per PUT of the serving processes and of the publisher: immune to the load that
+    # other jobs put on this machine, unlike throughput.
+    raw: dict[str, list[server.Load]] = {name: [] for name in subjects}  # wrk's own figure
+    serving_cpu: dict[str, list[float]] = {name: [] for name in subjects}
+    publisher_cpu: dict[str, list[float]] = {name: [] for name in subjects}
     lua = server.PUT_LUA % {"token": server.TOKEN}
     device = "/esp32/config/bb-00-00-00-00-01.json"  # one of the MACs the PUT load writes
-    on, off = subjects["mqtt on"], subjects["mqtt off"]
-    with server.running(on, "/api/health/live"), server.running(off, "/api/health/live"):
+    with contextlib.ExitStack() as stack:
+        for proc in subjects.values():
+            stack.enter_context(server.running(proc, "/api/health/live"))
+        for name in (ON, ONE_CORE):
+            connected(subjects[name].port)
+        if server.can_pin():  # the design's point: the publisher off the request-serving core
+            for pid in publisher_pids(subjects[ON]):
+                subprocess.run(["taskset", "-p", "-c", "1", str(pid)], check=True,
+                               capture_output=True)  # fmt: skip
         for proc in subjects.values():  # warm-up: every MAC of the load written once
             server.run_wrk(proc.port, "/", 2, 16, workdir, lua=lua)
         for _ in range(rounds):
             for name, proc in subjects.items():
+                serving, publisher = serving_pids(proc), publisher_pids(proc)
+                before = cpu_seconds(serving), cpu_seconds(publisher)
                 load = server.run_wrk(proc.port, "/", seconds, 16, workdir, lua=lua)
+                # Before the wait for the backlog, whose /metrics polls the worker answers.
+                serving_cpu[name].append((cpu_seconds(serving) - before[0]) / load.requests)
+                raw[name].append(load)
                 loads[name].append(charged_with_backlog(proc.port, load))
+                publisher_cpu[name].append((cpu_seconds(publisher) - before[1]) / load.requests)
                 reads[name].append(server.run_wrk(proc.port, device, seconds, 50, workdir))
         rss = {name: proc.rss()[0] for name, proc in subjects.items()}
-    with_mqtt, without = server.median_load(loads["mqtt on"]), server.median_load(loads["mqtt off"])
     errors = sum(load.errors for runs in loads.values() for load in runs)
+    without = server.median_load(loads[OFF])
+    get_off = server.median_load(reads[OFF])
     report.add_value("PUT req/s, mqtt off", without.rps, "req/s", note=f"{errors} errors in all")
-    report.add_value("PUT req/s, mqtt on", with_mqtt.rps, "req/s")
-    cost = 100 * (1 - with_mqtt.rps / without.rps)
-    report.add_value("throughput cost of mqtt", cost, "%", target=5.0, note="1 - on/off")
-    get_on, get_off = server.median_load(reads["mqtt on"]), server.median_load(reads["mqtt off"])
     report.add_value("device GET req/s, mqtt off", get_off.rps, "req/s", note="50 connections")
-    report.add_value("device GET req/s, mqtt on", get_on.rps, "req/s")
-    read_cost = 100 * (1 - get_on.rps / get_off.rps)
-    report.add_value("device GET cost of mqtt", read_cost, "%", target=5.0)
-    report.add_value("RSS, mqtt off", rss["mqtt off"], "MiB", note="supervisor + worker")
-    report.add_value("RSS added by mqtt", rss["mqtt on"] - rss["mqtt off"], "MiB")
+    cpu_off = statistics.median(serving_cpu[OFF])
+    report.add_value("worker CPU per PUT, mqtt off", cpu_off, "s", note="supervisor + worker")
+    raw_off = server.median_load(raw[OFF])
+    for name in (ON, ONE_CORE):
+        with_mqtt, get_on = server.median_load(loads[name]), server.median_load(reads[name])
+        report.add_value(f"PUT req/s, {name}", with_mqtt.rps, "req/s")
+        for runs, off, how in (
+            (raw[name], raw_off, "during the load"),
+            (loads[name], without, "backlog charged"),
+        ):
+            ratios = ", ".join(
+                f"{on.rps / base.rps:.3f}"
+                for on, base in zip(
+                    runs, raw[OFF] if runs is raw[name] else loads[OFF], strict=True
+                )
+            )
+            cost = 100 * (1 - server.median_load(runs).rps / off.rps)
+            report.add_value(
+                f"PUT cost, {name}, {how}",
+                cost,
+                "%",
+                target=5.0,
+                note=f"1 - on/off; per round: {ratios}",
+            )
+        read_cost = 100 * (1 - get_on.rps / get_off.rps)
+        report.add_value(f"device GET cost, {name}", read_cost, "%", target=5.0)
+    cpu_on = statistics.median(serving_cpu[ON] + serving_cpu[ONE_CORE])
+    report.add_value(
+        "worker CPU per PUT, mqtt on",
+        cpu_on,
+        "s",
+        note=f"{100 * (cpu_on / cpu_off - 1):+.1f} % of the worker's CPU: the request-serving cost",
+    )
+    report.add_value(
+        "publisher CPU per PUT",
+        statistics.median(publisher_cpu[ON] + publisher_cpu[ONE_CORE]),
+        "s",
+        note="the publisher process, during the load and its backlog",
+    )
+    report.add_value("RSS, mqtt off", rss[OFF], "MiB", note="supervisor + worker")
+    report.add_value("RSS added by mqtt", rss[ON] - rss[OFF], "MiB", note="+ the publisher")
 
 
 def main() -> int:
