@@ -44,6 +44,14 @@ def store(tmp_path: Path) -> ConfigStore:
     return open_store(str(tmp_path / "configs"), create=True)
 
 
+@pytest.fixture(params=["disk", "memory"])
+def disk_or_memory_store(request: pytest.FixtureRequest, tmp_path: Path) -> ConfigStore:
+    """A fresh store on local disk, then in memory: for modules whose tests hold on both."""
+    if request.param == "disk":
+        return open_store(str(tmp_path / "configs"), create=True)
+    return open_store("memory://configs", create=True)
+
+
 @pytest.fixture
 def app(store: ConfigStore) -> webtest.TestApp:
     """The app with default settings over ``store``, driven in-process by WebTest."""

@@ -18,16 +18,9 @@ MAC = "aa-bb-cc-dd-ee-ff"
 OTHER = "00-11-22-33-44-55"
 
 
-@pytest.fixture(params=["disk", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ConfigStore:
-    if request.param == "disk":
-        return open_store(str(tmp_path / "configs"), create=True)
-    return open_store("memory://configs", create=True)
-
-
 @pytest.fixture
-def app(store: ConfigStore) -> webtest.TestApp:
-    return webtest.TestApp(create_app(store, Settings()))
+def store(disk_or_memory_store: ConfigStore) -> ConfigStore:
+    return disk_or_memory_store
 
 
 def put(app: webtest.TestApp, mac: str, content: Any, status: int = 200, **kw: Any) -> Any:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import pytest
 import webtest
 
-from iot_config_core import ConfigStore, open_store
+from iot_config_core import ConfigStore
 from iot_config_server import Settings, create_app
 
 MAC = "aa-bb-cc-dd-ee-ff"
@@ -18,11 +17,9 @@ CI = "ci-secret-token-2"
 OLD = "unnamed-token-3"
 
 
-@pytest.fixture(params=["disk", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ConfigStore:
-    if request.param == "disk":
-        return open_store(str(tmp_path / "configs"), create=True)
-    return open_store("memory://configs", create=True)
+@pytest.fixture
+def store(disk_or_memory_store: ConfigStore) -> ConfigStore:
+    return disk_or_memory_store
 
 
 @pytest.fixture

@@ -19,16 +19,9 @@ from iot_config_core.testing.strategies import mac_addresses
 from iot_config_server import Settings, create_app
 
 
-@pytest.fixture(params=["disk", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ConfigStore:
-    if request.param == "disk":
-        return open_store(str(tmp_path / "configs"), create=True)
-    return open_store("memory://configs", create=True)
-
-
 @pytest.fixture
-def app(store: ConfigStore) -> webtest.TestApp:
-    return webtest.TestApp(create_app(store, Settings()))
+def store(disk_or_memory_store: ConfigStore) -> ConfigStore:
+    return disk_or_memory_store
 
 
 def mac(index: int) -> str:
