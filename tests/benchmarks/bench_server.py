@@ -451,9 +451,38 @@ def stat_floor(store: Path) -> float:
     return time.perf_counter() - started
 
 
+def scraped_count(body: bytes) -> float | None:
+    """The ``iot_config_configs`` sample of a scrape (absent until a count was taken)."""
+    for line in body.decode().splitlines():
+        if line.startswith("iot_config_configs "):
+            return float(line.split()[1])
+    return None
+
+
+def counting_scrapes(port: int, count: int, repeat: int) -> list[float]:
+    """Seconds of ``repeat`` scrapes that each show the full count, after the server's first one.
+
+    A scrape waits only briefly for the count and otherwise shows the previous one, so the
+    timed scrapes start once the start-up listing is done, and each must carry ``count``.
+    """
+    deadline = time.monotonic() + 300
+    while scraped_count(http_get(port, "/metrics", {})[1]) != count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"/metrics never showed {count} configs")
+        time.sleep(0.2)
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        status, body = http_get(port, "/metrics", {})
+        samples.append(time.perf_counter() - started)
+        if status != 200 or scraped_count(body) != count:
+            raise RuntimeError(f"/metrics: {status}, count {scraped_count(body)} not {count}")
+    return samples
+
+
 def scrape_line(port: int, store: Path, count: int, repeat: int) -> Line:
     """Warm ``/metrics`` scrapes (each counts the store's valid configs) beside the stat floor."""
-    scrapes = warm_latencies(port, "/metrics", repeat, {})
+    scrapes = counting_scrapes(port, count, repeat)
     floors = [stat_floor(store) for _ in range(repeat)]
     median = statistics.median(scrapes) * 1000
     floor = statistics.median(floors) * 1000
