@@ -93,13 +93,12 @@ class Backend(abc.ABC):
         Tokens must equal those `stat`, `version` and `read` give for the same version.
         """
 
+    @abc.abstractmethod
     def scan_hidden(self, prefix: str) -> list[str]:
         """Names of stored objects that start with ``prefix``, a dot prefix `scan` never lists.
 
-        The store keeps its own objects (schemas) beside the configs under such names; a backend
-        that cannot list them cannot list schemas, and everything else still works.
+        The store keeps its own objects (schemas) beside the configs under such names.
         """
-        raise NotImplementedError(f"{type(self).__name__} cannot list {prefix}* objects")
 
     @abc.abstractmethod
     def stat(self, name: str) -> Entry | None:

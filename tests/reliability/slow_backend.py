@@ -30,6 +30,10 @@ class SlowBackend(Backend):
         self._wait()
         return self._inner.scan()
 
+    def scan_hidden(self, prefix: str) -> list[str]:
+        self._wait()
+        return self._inner.scan_hidden(prefix)
+
     def stat(self, name: str) -> Entry | None:
         self._wait()
         return self._inner.stat(name)
