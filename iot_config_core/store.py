@@ -21,12 +21,22 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
-from .backend import ABSENT, ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict
+from .backend import (
+    ABSENT,
+    ANY,
+    Absent,
+    AnyVersion,
+    Backend,
+    Blob,
+    Entry,
+    VersionConflict,
+    WatchedScan,
+)
 from .document import (
     DocumentLimits,
     check_size,
@@ -169,6 +179,7 @@ def open_store(
     limits: DocumentLimits = DocumentLimits(),
     device_cache_bytes: int = DEFAULT_RAW_CACHE_BYTES,
     history_limit: int = DEFAULT_HISTORY_LIMIT,
+    list_watch: bool = True,
     **storage_options: Any,
 ) -> ConfigStore:
     """Open the store at ``url``: a path, ``file://``, ``memory://``, ``s3://bucket/prefix``.
@@ -178,7 +189,8 @@ def open_store(
     operations fail with `StoreMissingError`. A ``memory://`` store is private to its
     `ConfigStore` and starts empty and ready. ``device_cache_bytes`` bounds the memory of the
     documents kept for `get_raw` (0: none kept);
-    ``history_limit`` versions are kept per device (0: none recorded).
+    ``history_limit`` versions are kept per device (0: none recorded); ``list_watch=False``
+    makes every listing a full scan (see `ConfigStore`).
     """
     if not url.strip():
         raise UnsupportedStoreError("the store URL is empty: give a path or a URL", url=url)
@@ -199,7 +211,11 @@ def open_store(
             raise
         raise StoreUnavailableError(f"cannot open {url!r}: {exc}", url=url) from exc
     store = ConfigStore(
-        backend, limits=limits, raw_cache_bytes=device_cache_bytes, history_limit=history_limit
+        backend,
+        limits=limits,
+        raw_cache_bytes=device_cache_bytes,
+        history_limit=history_limit,
+        list_watch=list_watch,
     )
     if create:
         store.create_root()
@@ -343,8 +359,13 @@ class ConfigStore:
         limits: DocumentLimits = DocumentLimits(),
         raw_cache_bytes: int = DEFAULT_RAW_CACHE_BYTES,
         history_limit: int = DEFAULT_HISTORY_LIMIT,
+        list_watch: bool = True,
     ) -> None:
-        """A store over ``backend``; `open_store` builds the backend from a URL."""
+        """A store over ``backend``; `open_store` builds the backend from a URL.
+
+        ``list_watch=False`` makes every listing a full scan even where the backend can watch
+        for changes (`Backend.watch`; see docs/capacity.md).
+        """
         self.limits = limits
         self._backend = backend
         self._history = History(backend, history_limit)
@@ -356,6 +377,8 @@ class ConfigStore:
         self._scans_started = 0
         self._scan_listed = 0  # number of the latest scan that produced ``_listing``
         self._listing = Listing((), 0)
+        self._list_watch = list_watch
+        self._watched: WatchedScan | None = None  # made by the first listing, before its scan
         self._generation = 0
         self._warned: set[tuple[str, Hashable]] = set()
         #: The JSON Schemas kept in this store's root; every write is checked against them.
@@ -560,14 +583,33 @@ class ConfigStore:
         return listing
 
     def _scan_and_list(self) -> Listing:
-        """One scan, re-reading changed files only; one caller at a time (see `listing`)."""
+        """One scan, re-reading changed files only; one caller at a time (see `listing`).
+
+        With a watch (`Backend.watch`), only the names it reports are checked, and a full scan
+        happens only when it cannot tell.
+        """
         with self._guard("list"):
-            scanned = self._backend.scan()
+            if self._list_watch and self._watched is None:
+                self._watched = self._backend.watch()
+            watched = self._watched
+            changes = None if watched is None else watched.changes()
             cache = self._parsed
+            if changes is None:
+                scanned: Iterable[tuple[str, Hashable | None]] = (
+                    self._backend.scan() if watched is None else watched.scan()
+                )
+                skipped: list[str] = []
+            elif not changes:
+                return self._listing
+            else:
+                scanned = changes.items()
+                skipped = [name for name in self._listing.skipped if name not in changes]
             changed = False
             cached_seen = 0  # scanned names now in the cache: fewer than it holds means deletions
-            skipped: list[str] = []
             for name, token in scanned:
+                if token is None:  # gone (a watch reports deletions)
+                    changed = cache.pop(name, None) is not None or changed
+                    continue
                 # Only names that parsed as a MAC are ever cached, so an unchanged entry skips the
                 # MAC parse: the warm listing is then a dict lookup and a token compare per file.
                 parsed = cache.get(name)
@@ -585,7 +627,10 @@ class ConfigStore:
                 if parsed.error is not None:
                     self._warn_once(name, token, parsed.error.message)
                     skipped.append(name)
-            if cached_seen != len(cache):  # scans name each object once (`Backend.scan`)
+            # A full scan names each object once (`Backend.scan`): fewer than the cache holds
+            # means deletions.
+            if changes is None and cached_seen != len(cache):
+                assert isinstance(scanned, list)
                 for gone in cache.keys() - {name for name, _ in scanned}:
                     del cache[gone]
                 changed = True
