@@ -125,7 +125,7 @@ class Backend(abc.ABC):
         Tokens must equal those `stat`, `version` and `read` give for the same version.
         """
 
-    def watch(self) -> WatchedScan | None:
+    def watched_scan(self) -> WatchedScan | None:
         """A `WatchedScan` for one consumer, where this backend can tell changes cheaply.
 
         ``None`` (the default) where only a full `scan` can tell what changed.

@@ -12,8 +12,8 @@ locks belong to an open file description, so threads of one process exclude each
 Hidden objects (version history) are files in dot-directories under the root (``.history/<mac>/``),
 written the same durable way; the listing skips every dot-name, so they are never configs.
 
-On a local filesystem `PosixBackend.watch` gives the listing an inotify watch of the root, so a
-warm listing stats only the files reported changed instead of every file (see
+On a local filesystem `PosixBackend.watched_scan` gives the listing an inotify watch of the
+root, so a warm listing stats only the files reported changed instead of every file (see
 `iot_config_core.directory_watch` for what the kernel reports, and docs/capacity.md).
 """
 
@@ -31,16 +31,7 @@ import time
 from collections.abc import Hashable, Iterator, Sequence
 from datetime import UTC, datetime
 
-from .backend import (
-    ANY,
-    Absent,
-    AnyVersion,
-    Backend,
-    Blob,
-    Entry,
-    VersionConflict,
-    WatchedScan,
-)
+from .backend import ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict, WatchedScan
 from .directory_watch import DirectoryWatch, filesystem_magic, sees_every_writer
 
 __all__ = ["PosixBackend", "sync_directory", "write_file_atomically"]
@@ -184,7 +175,7 @@ class PosixBackend(Backend):
             os.close(fd)
         return found
 
-    def watch(self) -> WatchedScan:
+    def watched_scan(self) -> WatchedScan:
         return _WatchedDirectory(self.root)
 
     def scan_hidden(self, prefix: str) -> list[str]:
@@ -369,8 +360,9 @@ class _WatchedDirectory(WatchedScan):
     watch. Names the watch cannot vouch for are stat'ed on every call besides the reported
     ones: symlinks (their target may change anywhere), files with other hard links (writes
     through another name are reported in that name's directory) and files on another device
-    (mounted over their name). The watch is added before each full scan lists the directory, so
-    no change falls between the two.
+    (mounted over their name). A hard link made elsewhere after a full scan raises no event
+    here: the full scan every `FULL_SCAN_SECONDS` finds it. The watch is added before each full
+    scan lists the directory, so no change falls between the two.
     """
 
     def __init__(self, root: str) -> None:

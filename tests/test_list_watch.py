@@ -162,10 +162,10 @@ def test_the_decision_uses_the_real_filesystem_type(path: str) -> None:
 
 def test_a_store_on_an_unwatched_filesystem_stats_every_file(tmp_path: Path) -> None:
     # /proc is no local store filesystem: its listing must never come from a watch.
-    watched = PosixBackend("/proc/self").watch()
+    watched = PosixBackend("/proc/self").watched_scan()
     watched.scan()
     assert watched.changes() is None
-    store = PosixBackend(str(tmp_path)).watch()
+    store = PosixBackend(str(tmp_path)).watched_scan()
     store.scan()
     assert store.changes() == {}
 
@@ -177,7 +177,7 @@ def test_changes_name_exactly_what_another_process_changed(tmp_path: Path, write
     a, b = tmp_path / MAC_A.file_name, tmp_path / MAC_B.file_name
     a.write_text(doc("a"))
     backend = PosixBackend(str(tmp_path))
-    watched = backend.watch()
+    watched = backend.watched_scan()
     assert watched.scan() == [(a.name, backend.version(a.name))]
     assert watched.changes() == {}
     writer.do("append", a, " ")
@@ -192,7 +192,7 @@ def test_changes_name_exactly_what_another_process_changed(tmp_path: Path, write
 def test_an_overflowed_queue_forces_a_full_scan(tmp_path: Path, writer: Writer) -> None:
     a = tmp_path / MAC_A.file_name
     a.write_text(doc("a"))
-    watched = PosixBackend(str(tmp_path)).watch()
+    watched = PosixBackend(str(tmp_path)).watched_scan()
     watched.scan()
     limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
     b = tmp_path / MAC_B.file_name
@@ -208,7 +208,7 @@ def test_a_replaced_root_forces_a_full_scan(tmp_path: Path, writer: Writer) -> N
     root = tmp_path / "store"
     root.mkdir()
     (root / MAC_A.file_name).write_text(doc("a"))
-    watched = PosixBackend(str(root)).watch()
+    watched = PosixBackend(str(root)).watched_scan()
     watched.scan()
     writer.do("rename", root, str(tmp_path / "old"))
     root.mkdir()
@@ -218,7 +218,7 @@ def test_a_replaced_root_forces_a_full_scan(tmp_path: Path, writer: Writer) -> N
 
 
 def test_a_forked_child_does_not_read_its_parents_queue(tmp_path: Path) -> None:
-    watched = PosixBackend(str(tmp_path)).watch()
+    watched = PosixBackend(str(tmp_path)).watched_scan()
     watched.scan()
     (tmp_path / MAC_A.file_name).write_text(doc("a"))
     read, write = os.pipe()
@@ -365,6 +365,7 @@ class ListingAgainstAnotherProcess(RuleBasedStateMachine):
                 continue
             valid[name] = compute_etag(content.encode())
         assert {s.mac_address.file_name: s.etag for s in listing.summaries} == valid
+        assert [s.mac_address.file_name for s in listing.summaries] == sorted(valid)
         assert set(listing.skipped) == self.files.keys() - valid.keys()
 
     def teardown(self) -> None:
