@@ -422,11 +422,15 @@ class _WatchedDirectory(WatchedScan):
             names.update(self._unwatched)
             if not names:
                 return {}
-            fd = _open_directory(self._root)
             try:
-                return {name: self._check(name, fd) for name in names}
-            finally:
-                os.close(fd)
+                fd = _open_directory(self._root)
+                try:
+                    return {name: self._check(name, fd) for name in names}
+                finally:
+                    os.close(fd)
+            except BaseException:
+                self._forget()  # the drained names are lost with this answer: rescan next time
+                raise
 
     def _forget(self) -> None:
         if self._watch is not None:

@@ -594,58 +594,69 @@ class ConfigStore:
                 self._watched = self._backend.watched_scan()
             watched = self._watched
             changes = None if watched is None else watched.changes()
-            cache = self._parsed
-            if changes is None:
-                scanned: Iterable[tuple[str, Hashable | None]] = (
-                    self._backend.scan() if watched is None else watched.scan()
-                )
-                skipped: list[str] = []
-            elif not changes:
-                return self._listing
-            else:
-                scanned = changes.items()
-                skipped = [name for name in self._listing.skipped if name not in changes]
-            changed = False
-            cached_seen = 0  # scanned names now in the cache: fewer than it holds means deletions
-            for name, token in scanned:
-                if token is None:  # gone (a watch reports deletions)
-                    changed = cache.pop(name, None) is not None or changed
-                    continue
-                # Only names that parsed as a MAC are ever cached, so an unchanged entry skips the
-                # MAC parse: the warm listing is then a dict lookup and a token compare per file.
-                parsed = cache.get(name)
-                if parsed is None or parsed.token != token:
-                    mac = MacAddress.from_file_name(name)
-                    if mac is None:
-                        self._warn_once(name, token, self._why_not_a_config(name))
-                        skipped.append(name)
-                        continue
-                    parsed = self._parse(mac, name, token)
-                    changed = True
-                    if parsed is None:
-                        continue
-                cached_seen += 1
-                if parsed.error is not None:
-                    self._warn_once(name, token, parsed.error.message)
-                    skipped.append(name)
-            # A full scan names each object once (`Backend.scan`): fewer than the cache holds
-            # means deletions.
-            if changes is None and cached_seen != len(cache):
-                assert isinstance(scanned, list)
-                for gone in cache.keys() - {name for name, _ in scanned}:
-                    del cache[gone]
-                changed = True
-            if changed or tuple(skipped) != self._listing.skipped:
-                self._generation += 1
-                if changes is None:
-                    summaries = sorted(
-                        (p.summary for p in cache.values() if p.summary is not None),
-                        key=_mac_order,
-                    )
-                else:
-                    summaries = self._resorted(changes)
-                self._listing = Listing(tuple(summaries), self._generation, tuple(skipped))
+            try:
+                return self._list(watched, changes)
+            except BaseException:
+                if changes is not None:  # names taken from the watch may be unapplied: rescan
+                    self._watched = None
+                raise
+
+    def _list(
+        self, watched: WatchedScan | None, changes: Mapping[str, Hashable | None] | None
+    ) -> Listing:
+        """Apply ``changes`` (or a full scan when ``None``) to the cache; the listing after."""
+        cache = self._parsed
+        if changes is None:
+            scanned: Iterable[tuple[str, Hashable | None]] = (
+                self._backend.scan() if watched is None else watched.scan()
+            )
+            skipped: list[str] = []
+        elif not changes:
             return self._listing
+        else:
+            scanned = changes.items()
+            skipped = [name for name in self._listing.skipped if name not in changes]
+        changed = False
+        cached_seen = 0  # scanned names now in the cache: fewer than it holds means deletions
+        for name, token in scanned:
+            if token is None:  # gone (a watch reports deletions)
+                changed = cache.pop(name, None) is not None or changed
+                continue
+            # Only names that parsed as a MAC are ever cached, so an unchanged entry skips the
+            # MAC parse: the warm listing is then a dict lookup and a token compare per file.
+            parsed = cache.get(name)
+            if parsed is None or parsed.token != token:
+                mac = MacAddress.from_file_name(name)
+                if mac is None:
+                    self._warn_once(name, token, self._why_not_a_config(name))
+                    skipped.append(name)
+                    continue
+                parsed = self._parse(mac, name, token)
+                changed = True
+                if parsed is None:
+                    continue
+            cached_seen += 1
+            if parsed.error is not None:
+                self._warn_once(name, token, parsed.error.message)
+                skipped.append(name)
+        # A full scan names each object once (`Backend.scan`): fewer than the cache holds
+        # means deletions.
+        if changes is None and cached_seen != len(cache):
+            assert isinstance(scanned, list)
+            for gone in cache.keys() - {name for name, _ in scanned}:
+                del cache[gone]
+            changed = True
+        if changed or tuple(skipped) != self._listing.skipped:
+            self._generation += 1
+            if changes is None:
+                summaries = sorted(
+                    (p.summary for p in cache.values() if p.summary is not None),
+                    key=_mac_order,
+                )
+            else:
+                summaries = self._resorted(changes)
+            self._listing = Listing(tuple(summaries), self._generation, tuple(skipped))
+        return self._listing
 
     def _resorted(self, names: Iterable[str]) -> builtins.list[ConfigSummary]:
         """The last listing's summaries with those of ``names`` replaced, still in MAC order.

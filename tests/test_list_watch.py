@@ -32,6 +32,7 @@ from iot_config_core.directory_watch import (
 from iot_config_core.mac import MacAddress
 from iot_config_core.posix_backend import PosixBackend
 from iot_config_core.testing import MAC_A, MAC_B
+from iot_config_server.settings import Settings
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux")
 
@@ -290,13 +291,22 @@ def test_changes_through_other_names_are_listed_next(tmp_path: Path, writer: Wri
     assert etags(store) == expected(a, b)
 
 
-def test_the_stat_path_when_turned_off(tmp_path: Path, writer: Writer) -> None:
-    a = tmp_path / MAC_A.file_name
+def test_the_setting_turns_the_watch_off(tmp_path: Path, writer: Writer) -> None:
+    root, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    a = root / MAC_A.file_name
     a.write_text(doc("a"))
-    store = open_store(str(tmp_path), list_watch=False)
-    assert etags(store) == expected(a)
-    writer.do("write", a, doc("edited"))
-    assert etags(store) == expected(a)
+    watched = Settings(store_url=str(root)).open_store()
+    stat_every_file = Settings(store_url=str(root), list_watch="off").open_store()
+    assert etags(watched) == etags(stat_every_file) == expected(a)
+    # The one change the watch misses until its next full scan (docs/capacity.md): a hard link
+    # made elsewhere after the scan, written through. Stat'ing every file sees it at once.
+    before = etags(watched)
+    writer.do("link", a, str(elsewhere / "other-name.json"))
+    writer.do("write", elsewhere / "other-name.json", doc("edited through another name"))
+    assert etags(stat_every_file) == expected(a) != before
+    assert etags(watched) == before
 
 
 NAMES = [MacAddress.parse(f"02:00:00:00:00:{i:02x}").file_name for i in range(1, 5)]
