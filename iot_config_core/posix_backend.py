@@ -126,6 +126,26 @@ def _config_names(dir_fd: int, root: str) -> list[str]:
     return names
 
 
+def _scan_directory(dir_fd: int, root: str) -> list[tuple[str, Hashable]]:
+    """`PosixBackend.scan` of the open ``root``."""
+    # The stat per file is the floor (an in-place edit changes nothing but the file's own
+    # inode), so everything else per file is kept to building the token: names from
+    # listdir (no DirEntry objects) and stats relative to the open directory (no path walk),
+    # measurably cheaper than scandir + DirEntry.stat() on a large fleet.
+    found: list[tuple[str, Hashable]] = []
+    append = found.append
+    is_regular = stat_module.S_ISREG
+    stat = os.stat
+    for name in _config_names(dir_fd, root):
+        try:
+            st = stat(name, dir_fd=dir_fd)
+        except OSError:  # deleted since readdir, or a broken symlink: not a config
+            continue
+        if is_regular(st.st_mode):
+            append((name, _token(st)))
+    return found
+
+
 def _reap_temp(dir_fd: int, root: str, name: str, now: float) -> None:
     """Remove a temp file left by a crashed writer, once it is clearly abandoned."""
     try:
@@ -154,26 +174,11 @@ class PosixBackend(Backend):
         return self._dir + name
 
     def scan(self) -> list[tuple[str, Hashable]]:
-        # The stat per file is the floor (an in-place edit changes nothing but the file's own
-        # inode), so everything else per file is kept to building the token: names from
-        # listdir (no DirEntry objects) and stats relative to the open directory (no path walk),
-        # measurably cheaper than scandir + DirEntry.stat() on a large fleet.
-        found: list[tuple[str, Hashable]] = []
-        append = found.append
-        is_regular = stat_module.S_ISREG
-        stat = os.stat
         fd = _open_directory(self.root)
         try:
-            for name in _config_names(fd, self.root):
-                try:
-                    st = stat(name, dir_fd=fd)
-                except OSError:  # deleted since readdir, or a broken symlink: not a config
-                    continue
-                if is_regular(st.st_mode):
-                    append((name, _token(st)))
+            return _scan_directory(fd, self.root)
         finally:
             os.close(fd)
-        return found
 
     def watched_scan(self) -> WatchedScan:
         return _WatchedDirectory(self.root)
@@ -372,6 +377,8 @@ class _WatchedDirectory(WatchedScan):
         self._root_id = (-1, -1)  # (st_dev, st_ino) of the watched directory
         self._unwatched: set[str] = set()
         self._scanned_at = 0.0
+        self._device = -1
+        self._magic: int | None = None  # statfs type of the filesystem on ``_device``
         self._unwatched_why: str | None = ""  # why the last full scan was not watched, for the log
 
     def scan(self) -> list[tuple[str, Hashable]]:
@@ -380,7 +387,12 @@ class _WatchedDirectory(WatchedScan):
             fd = _open_directory(self._root)
             try:
                 st = os.fstat(fd)
-                watch, why = _watch_if_safe(fd)
+                if st.st_dev != self._device:  # statfs once per filesystem: a remote call on some
+                    self._device, self._magic = st.st_dev, filesystem_magic(fd)
+                watch, why = _watch_if_safe(fd, self._magic)
+                self._log_decision(why)
+                if watch is None:
+                    return _scan_directory(fd, self._root)
                 try:
                     self._root_id = (st.st_dev, st.st_ino)
                     self._unwatched = set()
@@ -390,19 +402,12 @@ class _WatchedDirectory(WatchedScan):
                         if token is not None:
                             found.append((name, token))
                 except BaseException:
-                    if watch is not None:
-                        watch.close()
+                    watch.close()
                     raise
             finally:
                 os.close(fd)
             self._watch = watch
             self._scanned_at = time.monotonic()
-            if why != self._unwatched_why:
-                self._unwatched_why = why
-                if why is None:
-                    log.info("listing %s: inotify watch, a stat per changed file only", self._root)
-                else:
-                    log.info("listing %s: a stat per file (%s)", self._root, why)
             return found
 
     def changes(self) -> dict[str, Hashable | None] | None:
@@ -432,6 +437,14 @@ class _WatchedDirectory(WatchedScan):
                 self._forget()  # the drained names are lost with this answer: rescan next time
                 raise
 
+    def _log_decision(self, why: str | None) -> None:
+        if why != self._unwatched_why:
+            self._unwatched_why = why
+            if why is None:
+                log.info("listing %s: inotify watch, a stat per changed file only", self._root)
+            else:
+                log.info("listing %s: a stat per file (%s)", self._root, why)
+
     def _forget(self) -> None:
         if self._watch is not None:
             self._watch.close()
@@ -459,9 +472,11 @@ class _WatchedDirectory(WatchedScan):
         return _token(st) if stat_module.S_ISREG(st.st_mode) else None
 
 
-def _watch_if_safe(dir_fd: int) -> tuple[DirectoryWatch | None, str | None]:
-    """A watch on the open directory where it sees every writer, else ``None`` and why not."""
-    magic = filesystem_magic(dir_fd)
+def _watch_if_safe(dir_fd: int, magic: int | None) -> tuple[DirectoryWatch | None, str | None]:
+    """A watch on the open directory (of filesystem type ``magic``) where it sees every writer.
+
+    Else ``None`` and why not.
+    """
     if not sees_every_writer(magic):
         kind = "unknown" if magic is None else f"0x{magic:x}"
         return None, f"filesystem type {kind} is not watched: other clients' changes bypass it"
