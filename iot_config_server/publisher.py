@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 #: The publisher's CPU priority below the workers' (``nice``): on a core it shares with them it
 #: takes what they leave, and its backlog, bounded by the fleet, waits instead of the requests.
-NICENESS = 10
+NICENESS = 19
 #: Bytes per record: a MAC's 48-bit value, big-endian.
 RECORD_BYTES = 6
 #: The hand-off pipe's size asked for: many thousand writes queue while the publisher restarts.
@@ -126,11 +126,13 @@ class HandOff:
             self._dropped.inc()
 
 
-def read_records(fd: int, announce: Callable[[MacAddress], object]) -> None:
-    """Announce every MAC read from the FIFO ``fd`` (opened for reading, blocking), for ever.
+def read_records(fd: int, announce: Callable[[list[MacAddress]], object]) -> None:
+    """Announce the MACs read from the FIFO ``fd`` (opened for reading, blocking), for ever.
 
-    Returns when the FIFO reports end of file (no writer left, which cannot happen while the
-    publisher holds it open for writing as well).
+    ``announce`` gets every MAC one read returned, in order: whatever queued up while the
+    publisher was busy is handed over at once, not one wake-up per record. Returns when the
+    FIFO reports end of file (no writer left, which cannot happen while the publisher holds it
+    open for writing as well).
     """
     rest = b""
     while True:
@@ -142,8 +144,12 @@ def read_records(fd: int, announce: Callable[[MacAddress], object]) -> None:
             return
         data = rest + chunk
         whole = len(data) - len(data) % RECORD_BYTES
-        for start in range(0, whole, RECORD_BYTES):
-            announce(MacAddress(int.from_bytes(data[start : start + RECORD_BYTES], "big")))
+        announce(
+            [
+                MacAddress(int.from_bytes(data[start : start + RECORD_BYTES], "big"))
+                for start in range(0, whole, RECORD_BYTES)
+            ]
+        )
         rest = data[whole:]
 
 
@@ -174,7 +180,7 @@ def _run_publisher(settings: Settings, fifo: str) -> None:
     # Read from before the start: writes made while this process started are own writes.
     fd = os.open(fifo, os.O_RDWR | os.O_CLOEXEC)
     reader = threading.Thread(
-        target=read_records, args=(fd, notifier.announce), name="own-writes", daemon=True
+        target=read_records, args=(fd, notifier.announce_all), name="own-writes", daemon=True
     )
     reader.start()
     notifier.start()  # its metrics, in the files the workers' scrapes sum

@@ -201,7 +201,7 @@ def publisher_pids(proc: server.Proc) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time the processes ``pids`` used so far."""
+    """User + system CPU time the processes ``pids`` (all their threads) used so far."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError):
@@ -216,6 +216,19 @@ def serving_pids(proc: server.Proc) -> list[int]:
     return [pid for pid in server.process_tree(proc.proc.pid) if pid not in publisher]
 
 
+def memory(pids: list[int]) -> tuple[float, float]:
+    """(RSS, PSS) of the processes ``pids`` in MiB; PSS shares each shared page among its users."""
+    rss = pss = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("Rss", "Pss"):
+                    kib = int(rest.split()[0])
+                    rss, pss = (rss + kib, pss) if key == "Rss" else (rss, pss + kib)
+    return rss / 1024, pss / 1024
+
+
 def connected(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while b"iot_config_mqtt_connected 1.0" not in server.http_get(port, "/metrics")[1]:
@@ -224,7 +237,45 @@ def connected(port: int, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def pin_all_threads(pid: int, cpu: int) -> None:
+    """Move every thread of ``pid`` to ``cpu`` (``taskset -p`` alone moves only the first)."""
+    subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True,
+                   capture_output=True)  # fmt: skip
+
+
+def spread(values: list[float]) -> str:
+    """Median, quartiles and range of ``values``, as text."""
+    q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return f"median {median:.3f}, quartiles {q1:.3f}-{q3:.3f}, range {min(values):.3f}-{max(values):.3f}"
+
+
+#: A device the PUT load writes early (its first request, bb-00-00-00-00-01, is not sent).
+DEVICE = "/esp32/config/bb-00-00-00-00-02.json"
 OFF, ON, ONE_CORE = "mqtt off", "mqtt on", "mqtt on, publisher on the worker's core"
+
+
+@dataclasses.dataclass
+class Round:
+    """One subject's share of one round."""
+
+    put: server.Load  # wrk's own figure
+    charged: server.Load  # with the time the publisher still needed for its backlog
+    get: server.Load
+    serving_cpu: float  # CPU seconds per PUT of the supervisor and the worker
+    publisher_cpu: float  # the same for the publisher process, backlog included
+
+
+def measure(proc: server.Proc, seconds: float, workdir: Path) -> Round:
+    lua = server.PUT_LUA % {"token": server.TOKEN}
+    serving, publisher = serving_pids(proc), publisher_pids(proc)
+    before = cpu_seconds(serving), cpu_seconds(publisher)
+    load = server.run_wrk(proc.port, "/", seconds, 16, workdir, lua=lua)
+    # Before the wait for the backlog, whose /metrics polls the worker answers.
+    serving_cpu = (cpu_seconds(serving) - before[0]) / load.requests
+    charged = charged_with_backlog(proc.port, load)
+    publisher_cpu = (cpu_seconds(publisher) - before[1]) / load.requests
+    get = server.run_wrk(proc.port, DEVICE, 1.0, 50, workdir)
+    return Round(load, charged, get, serving_cpu, publisher_cpu)
 
 
 def throughput(
@@ -238,15 +289,8 @@ def throughput(
         store = workdir / name.replace(" ", "-").replace(",", "").replace("'", "")
         store.mkdir()
         subjects[name] = mqtt_server(name, support.free_port(), store, workdir, with_broker, 5.0)
-    loads: dict[str, list[server.Load]] = {name: [] for name in subjects}
-    reads: dict[str, list[server.Load]] = {name: [] for name in subjects}
-    # CPU seconds per PUT of the serving processes and of the publisher: immune to the load that
-    # other jobs put on this machine, unlike throughput.
-    raw: dict[str, list[server.Load]] = {name: [] for name in subjects}  # wrk's own figure
-    serving_cpu: dict[str, list[float]] = {name: [] for name in subjects}
-    publisher_cpu: dict[str, list[float]] = {name: [] for name in subjects}
-    lua = server.PUT_LUA % {"token": server.TOKEN}
-    device = "/esp32/config/bb-00-00-00-00-01.json"  # one of the MACs the PUT load writes
+    results: dict[str, list[Round]] = {name: [] for name in subjects}
+    rng = random.Random(5)
     with contextlib.ExitStack() as stack:
         for proc in subjects.values():
             stack.enter_context(server.running(proc, "/api/health/live"))
@@ -254,68 +298,83 @@ def throughput(
             connected(subjects[name].port)
         if server.can_pin():  # the design's point: the publisher off the request-serving core
             for pid in publisher_pids(subjects[ON]):
-                subprocess.run(["taskset", "-p", "-c", "1", str(pid)], check=True,
-                               capture_output=True)  # fmt: skip
-        for proc in subjects.values():  # warm-up: every MAC of the load written once
+                pin_all_threads(pid, 1)
+        lua = server.PUT_LUA % {"token": server.TOKEN}
+        for proc in subjects.values():  # warm-up: the MACs of the load written
             server.run_wrk(proc.port, "/", 2, 16, workdir, lua=lua)
-        for _ in range(rounds):
-            for name, proc in subjects.items():
-                serving, publisher = serving_pids(proc), publisher_pids(proc)
-                before = cpu_seconds(serving), cpu_seconds(publisher)
-                load = server.run_wrk(proc.port, "/", seconds, 16, workdir, lua=lua)
-                # Before the wait for the backlog, whose /metrics polls the worker answers.
-                serving_cpu[name].append((cpu_seconds(serving) - before[0]) / load.requests)
-                raw[name].append(load)
-                loads[name].append(charged_with_backlog(proc.port, load))
-                publisher_cpu[name].append((cpu_seconds(publisher) - before[1]) / load.requests)
-                reads[name].append(server.run_wrk(proc.port, device, seconds, 50, workdir))
-        rss = {name: proc.rss()[0] for name, proc in subjects.items()}
-    errors = sum(load.errors for runs in loads.values() for load in runs)
-    without = server.median_load(loads[OFF])
-    get_off = server.median_load(reads[OFF])
-    report.add_value("PUT req/s, mqtt off", without.rps, "req/s", note=f"{errors} errors in all")
-    report.add_value("device GET req/s, mqtt off", get_off.rps, "req/s", note="50 connections")
-    cpu_off = statistics.median(serving_cpu[OFF])
+            status, body = server.http_get(proc.port, DEVICE)
+            if status != 200:
+                raise RuntimeError(f"GET {DEVICE} on {proc.name}: {status} {body[:200]!r}")
+        for index in range(rounds):
+            order = list(subjects)
+            rng.shuffle(order)  # no subject always runs first, or right after another
+            for name in order:
+                results[name].append(measure(subjects[name], seconds, workdir))
+            print(f"bench_mqtt: round {index + 1}/{rounds} done", flush=True)
+        sizes = {
+            name: (memory(server.process_tree(proc.proc.pid)), memory(publisher_pids(proc)))
+            for name, proc in subjects.items()
+        }
+    off = results[OFF]
+    errors = sum(r.put.errors + r.get.errors for runs in results.values() for r in runs)
+    report.add_value(
+        "PUT req/s, mqtt off",
+        statistics.median(r.put.rps for r in off),
+        "req/s",
+        note=f"median of {rounds} rounds of {seconds:g} s; {errors} errors in all",
+    )
+    cpu_off = statistics.median(r.serving_cpu for r in off)
     report.add_value("worker CPU per PUT, mqtt off", cpu_off, "s", note="supervisor + worker")
-    raw_off = server.median_load(raw[OFF])
     for name in (ON, ONE_CORE):
-        with_mqtt, get_on = server.median_load(loads[name]), server.median_load(reads[name])
-        report.add_value(f"PUT req/s, {name}", with_mqtt.rps, "req/s")
-        for runs, off, how in (
-            (raw[name], raw_off, "during the load"),
-            (loads[name], without, "backlog charged"),
-        ):
-            ratios = ", ".join(
-                f"{on.rps / base.rps:.3f}"
-                for on, base in zip(
-                    runs, raw[OFF] if runs is raw[name] else loads[OFF], strict=True
-                )
-            )
-            cost = 100 * (1 - server.median_load(runs).rps / off.rps)
-            report.add_value(
-                f"PUT cost, {name}, {how}",
-                cost,
-                "%",
-                target=5.0,
-                note=f"1 - on/off; per round: {ratios}",
-            )
-        read_cost = 100 * (1 - get_on.rps / get_off.rps)
-        report.add_value(f"device GET cost, {name}", read_cost, "%", target=5.0)
-    cpu_on = statistics.median(serving_cpu[ON] + serving_cpu[ONE_CORE])
+        runs = results[name]
+        # Each round's on/off ratio: rounds measured together share the machine's load.
+        ratios = [on.put.rps / base.put.rps for on, base in zip(runs, off, strict=True)]
+        charged = [on.charged.rps / base.charged.rps for on, base in zip(runs, off, strict=True)]
+        cpu = [on.serving_cpu / base.serving_cpu for on, base in zip(runs, off, strict=True)]
+        gets = [on.get.rps / base.get.rps for on, base in zip(runs, off, strict=True)]
+        report.add_value(
+            f"PUT cost, {name}",
+            100 * (1 - statistics.median(ratios)),
+            "%",
+            target=5.0,
+            note=f"1 - median on/off req/s per round; ratios {spread(ratios)}",
+        )
+        report.add_value(
+            f"PUT cost with backlog, {name}",
+            100 * (1 - statistics.median(charged)),
+            "%",
+            note=f"the publisher's backlog after wrk stopped charged to the PUTs; {spread(charged)}",
+        )
+        report.add_value(
+            f"worker CPU per PUT added, {name}",
+            100 * (statistics.median(cpu) - 1),
+            "%",
+            target=5.0,
+            note=f"supervisor + worker, on/off per round: {spread(cpu)}",
+        )
+        report.add_value(
+            f"publisher CPU per PUT, {name}",
+            statistics.median(r.publisher_cpu for r in runs),
+            "s",
+            note="its own process, during the load and its backlog",
+        )
+        report.add_value(
+            f"device GET cost, {name}",
+            100 * (1 - statistics.median(gets)),
+            "%",
+            target=5.0,
+            note=f"50 connections, 1 s per round; {spread(gets)}",
+        )
+    (rss_off, pss_off), _ = sizes[OFF]
+    (rss_on, pss_on), (rss_pub, pss_pub) = sizes[ON]
+    report.add_value("RSS / PSS, mqtt off", rss_off, "MiB", note=f"PSS {pss_off:.1f} MiB")
     report.add_value(
-        "worker CPU per PUT, mqtt on",
-        cpu_on,
-        "s",
-        note=f"{100 * (cpu_on / cpu_off - 1):+.1f} % of the worker's CPU: the request-serving cost",
+        "RSS added by mqtt",
+        rss_on - rss_off,
+        "MiB",
+        note=f"PSS {pss_on - pss_off:+.1f} MiB; the publisher process: RSS {rss_pub:.1f}, "
+        f"PSS {pss_pub:.1f} MiB",
     )
-    report.add_value(
-        "publisher CPU per PUT",
-        statistics.median(publisher_cpu[ON] + publisher_cpu[ONE_CORE]),
-        "s",
-        note="the publisher process, during the load and its backlog",
-    )
-    report.add_value("RSS, mqtt off", rss[OFF], "MiB", note="supervisor + worker")
-    report.add_value("RSS added by mqtt", rss[ON] - rss[OFF], "MiB", note="+ the publisher")
 
 
 def main() -> int:
@@ -325,7 +384,8 @@ def main() -> int:
     if shutil.which("mosquitto", path=SBIN) is None:
         print("bench_mqtt: mosquitto is not installed, skipping (apt-get install -y mosquitto)")
         return 0
-    samples, rounds, seconds = (40, 2, 3.0) if args.quick else (300, 5, 8.0)
+    samples, rounds, seconds = (40, 3, 2.0) if args.quick else (300, 12, 2.0)
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     report = _harness.Report(
         "mqtt notifications",
         {"samples": samples, "rounds": rounds, "seconds": seconds, "poll": args.poll},
@@ -335,13 +395,14 @@ def main() -> int:
         broker = Mosquitto(workdir / "mosquitto")
         try:
             if server.can_pin():  # the broker stands for another machine: off the server's CPU
-                subprocess.run(["taskset", "-p", "-c", "1", str(broker.pid)], check=False,
-                               capture_output=True)  # fmt: skip
+                pin_all_threads(broker.pid, 1)
             latency(report, broker, workdir, samples, args.poll)
             throughput(report, broker, workdir, rounds, seconds)
         finally:
             broker.stop()
     report.print()
+    after = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"load average (1, 5, 15 min) before: {load}; after: {after}; CPUs: {os.cpu_count()}")
     if args.json:
         report.write_json(args.json)
     return 0
