@@ -685,14 +685,16 @@ class Notifier:
     def _sends_for(
         self, mac: MacAddress, current: str | None
     ) -> list[tuple[_Sent, str, bytes, bool]]:
-        """The publishes that tell devices ``mac`` is at ``current``, recorded as told (lock held)."""
+        """The publishes telling devices that ``mac`` is at ``current``, recorded (lock held)."""
         sends: list[tuple[_Sent, str, bytes, bool]] = []
         if current is None:
             self._told.pop(mac, None)
         elif self._told.get(mac) != current:
             self._told[mac] = current
             body = {"filename": mac.file_name, "mac_address": str(mac), "etag": current}
-            sends.append((_Sent(COMPAT, mac, current), COMPAT_TOPIC, json.dumps(body).encode(), False))
+            sends.append(
+                (_Sent(COMPAT, mac, current), COMPAT_TOPIC, json.dumps(body).encode(), False)
+            )
         if self._retained.get(mac) != current:
             if current is None:
                 del self._retained[mac]
@@ -700,7 +702,9 @@ class Notifier:
             else:
                 self._retained[mac] = current
                 payload = json.dumps({"etag": current}).encode()
-            sends.append((_Sent(DEVICE, mac, current), self._options.device_topic(mac), payload, True))
+            sends.append(
+                (_Sent(DEVICE, mac, current), self._options.device_topic(mac), payload, True)
+            )
         return sends
 
     def _send(self, sent: _Sent, topic: str, payload: bytes, *, retain: bool) -> None:
