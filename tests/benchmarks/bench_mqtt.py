@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +301,11 @@ def verdict(what: str, ratios: list[float], target: float = 5.0) -> str:
     )
 
 
+def per_round(runs: list[Round], off: list[Round], value: Callable[[Round], float]) -> list[float]:
+    """Each round's on/off ratio of ``value``: runs measured together share the machine's load."""
+    return [value(on) / value(base) for on, base in zip(runs, off, strict=True)]
+
+
 def throughput(
     report: _harness.Report, broker: Mosquitto, workdir: Path, rounds: int, seconds: float
 ) -> list[str]:
@@ -351,24 +357,22 @@ def throughput(
     summary = []
     for name in (ON, ONE_CORE):
         runs = results[name]
-        # Each round's on/off ratio: rounds measured together share the machine's load.
-        ratios = [on.put.rps / base.put.rps for on, base in zip(runs, off, strict=True)]
-        charged = [on.charged.rps / base.charged.rps for on, base in zip(runs, off, strict=True)]
-        cpu = [on.serving_cpu / base.serving_cpu for on, base in zip(runs, off, strict=True)]
-        gets = [on.get.rps / base.get.rps for on, base in zip(runs, off, strict=True)]
-        report.add_value(
-            f"PUT cost, {name}",
-            100 * (1 - statistics.median(ratios)),
-            "%",
-            target=5.0,
-            note=f"1 - median on/off req/s per round; ratios {spread(ratios)}",
-        )
-        report.add_value(
-            f"PUT cost with backlog, {name}",
-            100 * (1 - statistics.median(charged)),
-            "%",
-            note=f"the backlog left when wrk stopped charged to the PUTs; {spread(charged)}",
-        )
+        ratios = per_round(runs, off, lambda r: r.put.rps)
+        cpu = per_round(runs, off, lambda r: r.serving_cpu)
+        charged = per_round(runs, off, lambda r: r.charged.rps)
+        gets = per_round(runs, off, lambda r: r.get.rps)
+        for label, values, note, target in (
+            ("PUT cost", ratios, "1 - median on/off req/s per round", 5.0),
+            ("PUT cost with backlog", charged, "the backlog left when wrk stopped charged", None),
+            ("device GET cost", gets, "50 connections, 1 s a round", 5.0),
+        ):
+            report.add_value(
+                f"{label}, {name}",
+                100 * (1 - statistics.median(values)),
+                "%",
+                target=target,
+                note=f"{note}; ratios {spread(values)}",
+            )
         report.add_value(
             f"worker CPU per PUT added, {name}",
             100 * (statistics.median(cpu) - 1),
@@ -381,13 +385,6 @@ def throughput(
             statistics.median(r.publisher_cpu for r in runs),
             "s",
             note="its own process, during the load and its backlog",
-        )
-        report.add_value(
-            f"device GET cost, {name}",
-            100 * (1 - statistics.median(gets)),
-            "%",
-            target=5.0,
-            note=f"50 connections, 1 s per round; {spread(gets)}",
         )
         where = "publisher on its own core" if name == ON else "publisher on the worker's core"
         summary.append(verdict(f"PUT req/s cost, {where}", ratios))
