@@ -99,11 +99,13 @@ def http_get(
 
 def process_tree(pid: int) -> list[int]:
     pids = [pid]
-    for index in range(len(pids)):  # grows while we walk it: breadth-first over children
+    index = 0
+    while index < len(pids):  # grows while we walk it: breadth-first over children
         with contextlib.suppress(OSError):
             for task in os.listdir(f"/proc/{pids[index]}/task"):
                 children = Path(f"/proc/{pids[index]}/task/{task}/children").read_text()
                 pids.extend(int(child) for child in children.split())
+        index += 1
     return pids
 
 
