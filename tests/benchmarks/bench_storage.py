@@ -20,6 +20,10 @@ Nothing asserts: run it, read the tables.
     python3 tests/benchmarks/bench_storage.py                       # local, moto, SeaweedFS
     python3 tests/benchmarks/bench_storage.py --cephfs /mnt/cephfs  # ... and CephFS
     python3 tests/benchmarks/bench_storage.py --quick               # 200 configs, a smoke run
+
+With ``--cephfs-second MNT2`` (a second ceph-fuse mount of the same filesystem: another client,
+as a second server replica has) it also times how long a write through the first mount takes to
+show in a listing, and in a device read, through the second (`cross_client`).
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ import importlib.util
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -341,6 +347,55 @@ def interleaved_lists(backend: Backend, sizes: dict[str, int]) -> tuple[str, Tim
     return f"{backend.name} list cold, history present", cold["with"], cold["without"]
 
 
+def cross_client(first: Path, second: Path, sizes: dict[str, int]) -> list[str]:
+    """Seconds from a write returning on one CephFS client until another client's store shows it.
+
+    The writer changes one config of a fleet through the first mount; a store on the second
+    mount lists (or reads the device document) in a loop until it sees the new ETag. Also counts
+    the calls it took: 1 means the first call made after the write saw it.
+    """
+    base = Path(tempfile.mkdtemp(prefix="bench-cross-", dir=first))
+    try:
+        writer = open_store(str(base))
+        reader = open_store(str(second / base.name))
+        macs = [mac_of(i) for i in range(sizes["fleet"])]
+        for index, mac in enumerate(macs):
+            writer.put(mac, config(index))
+        reader.list()  # warm: the reader has summarised every config once
+
+        def listed(mac: MacAddress) -> str | None:
+            return next((s.etag for s in reader.list() if s.mac_address == mac), None)
+
+        def read(mac: MacAddress) -> str | None:
+            return reader.get_raw(mac).etag
+
+        lines = []
+        for what, seen in (("list", listed), ("get_raw", read)):
+            delays: list[float] = []
+            calls: list[int] = []
+            for turn in range(sizes["rounds"]):
+                mac = macs[turn % len(macs)]
+                etag = writer.put(mac, config(turn, variant=turn + len(what) * 100)).etag
+                written = time.perf_counter()
+                count = 1
+                while seen(mac) != etag:
+                    count += 1
+                    if time.perf_counter() - written > 60:
+                        raise RuntimeError(f"{what}: a write was not seen in 60 s")
+                delays.append(time.perf_counter() - written)
+                calls.append(count)
+            lines.append(
+                f"cephfs write on one client, seen by {what} on the other: "
+                f"median {statistics.median(delays) * 1000:,.1f} ms, "
+                f"max {max(delays) * 1000:,.1f} ms over {len(delays)} writes; "
+                f"calls until seen: median {statistics.median(calls):g}, max {max(calls)} "
+                f"(fleet of {len(macs):,})"
+            )
+        return lines
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 OPS = [
     ("get", "bare read", GET_PUT_TARGET),
     ("get_raw", "bare read", None),
@@ -378,6 +433,12 @@ def backends(args: Any, scratch: Path) -> Iterator[list[Backend]]:
 def main() -> None:
     parser = common_arguments(__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--cephfs", metavar="MNT", help="also benchmark this ceph-fuse mount")
+    parser.add_argument(
+        "--cephfs-second",
+        metavar="MNT2",
+        type=Path,
+        help="a second mount of the --cephfs filesystem: also time cross-client visibility",
+    )
     parser.add_argument("--skip", nargs="*", default=[], help="backends to leave out")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
@@ -406,6 +467,9 @@ def main() -> None:
     versus_disk.print()
     for report in history:
         report.print()
+    if args.cephfs and args.cephfs_second:
+        for line in cross_client(Path(args.cephfs), args.cephfs_second, sizes):
+            print(line)
     if args.json:
         reports = (floor, versus_disk, *history)
         args.json.write_text("[\n" + ",\n".join(repr(r.to_json()) for r in reports) + "\n]\n")
