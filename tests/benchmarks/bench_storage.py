@@ -24,6 +24,7 @@ Nothing asserts: run it, read the tables.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import os
@@ -89,6 +90,7 @@ class Backend:
     floor_write: Callable[[str, bytes], None]  # writes to a scratch area, not the fleet
     floor_list: Callable[[], list[str]]
     disk_root: Path | None = None  # where a POSIX store's files are, to weigh the history
+    requests: dict[str, int] | None = None  # S3 requests by operation, counted as they are sent
 
 
 # -- POSIX (local disk, CephFS) ------------------------------------------------------------------
@@ -132,6 +134,14 @@ def s3_backend(name: str, options: dict[str, Any]) -> Backend:
     url = f"s3://{bucket}/{prefix}"
     store = open_store(url, create=True, **options)
     fs = store._backend._fs  # type: ignore[attr-defined]
+    requests: dict[str, int] = collections.Counter()
+    send = fs._call_s3
+
+    async def counted(method: str, *args: Any, **kwargs: Any) -> Any:
+        requests[method] += 1
+        return await send(method, *args, **kwargs)
+
+    fs._call_s3 = counted
 
     async def get(key: str) -> bytes:
         response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
@@ -160,6 +170,7 @@ def s3_backend(name: str, options: dict[str, Any]) -> Backend:
             "put_object", Bucket=bucket, Key=f"{prefix}-floor/{file_name}", Body=data
         ),
         floor_list,
+        requests=requests,
     )
 
 
@@ -274,8 +285,23 @@ def run_history(backend: Backend, macs: list[MacAddress], sizes: dict[str, int])
 
         return put
 
+    first_macs = macs[4 * batch : 5 * batch]
+    # Another store of the same root, forgetting its own writes: every put is a first write
+    # (read and list, then record and swap), as after another replica wrote the device.
+    first = ConfigStore(on._backend, limits=on.limits, history_limit=on.history_limit)
+    forgetful = put_with(first, first_macs)
+
+    def put_first() -> None:
+        for mac in first_macs:
+            first._history.forget(mac)
+        forgetful()
+
     puts = measure(
-        {"put history off": put_with(off, off_macs), "put history on": put_with(on, on_macs)},
+        {
+            "put history off": put_with(off, off_macs),
+            "put history on": put_with(on, on_macs),
+            "put history on, first write": put_first,
+        },
         repeat=sizes["put_rounds"],
         per_call=batch,
     )
@@ -283,6 +309,19 @@ def run_history(backend: Backend, macs: list[MacAddress], sizes: dict[str, int])
     report.add(
         f"{name} put", puts["put history on"], baseline=puts["put history off"], target=target
     )
+    report.add(
+        f"{name} put, first write of a device",
+        puts["put history on, first write"],
+        baseline=puts["put history off"],
+    )
+    if backend.requests is not None:
+        for label, store, targets in (
+            ("off", off, off_macs),
+            ("on", on, on_macs),
+            ("on, first write", first, first_macs),
+        ):
+            per_put = count_requests(backend.requests, store, targets, first=store is first)
+            report.add_value(f"{name} requests per put, history {label}", per_put, "")
 
     def lists(label: str) -> dict[str, Timing]:
         store = backend.reopen()
@@ -314,6 +353,20 @@ def run_history(backend: Backend, macs: list[MacAddress], sizes: dict[str, int])
         report.add_value(f"{name} bytes allocated per version", allocated, "B")
         report.add_value(f"{name} bytes per document", document, "B")
     return report
+
+
+def count_requests(
+    requests: dict[str, int], store: ConfigStore, targets: list[MacAddress], *, first: bool
+) -> float:
+    """The S3 requests per put, over enough rounds to include the history's pruning."""
+    requests.clear()
+    rounds = store.history_limit // 4 + 1 if store.history_limit else 1
+    for turn in range(rounds):
+        for i, mac in enumerate(targets):
+            if first:
+                store._history.forget(mac)
+            store.put(mac, config(i, 5000 + turn))
+    return sum(requests.values()) / (rounds * len(targets))
 
 
 def interleaved_lists(backend: Backend, sizes: dict[str, int]) -> tuple[str, Timing, Timing]:
