@@ -24,6 +24,7 @@ Nothing asserts: run it, read the tables.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import importlib.util
@@ -127,8 +128,12 @@ def posix_backend(name: str, base: Path) -> Backend:
 # -- S3 ------------------------------------------------------------------------------------------
 
 
-def s3_backend(name: str, options: dict[str, Any]) -> Backend:
-    """The floor is one bare request (GET, PUT, LIST pages) through the store's own s3fs client."""
+def s3_backend(name: str, options: dict[str, Any], delay: float = 0.0) -> Backend:
+    """The floor is one bare request (GET, PUT, LIST pages) through the store's own s3fs client.
+
+    ``delay`` seconds are waited before each request is sent, as a network round trip would
+    (requests sent together wait together); loopback servers have none.
+    """
     bucket = "bench"
     prefix = uuid.uuid4().hex
     url = f"s3://{bucket}/{prefix}"
@@ -139,6 +144,8 @@ def s3_backend(name: str, options: dict[str, Any]) -> Backend:
 
     async def counted(method: str, *args: Any, **kwargs: Any) -> Any:
         requests[method] += 1
+        if delay:
+            await asyncio.sleep(delay)
         return await send(method, *args, **kwargs)
 
     fs._call_s3 = counted
@@ -155,7 +162,7 @@ def s3_backend(name: str, options: dict[str, Any]) -> Backend:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{prefix}/", "Delimiter": "/"}
         names: list[str] = []
         while True:
-            page = fs.call_s3("list_objects_v2", **kwargs)
+            page = sync(fs.loop, fs._call_s3, "list_objects_v2", **kwargs)
             names += [item["Key"] for item in page.get("Contents", [])]
             if not page.get("IsTruncated"):
                 return names
@@ -166,8 +173,13 @@ def s3_backend(name: str, options: dict[str, Any]) -> Backend:
         store,
         lambda: open_store(url, **options),
         lambda file_name: sync(fs.loop, get, f"{prefix}/{file_name}"),
-        lambda file_name, data: fs.call_s3(
-            "put_object", Bucket=bucket, Key=f"{prefix}-floor/{file_name}", Body=data
+        lambda file_name, data: sync(
+            fs.loop,
+            fs._call_s3,
+            "put_object",
+            Bucket=bucket,
+            Key=f"{prefix}-floor/{file_name}",
+            Body=data,
         ),
         floor_list,
         requests=requests,
@@ -424,7 +436,8 @@ def backends(args: Any, scratch: Path) -> Iterator[list[Backend]]:
                 except RuntimeError as exc:
                     print(f"[bench_storage] {name} unavailable: {exc}", file=sys.stderr)
                     continue
-                found.append(s3_backend(name, s3_server.storage_options(server)))
+                options = s3_server.storage_options(server)
+                found.append(s3_backend(name, options, args.s3_delay / 1000))
         yield found
 
 
@@ -432,6 +445,13 @@ def main() -> None:
     parser = common_arguments(__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--cephfs", metavar="MNT", help="also benchmark this ceph-fuse mount")
     parser.add_argument("--skip", nargs="*", default=[], help="backends to leave out")
+    parser.add_argument(
+        "--s3-delay",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="wait this long before each S3 request, as a network round trip would",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     floor = Report("storage: store vs its backend's raw floor", dict(sizes))
