@@ -314,9 +314,9 @@ def run_history(backend: Backend, macs: list[MacAddress], sizes: dict[str, int])
 
     # Fill the recorded devices' histories to the limit and its slack first, so pruning runs
     # as often during the measurement as it does for every device in the long run.
-    for turn in range(on.history_limit + on.history_limit // 4):
+    for filled in range(on.history_limit + on.history_limit // 4):
         for i, mac in enumerate(on_macs + first_macs):
-            on.put(mac, config(i, 2000 + turn))
+            on.put(mac, config(i, 2000 + filled))
 
     puts = measure(
         {
