@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from importlib import metadata as _metadata
 
-from .backend import Backend
+from .backend import Backend, WatchedScan
 from .changes import Change, ChangeFeed, watch
 from .document import DocumentLimits, compute_etag, decode_document, encode_document
 from .errors import (
@@ -114,6 +114,7 @@ __all__ = [
     "Validation",
     "Version",
     "VersionNotFoundError",
+    "WatchedScan",
     "__version__",
     "attributed",
     "compute_etag",

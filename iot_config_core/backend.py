@@ -19,7 +19,17 @@ from typing import Final
 
 import attrs
 
-__all__ = ["ABSENT", "ANY", "Absent", "AnyVersion", "Backend", "Blob", "Entry", "VersionConflict"]
+__all__ = [
+    "ABSENT",
+    "ANY",
+    "Absent",
+    "AnyVersion",
+    "Backend",
+    "Blob",
+    "Entry",
+    "VersionConflict",
+    "WatchedScan",
+]
 
 
 class Absent:
@@ -71,6 +81,28 @@ class Blob:
     size: int
 
 
+class WatchedScan(abc.ABC):
+    """One consumer's scans of a backend, told which names changed since its own last scan.
+
+    A listing that keeps summaries of every object asks `changes` first and re-checks only the
+    names it gets; `scan` (a full scan) only when `changes` cannot tell. One per consumer: what
+    "since the last scan" means is that consumer's own scans, so nobody else's scan resets it.
+    """
+
+    @abc.abstractmethod
+    def scan(self) -> list[tuple[str, Hashable]]:
+        """Everything, as `Backend.scan` gives it; later `changes` are relative to this scan."""
+
+    @abc.abstractmethod
+    def changes(self) -> dict[str, Hashable | None] | None:
+        """The current token of each name that may have changed since the last scan or changes.
+
+        ``None`` as a token: the name is gone (or not a regular object). ``None`` instead of the
+        mapping: this cannot be told now, call `scan`. A name's change that completed before
+        this call started is always in the answer (or the answer is ``None``).
+        """
+
+
 class Backend(abc.ABC):
     """What a store needs from storage. Names are always ``<canonical-mac>.json``.
 
@@ -92,6 +124,13 @@ class Backend(abc.ABC):
         so building datetimes for thousands of unchanged files would be wasted.
         Tokens must equal those `stat`, `version` and `read` give for the same version.
         """
+
+    def watched_scan(self) -> WatchedScan | None:
+        """A `WatchedScan` for one consumer, where this backend can tell changes cheaply.
+
+        ``None`` (the default) where only a full `scan` can tell what changed.
+        """
+        return None
 
     @abc.abstractmethod
     def scan_hidden(self, prefix: str) -> list[str]:

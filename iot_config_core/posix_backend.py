@@ -11,6 +11,10 @@ locks belong to an open file description, so threads of one process exclude each
 
 Hidden objects (version history) are files in dot-directories under the root (``.history/<mac>/``),
 written the same durable way; the listing skips every dot-name, so they are never configs.
+
+On a local filesystem `PosixBackend.watched_scan` gives the listing an inotify watch of the
+root, so a warm listing stats only the files reported changed instead of every file (see
+`iot_config_core.directory_watch` for what the kernel reports, and docs/capacity.md).
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ import logging
 import os
 import secrets
 import stat as stat_module
+import threading
 import time
 from collections.abc import Hashable, Iterator, Sequence
 from datetime import UTC, datetime
 
-from .backend import ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict
+from .backend import ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict, WatchedScan
+from .directory_watch import DirectoryWatch, filesystem_magic, sees_every_writer
 
 __all__ = ["PosixBackend", "sync_directory", "write_file_atomically"]
 
@@ -36,6 +42,9 @@ LOCK_DIR = ".locks"
 TEMP_SUFFIX = ".tmp"
 # A writer holds its temp file for milliseconds; one this old was left by a crash.
 STALE_TEMP_SECONDS = 15 * 60
+#: A watched listing still scans the whole directory this often: the scan reaps temp files left by
+#: crashed writers, and it bounds how long a change no watch can see stays unlisted.
+FULL_SCAN_SECONDS = STALE_TEMP_SECONDS
 # Lock waits are bounded so a wedged peer turns into a clear error instead of a hung request.
 LOCK_TIMEOUT_SECONDS = 10.0
 
@@ -100,6 +109,53 @@ def write_file_atomically(
     return st
 
 
+def _open_directory(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _config_names(dir_fd: int, root: str) -> list[str]:
+    """The names in the open ``root`` that may be configs (no dot-names); reaps stale temps."""
+    now = time.time()
+    names: list[str] = []
+    append = names.append
+    for name in os.listdir(dir_fd):
+        if name[0] != ".":
+            append(name)
+        elif name.endswith(TEMP_SUFFIX):
+            _reap_temp(dir_fd, root, name, now)
+    return names
+
+
+def _scan_directory(dir_fd: int, root: str) -> list[tuple[str, Hashable]]:
+    """`PosixBackend.scan` of the open ``root``."""
+    # The stat per file is the floor (an in-place edit changes nothing but the file's own
+    # inode), so everything else per file is kept to building the token: names from
+    # listdir (no DirEntry objects) and stats relative to the open directory (no path walk),
+    # measurably cheaper than scandir + DirEntry.stat() on a large fleet.
+    found: list[tuple[str, Hashable]] = []
+    append = found.append
+    is_regular = stat_module.S_ISREG
+    stat = os.stat
+    for name in _config_names(dir_fd, root):
+        try:
+            st = stat(name, dir_fd=dir_fd)
+        except OSError:  # deleted since readdir, or a broken symlink: not a config
+            continue
+        if is_regular(st.st_mode):
+            append((name, _token(st)))
+    return found
+
+
+def _reap_temp(dir_fd: int, root: str, name: str, now: float) -> None:
+    """Remove a temp file left by a crashed writer, once it is clearly abandoned."""
+    try:
+        if now - os.lstat(name, dir_fd=dir_fd).st_mtime > STALE_TEMP_SECONDS:
+            os.unlink(name, dir_fd=dir_fd)
+            log.info("removed stale temp file %s", os.path.join(root, name))
+    except OSError:  # another reaper won, or no permission: harmless either way
+        pass
+
+
 class PosixBackend(Backend):
     """Configs as files in one directory of a POSIX filesystem."""
 
@@ -118,31 +174,14 @@ class PosixBackend(Backend):
         return self._dir + name
 
     def scan(self) -> list[tuple[str, Hashable]]:
-        # The stat per file is the floor (an in-place edit changes nothing but the file's own
-        # inode), so everything else per file is kept to building the token: names from
-        # listdir (no DirEntry objects) and stats relative to the open directory (no path walk),
-        # measurably cheaper than scandir + DirEntry.stat() on a large fleet.
-        found: list[tuple[str, Hashable]] = []
-        append = found.append
-        is_regular = stat_module.S_ISREG
-        stat = os.stat
-        now = time.time()
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = _open_directory(self.root)
         try:
-            for name in os.listdir(fd):
-                if name[0] == ".":
-                    if name.endswith(TEMP_SUFFIX):
-                        self._reap_temp(fd, name, now)
-                    continue
-                try:
-                    st = stat(name, dir_fd=fd)
-                except OSError:  # deleted since readdir, or a broken symlink: not a config
-                    continue
-                if is_regular(st.st_mode):
-                    append((name, _token(st)))
+            return _scan_directory(fd, self.root)
         finally:
             os.close(fd)
-        return found
+
+    def watched_scan(self) -> WatchedScan:
+        return _WatchedDirectory(self.root)
 
     def scan_hidden(self, prefix: str) -> list[str]:
         return [
@@ -152,15 +191,6 @@ class PosixBackend(Backend):
             and not name.endswith(TEMP_SUFFIX)
             and os.path.isfile(self._path(name))
         ]
-
-    def _reap_temp(self, dir_fd: int, name: str, now: float) -> None:
-        """Remove a temp file left by a crashed writer, once it is clearly abandoned."""
-        try:
-            if now - os.lstat(name, dir_fd=dir_fd).st_mtime > STALE_TEMP_SECONDS:
-                os.unlink(name, dir_fd=dir_fd)
-                log.info("removed stale temp file %s", self._path(name))
-        except OSError:  # another reaper won, or no permission: harmless either way
-            pass
 
     def stat(self, name: str) -> Entry | None:
         try:
@@ -325,3 +355,132 @@ class PosixBackend(Backend):
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._hidden_dir(path))
+
+
+class _WatchedDirectory(WatchedScan):
+    """Scans of the root that, between full scans, stat only the names inotify reports.
+
+    Watched only where the kernel sees every writer (`sees_every_writer`); elsewhere, or without
+    inotify, `changes` always answers ``None`` and every listing is a full scan, as without a
+    watch. Names the watch cannot vouch for are stat'ed on every call besides the reported
+    ones: symlinks (their target may change anywhere), files with other hard links (writes
+    through another name are reported in that name's directory) and files on another device
+    (mounted over their name). A hard link made elsewhere after a full scan raises no event
+    here: the full scan every `FULL_SCAN_SECONDS` finds it. The watch is added before each full
+    scan lists the directory, so no change falls between the two.
+    """
+
+    def __init__(self, root: str) -> None:
+        self._root = root
+        self._lock = threading.Lock()  # one scan or drain at a time: they share the queue
+        self._watch: DirectoryWatch | None = None
+        self._root_id = (-1, -1)  # (st_dev, st_ino) of the watched directory
+        self._unwatched: set[str] = set()
+        self._scanned_at = 0.0
+        self._device = -1
+        self._magic: int | None = None  # statfs type of the filesystem on ``_device``
+        self._unwatched_why: str | None = ""  # why the last full scan was not watched, for the log
+
+    def scan(self) -> list[tuple[str, Hashable]]:
+        with self._lock:
+            self._forget()
+            fd = _open_directory(self._root)
+            try:
+                st = os.fstat(fd)
+                if st.st_dev != self._device:  # statfs once per filesystem: a remote call on some
+                    self._device, self._magic = st.st_dev, filesystem_magic(fd)
+                watch, why = _watch_if_safe(fd, self._magic)
+                self._log_decision(why)
+                if watch is None:
+                    return _scan_directory(fd, self._root)
+                try:
+                    self._root_id = (st.st_dev, st.st_ino)
+                    self._unwatched = set()
+                    found: list[tuple[str, Hashable]] = []
+                    for name in _config_names(fd, self._root):
+                        token = self._check(name, fd)
+                        if token is not None:
+                            found.append((name, token))
+                except BaseException:
+                    watch.close()
+                    raise
+            finally:
+                os.close(fd)
+            self._watch = watch
+            self._scanned_at = time.monotonic()
+            return found
+
+    def changes(self) -> dict[str, Hashable | None] | None:
+        with self._lock:
+            watch = self._watch
+            if watch is None or time.monotonic() - self._scanned_at > FULL_SCAN_SECONDS:
+                return None
+            names = watch.drain()
+            try:
+                st = os.stat(self._root)
+            except OSError:
+                names = None
+            if names is None or (st.st_dev, st.st_ino) != self._root_id:
+                self._forget()  # the root was replaced (or a parent of it moved) or events lost
+                return None
+            names = {name for name in names if name[0] != "."}
+            names.update(self._unwatched)
+            if not names:
+                return {}
+            try:
+                fd = _open_directory(self._root)
+                try:
+                    return {name: self._check(name, fd) for name in names}
+                finally:
+                    os.close(fd)
+            except BaseException:
+                self._forget()  # the drained names are lost with this answer: rescan next time
+                raise
+
+    def _log_decision(self, why: str | None) -> None:
+        if why != self._unwatched_why:
+            self._unwatched_why = why
+            if why is None:
+                log.info("listing %s: inotify watch, a stat per changed file only", self._root)
+            else:
+                log.info("listing %s: a stat per file (%s)", self._root, why)
+
+    def _forget(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+    def _check(self, name: str, dir_fd: int) -> Hashable | None:
+        """The token of ``name`` as `PosixBackend.version` gives it; notes what the watch misses."""
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:  # gone since readdir or the event
+            self._unwatched.discard(name)
+            return None
+        if stat_module.S_ISLNK(st.st_mode):
+            self._unwatched.add(name)
+            try:
+                st = os.stat(name, dir_fd=dir_fd)
+            except OSError:  # a broken symlink: not a config, until its target appears
+                return None
+        elif stat_module.S_ISREG(st.st_mode) and (
+            st.st_nlink != 1 or st.st_dev != self._root_id[0]
+        ):
+            self._unwatched.add(name)
+        else:
+            self._unwatched.discard(name)
+        return _token(st) if stat_module.S_ISREG(st.st_mode) else None
+
+
+def _watch_if_safe(dir_fd: int, magic: int | None) -> tuple[DirectoryWatch | None, str | None]:
+    """A watch on the open directory (of filesystem type ``magic``) where it sees every writer.
+
+    Else ``None`` and why not.
+    """
+    if not sees_every_writer(magic):
+        kind = "unknown" if magic is None else f"0x{magic:x}"
+        return None, f"filesystem type {kind} is not watched: other clients' changes bypass it"
+    try:
+        return DirectoryWatch.open(dir_fd), None
+    except OSError as exc:
+        return None, f"no inotify watch: {exc.strerror}"

@@ -14,6 +14,7 @@ backend primitives of `iot_config_core.backend`:
 
 from __future__ import annotations
 
+import bisect
 import builtins
 import json
 import logging
@@ -21,12 +22,22 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from .backend import ABSENT, ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict
+from .backend import (
+    ABSENT,
+    ANY,
+    Absent,
+    AnyVersion,
+    Backend,
+    Blob,
+    Entry,
+    VersionConflict,
+    WatchedScan,
+)
 from .document import (
     DocumentLimits,
     check_size,
@@ -169,6 +180,7 @@ def open_store(
     limits: DocumentLimits = DocumentLimits(),
     device_cache_bytes: int = DEFAULT_RAW_CACHE_BYTES,
     history_limit: int = DEFAULT_HISTORY_LIMIT,
+    list_watch: bool = True,
     **storage_options: Any,
 ) -> ConfigStore:
     """Open the store at ``url``: a path, ``file://``, ``memory://``, ``s3://bucket/prefix``.
@@ -178,7 +190,8 @@ def open_store(
     operations fail with `StoreMissingError`. A ``memory://`` store is private to its
     `ConfigStore` and starts empty and ready. ``device_cache_bytes`` bounds the memory of the
     documents kept for `get_raw` (0: none kept);
-    ``history_limit`` versions are kept per device (0: none recorded).
+    ``history_limit`` versions are kept per device (0: none recorded); ``list_watch=False``
+    makes every listing a full scan (see `ConfigStore`).
     """
     if not url.strip():
         raise UnsupportedStoreError("the store URL is empty: give a path or a URL", url=url)
@@ -199,7 +212,11 @@ def open_store(
             raise
         raise StoreUnavailableError(f"cannot open {url!r}: {exc}", url=url) from exc
     store = ConfigStore(
-        backend, limits=limits, raw_cache_bytes=device_cache_bytes, history_limit=history_limit
+        backend,
+        limits=limits,
+        raw_cache_bytes=device_cache_bytes,
+        history_limit=history_limit,
+        list_watch=list_watch,
     )
     if create:
         store.create_root()
@@ -343,8 +360,13 @@ class ConfigStore:
         limits: DocumentLimits = DocumentLimits(),
         raw_cache_bytes: int = DEFAULT_RAW_CACHE_BYTES,
         history_limit: int = DEFAULT_HISTORY_LIMIT,
+        list_watch: bool = True,
     ) -> None:
-        """A store over ``backend``; `open_store` builds the backend from a URL."""
+        """A store over ``backend``; `open_store` builds the backend from a URL.
+
+        ``list_watch=False`` makes every listing a full scan even where the backend can watch
+        for changes (`Backend.watched_scan`; see docs/capacity.md).
+        """
         self.limits = limits
         self._backend = backend
         self._history = History(backend, history_limit)
@@ -356,6 +378,8 @@ class ConfigStore:
         self._scans_started = 0
         self._scan_listed = 0  # number of the latest scan that produced ``_listing``
         self._listing = Listing((), 0)
+        self._list_watch = list_watch
+        self._watched: WatchedScan | None = None  # made by the first listing, before its scan
         self._generation = 0
         self._warned: set[tuple[str, Hashable]] = set()
         #: The JSON Schemas kept in this store's root; every write is checked against them.
@@ -560,43 +584,97 @@ class ConfigStore:
         return listing
 
     def _scan_and_list(self) -> Listing:
-        """One scan, re-reading changed files only; one caller at a time (see `listing`)."""
+        """One scan, re-reading changed files only; one caller at a time (see `listing`).
+
+        With a watch (`Backend.watched_scan`), only the names it reports are checked, and a full
+        scan happens only when it cannot tell.
+        """
         with self._guard("list"):
-            scanned = self._backend.scan()
-            cache = self._parsed
-            changed = False
-            cached_seen = 0  # scanned names now in the cache: fewer than it holds means deletions
+            if self._list_watch and self._watched is None:
+                self._watched = self._backend.watched_scan()
+            watched = self._watched
+            changes = None if watched is None else watched.changes()
+            try:
+                return self._list(watched, changes)
+            except BaseException:
+                if changes is not None:  # names taken from the watch may be unapplied: rescan
+                    self._watched = None
+                raise
+
+    def _list(
+        self, watched: WatchedScan | None, changes: Mapping[str, Hashable | None] | None
+    ) -> Listing:
+        """Apply ``changes`` (or a full scan when ``None``) to the cache; the listing after."""
+        cache = self._parsed
+        if changes is None:
+            scanned: Iterable[tuple[str, Hashable | None]] = (
+                self._backend.scan() if watched is None else watched.scan()
+            )
             skipped: list[str] = []
-            for name, token in scanned:
-                # Only names that parsed as a MAC are ever cached, so an unchanged entry skips the
-                # MAC parse: the warm listing is then a dict lookup and a token compare per file.
-                parsed = cache.get(name)
-                if parsed is None or parsed.token != token:
-                    mac = MacAddress.from_file_name(name)
-                    if mac is None:
-                        self._warn_once(name, token, self._why_not_a_config(name))
-                        skipped.append(name)
-                        continue
-                    parsed = self._parse(mac, name, token)
-                    changed = True
-                    if parsed is None:
-                        continue
-                cached_seen += 1
-                if parsed.error is not None:
-                    self._warn_once(name, token, parsed.error.message)
+        elif not changes:
+            return self._listing
+        else:
+            scanned = changes.items()
+            skipped = [name for name in self._listing.skipped if name not in changes]
+        changed = False
+        cached_seen = 0  # scanned names now in the cache: fewer than it holds means deletions
+        for name, token in scanned:
+            if token is None:  # gone (a watch reports deletions)
+                changed = cache.pop(name, None) is not None or changed
+                continue
+            # Only names that parsed as a MAC are ever cached, so an unchanged entry skips the
+            # MAC parse: the warm listing is then a dict lookup and a token compare per file.
+            parsed = cache.get(name)
+            if parsed is None or parsed.token != token:
+                mac = MacAddress.from_file_name(name)
+                if mac is None:
+                    self._warn_once(name, token, self._why_not_a_config(name))
                     skipped.append(name)
-            if cached_seen != len(cache):  # scans name each object once (`Backend.scan`)
-                for gone in cache.keys() - {name for name, _ in scanned}:
-                    del cache[gone]
+                    continue
+                parsed = self._parse(mac, name, token)
                 changed = True
-            if changed or tuple(skipped) != self._listing.skipped:
-                self._generation += 1
+                if parsed is None:
+                    continue
+            cached_seen += 1
+            if parsed.error is not None:
+                self._warn_once(name, token, parsed.error.message)
+                skipped.append(name)
+        # A full scan names each object once (`Backend.scan`): fewer than the cache holds
+        # means deletions.
+        if changes is None and cached_seen != len(cache):
+            assert isinstance(scanned, list)
+            for gone in cache.keys() - {name for name, _ in scanned}:
+                del cache[gone]
+            changed = True
+        if changed or tuple(skipped) != self._listing.skipped:
+            self._generation += 1
+            if changes is None:
                 summaries = sorted(
                     (p.summary for p in cache.values() if p.summary is not None),
-                    key=lambda s: s.mac_address.value,
+                    key=_mac_order,
                 )
-                self._listing = Listing(tuple(summaries), self._generation, tuple(skipped))
-            return self._listing
+            else:
+                summaries = self._resorted(changes)
+            self._listing = Listing(tuple(summaries), self._generation, tuple(skipped))
+        return self._listing
+
+    def _resorted(self, names: Iterable[str]) -> builtins.list[ConfigSummary]:
+        """The last listing's summaries with those of ``names`` replaced, still in MAC order.
+
+        A few changes in a large fleet cost a bisection each instead of a sort of everything.
+        """
+        summaries = builtins.list(self._listing.summaries)
+        for name in names:
+            mac = MacAddress.from_file_name(name)
+            if mac is None:
+                continue
+            at = bisect.bisect_left(summaries, mac.value, key=_mac_order)
+            if at < len(summaries) and summaries[at].mac_address == mac:
+                del summaries[at]
+            parsed = self._parsed.get(name)
+            if parsed is not None and parsed.summary is not None:
+                summaries.insert(at, parsed.summary)
+        return summaries
 
     def _parse(self, mac: MacAddress, name: str, token: Hashable) -> _Parsed | None:
         """Read, validate and summarise the current version of ``name``, and cache the result.
@@ -1097,6 +1175,10 @@ def _names(if_none_match: str, etag: str) -> bool:
 
 def _single_strong(condition: ETagCondition) -> bool:
     return not condition.any and len(condition.tags) == 1 and not condition.tags[0].weak
+
+
+def _mac_order(summary: ConfigSummary) -> int:
+    return summary.mac_address.value
 
 
 def _mac(mac: MacLike) -> MacAddress:

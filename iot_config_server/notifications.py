@@ -49,6 +49,7 @@ process's GIL; another WSGI server runs one in each process that builds the app
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import logging
 import os
@@ -59,6 +60,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Collection
 from typing import Any, Final
 
 import attrs
@@ -92,6 +94,8 @@ COMPAT: Final = "compat"
 DEVICE: Final = "device"
 #: Publishes handed to paho and not yet acknowledged, at most (paho itself sends 20 at a time).
 MAX_OUTSTANDING = 256
+#: Devices the announcer takes from the queue at a time.
+BATCH = 64
 #: How long to wait for the retained messages after subscribing before syncing without them.
 SYNC_TIMEOUT_SECONDS = 15.0
 #: Reconnect back-off, seconds: short, so a restarted broker hears the backlog soon.
@@ -297,12 +301,18 @@ class Notifier:
 
     def announce(self, mac: MacAddress) -> None:
         """Queue an announcement of ``mac``'s current version (cheap: no I/O, no waiting)."""
+        self.announce_all((mac,))
+
+    def announce_all(self, macs: Collection[MacAddress]) -> None:
+        """`announce` each of ``macs``, taking the lock and waking the announcer once for all."""
         with self._wake:
-            self._pending[mac] = None
-            self.metrics.pending(len(self._pending))
-            self._announced.add(mac)
+            pending = self._pending
+            for mac in macs:
+                pending[mac] = None
+            self.metrics.pending(len(pending))
+            self._announced.update(macs)
             if self._own_before_sync is not None:
-                self._own_before_sync.add(mac)
+                self._own_before_sync.update(macs)
             self._wake.notify()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -494,7 +504,8 @@ class Notifier:
 
     def _settle(self, sent: _Sent, reason: ReasonCode) -> None:
         """Count an acknowledged publish; undo what a refused one promised (lock held)."""
-        self._wake.notify()
+        if self._pending and len(self._outstanding) == MAX_OUTSTANDING - 1:
+            self._wake.notify()  # the announcer waits for room (else an ack is no news to it)
         if not reason.is_failure:
             self.metrics.published(sent.kind, "ok")
             return
@@ -622,47 +633,79 @@ class Notifier:
         return True
 
     def _publish_pending(self) -> None:
-        """Publish queued devices while connected, synced and under the outstanding limit."""
+        """Publish queued devices while connected, synced and under the outstanding limit.
+
+        Devices are taken a batch at a time (`BATCH`): one lock round and one pending-gauge
+        update per batch instead of per device, which matters when a backlog builds up.
+        """
         while True:
             with self._wake:
                 if self._stopping or not self._ready_to_work() or self._resync:
                     return
-                mac, listed = next(iter(self._pending.items()))
-                del self._pending[mac]
-                self.metrics.pending(len(self._pending))
-            if listed is not None:
-                current = listed.etag
-            else:
+                pending = self._pending
+                room = min(BATCH, MAX_OUTSTANDING - len(self._outstanding), len(pending))
+                batch = [(mac, pending[mac]) for mac in itertools.islice(pending, room)]
+                for mac, _ in batch:  # the oldest first: a busy device cannot starve the rest
+                    del pending[mac]
+                self.metrics.pending(len(pending))
+            # Own writes are read now, so announcements of concurrent writes can never leave an
+            # older version announced last: a write handed off after its device left the queue
+            # queues it again and is read again. The bytes' ETag is what a device polling gets.
+            # A listed change is published with the version its listing saw.
+            versions: list[tuple[MacAddress, Change | None, str | None]] = []
+            for index, (mac, listed) in enumerate(batch):
+                if listed is not None:
+                    versions.append((mac, listed, listed.etag))
+                    continue
                 try:
-                    # Read now, so announcements of concurrent writes can never leave an older
-                    # version announced last. The bytes' ETag is what a device polling gets.
-                    current = self._store.etag(mac)
+                    versions.append((mac, None, self._store.etag(mac)))
                 except ConfigError as exc:
                     self._store_failed(exc)
-                    self.announce(mac)  # retried once the hold is over
-                    return
-            sends: list[tuple[str, str, bytes, bool]] = []
+                    with self._wake:  # retried once the hold is over
+                        self._requeue(batch[index:])
+                    break
+            sends: list[tuple[_Sent, str, bytes, bool]] = []
             with self._wake:
                 if not self._ready:
-                    self._pending.setdefault(mac, listed)
-                    self.metrics.pending(len(self._pending))
+                    self._requeue([(mac, listed) for mac, listed, _ in versions])
                     return
-                if current is None:
-                    self._told.pop(mac, None)
-                elif self._told.get(mac) != current:
-                    self._told[mac] = current
-                    body = {"filename": mac.file_name, "mac_address": str(mac), "etag": current}
-                    sends.append((COMPAT, COMPAT_TOPIC, json.dumps(body).encode(), False))
-                if self._retained.get(mac) != current:
-                    if current is None:
-                        del self._retained[mac]
-                        payload = b""
-                    else:
-                        self._retained[mac] = current
-                        payload = json.dumps({"etag": current}).encode()
-                    sends.append((DEVICE, self._options.device_topic(mac), payload, True))
-            for kind, topic, payload, retain in sends:
-                self._send(_Sent(kind, mac, current), topic, payload, retain=retain)
+                for mac, _, current in versions:
+                    sends.extend(self._sends_for(mac, current))
+            for sent, topic, payload, retain in sends:
+                self._send(sent, topic, payload, retain=retain)
+            if len(versions) < len(batch):
+                return
+
+    def _requeue(self, batch: list[tuple[MacAddress, Change | None]]) -> None:
+        """Put devices taken from the queue back, unless queued again meanwhile (lock held)."""
+        for mac, listed in batch:
+            self._pending.setdefault(mac, listed)
+        self.metrics.pending(len(self._pending))
+
+    def _sends_for(
+        self, mac: MacAddress, current: str | None
+    ) -> list[tuple[_Sent, str, bytes, bool]]:
+        """The publishes telling devices that ``mac`` is at ``current``, recorded (lock held)."""
+        sends: list[tuple[_Sent, str, bytes, bool]] = []
+        if current is None:
+            self._told.pop(mac, None)
+        elif self._told.get(mac) != current:
+            self._told[mac] = current
+            body = {"filename": mac.file_name, "mac_address": str(mac), "etag": current}
+            sends.append(
+                (_Sent(COMPAT, mac, current), COMPAT_TOPIC, json.dumps(body).encode(), False)
+            )
+        if self._retained.get(mac) != current:
+            if current is None:
+                del self._retained[mac]
+                payload = b""
+            else:
+                self._retained[mac] = current
+                payload = json.dumps({"etag": current}).encode()
+            sends.append(
+                (_Sent(DEVICE, mac, current), self._options.device_topic(mac), payload, True)
+            )
+        return sends
 
     def _send(self, sent: _Sent, topic: str, payload: bytes, *, retain: bool) -> None:
         # No MQTT 5 properties (content type): building them measured as a large share of a

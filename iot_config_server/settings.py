@@ -45,6 +45,7 @@ LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 LOG_FORMATS = ("text", "json")
 #: ``IOT_CONFIG_DEVICE_AUTH``: who may read a device endpoint (see docs/security.md).
 DEVICE_AUTH_MODES = ("off", "optional", "required")
+LIST_WATCH_MODES = ("auto", "off")
 
 
 class SettingsError(ValueError):
@@ -154,6 +155,13 @@ def _check_device_auth(_: Any, __: attrs.Attribute[str], value: str) -> None:
         )
 
 
+def _check_list_watch(_: Any, __: attrs.Attribute[str], value: str) -> None:
+    if value not in LIST_WATCH_MODES:
+        raise SettingsError(
+            "list_watch", f"must be one of {', '.join(LIST_WATCH_MODES)}, not {value!r}"
+        )
+
+
 def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
@@ -188,6 +196,9 @@ class Settings:
     device_cache_bytes: int = attrs.field(
         default=DEFAULT_RAW_CACHE_BYTES, validator=_not_negative("device_cache_bytes")
     )
+    #: ``auto``: a listing of a store on a local filesystem stats only the files inotify reports
+    #: changed; ``off``: every listing stats every file. See docs/capacity.md.
+    list_watch: str = attrs.field(default="auto", converter=_lower, validator=_check_list_watch)
     #: One log line per request (method, route, status, duration, request id).
     access_log: bool = False
     cors_origins: tuple[str, ...] = attrs.field(
@@ -260,6 +271,7 @@ class Settings:
             limits=self.document_limits,
             device_cache_bytes=self.device_cache_bytes,
             history_limit=self.history_limit,
+            list_watch=self.list_watch == "auto",
         )
 
     @property
@@ -311,6 +323,7 @@ class Settings:
             "max_document_bytes": ("MAX_DOCUMENT_BYTES", _integer),
             "store_stall_seconds": ("STORE_STALL_SECONDS", _number),
             "device_cache_bytes": ("DEVICE_CACHE_BYTES", _integer),
+            "list_watch": ("LIST_WATCH", _text),
             "access_log": ("ACCESS_LOG", _boolean),
             "cors_origins": ("CORS_ORIGINS", _list),
             "admin_tokens": ("ADMIN_TOKENS", _list),

@@ -63,7 +63,7 @@ def test_waiters_share_one_scan_that_sees_writes_acknowledged_before_their_call(
     tmp_path: Path,
 ) -> None:
     backend = HeldFirstScan(str(tmp_path))
-    store = ConfigStore(backend)
+    store = ConfigStore(backend, list_watch=False)  # the scans under test are full scans
     writer = ConfigStore(PosixBackend(str(tmp_path)))
     with ThreadPoolExecutor(max_workers=5) as pool:
         first = start_first_scan(pool, store, backend)
@@ -81,7 +81,7 @@ def test_waiters_share_one_scan_that_sees_writes_acknowledged_before_their_call(
 
 def test_a_failed_shared_scan_is_not_handed_to_waiters(tmp_path: Path) -> None:
     backend = HeldFirstScan(str(tmp_path), fail_first=True)
-    store = ConfigStore(backend)
+    store = ConfigStore(backend, list_watch=False)  # the scans under test are full scans
     store.put(MAC_B, {"deviceName": "b"})
     with ThreadPoolExecutor(max_workers=3) as pool:
         first = start_first_scan(pool, store, backend)
@@ -99,7 +99,7 @@ def test_a_failed_shared_scan_is_not_handed_to_waiters(tmp_path: Path) -> None:
 def test_sequential_listings_each_scan(tmp_path: Path) -> None:
     backend = HeldFirstScan(str(tmp_path))
     backend.go.set()
-    store = ConfigStore(backend)
+    store = ConfigStore(backend, list_watch=False)  # the scans under test are full scans
     store.listing()
     store.put(MAC_A, {"deviceName": "a"})
     assert macs(store.listing()) == [str(MAC_A)]

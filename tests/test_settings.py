@@ -53,6 +53,7 @@ def test_every_variable() -> None:
             "IOT_CONFIG_LOG_FORMAT": "JSON",
             "IOT_CONFIG_STORE_STALL_SECONDS": "2.5",
             "IOT_CONFIG_ACCESS_LOG": "on",
+            "IOT_CONFIG_LIST_WATCH": "OFF",
             "UNRELATED": "ignored",
         }
     )
@@ -69,6 +70,7 @@ def test_every_variable() -> None:
         log_format="json",
         store_stall_seconds=2.5,
         access_log=True,
+        list_watch="off",
     )
     assert settings.auth_enabled
     assert settings.log_level_number == logging.DEBUG
@@ -110,6 +112,7 @@ def test_legacy_variables_and_precedence() -> None:
         ({"IOT_CONFIG_STORE_STALL_SECONDS": "0"}, "IOT_CONFIG_STORE_STALL_SECONDS"),
         ({"IOT_CONFIG_STORE_STALL_SECONDS": "soon"}, "IOT_CONFIG_STORE_STALL_SECONDS"),
         ({"IOT_CONFIG_ACCESS_LOG": "maybe"}, "IOT_CONFIG_ACCESS_LOG"),
+        ({"IOT_CONFIG_LIST_WATCH": "on"}, "IOT_CONFIG_LIST_WATCH"),
         ({"IOT_CONFIG_HISTORY_LIMIT": "-1"}, "IOT_CONFIG_HISTORY_LIMIT"),
         ({"IOT_CONFIG_HISTORY_LIMIT": "all"}, "IOT_CONFIG_HISTORY_LIMIT"),
         (

@@ -7,14 +7,19 @@ Real parts: Debian's Mosquitto, ``iot-config serve`` processes on one local stor
   process on the same store (found by the publisher's poll, ``--poll`` seconds, so about half
   the interval on average). Two publishers run on that store, and the duplicates they send
   (the same change announced by both) are counted.
-- PUT throughput (wrk, 16 connections, the server's worker on CPU 0, wrk and the broker on CPU 1)
-  of a server with MQTT off and of two with it on, rounds interleaved: one whose publisher process
-  runs on CPU 1 (what the design is for: publishing never on the request-serving core), and one
-  whose publisher shares CPU 0 with the worker (a replica limited to one core). The cost is
-  1 - on/off (target < 5 %). Every PUT is a change to announce (1,000 devices written
-  round-robin), the worst case; the time the publisher still needs for its backlog after wrk
-  stops is added to the PUT run. Device GETs (the fleet's polls) on each, in the same rounds.
-- RSS of the servers (supervisor, worker and, with MQTT, the publisher) after the load.
+- The cost of MQTT to the PUTs, three servers measured in the same rounds (12 by default, in a
+  shuffled order each, 2 s of PUTs and 1 s of device GETs per server and round): MQTT off; MQTT
+  on with the publisher process on CPU 1 (what the design is for: publishing never on the
+  request-serving core); MQTT on with the publisher sharing CPU 0 with the worker (a replica
+  limited to one core). The server's worker runs on CPU 0, wrk and the broker on CPU 1. Every
+  PUT is a change to announce (1,000 devices written round-robin), the worst case. Reported per
+  round as on/off ratios, summarised by their median, quartiles and range, so the spread says
+  what the machine can resolve: req/s (wrk's rate, and charged with the time the publisher
+  still needed for its backlog after wrk stopped), and the worker's CPU seconds per PUT from
+  /proc (supervisor + worker), which other jobs on the machine disturb far less than req/s.
+  The target: less than 5 % lower PUT throughput.
+- RSS and PSS (from /proc/PID/smaps_rollup: shared pages divided among their users) of the
+  servers after the load, and of the publisher process alone.
 
 Run: ``python tests/benchmarks/bench_mqtt.py [--quick] [--json PATH] [--poll SECONDS]``.
 Needs ``mosquitto`` (``apt-get install -y mosquitto``) and, for throughput, ``wrk``.
@@ -36,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +51,7 @@ import support  # tests/ is on the path: bench_server put it there
 from mqtt_broker import PASSWORD, SBIN, USER, Mosquitto, Subscriber
 
 from iot_config_server.notifications import COMPAT_TOPIC
+from iot_config_server.publisher import PUBLISHER_NAME
 
 PREFIX = "bench/devices"
 
@@ -188,20 +195,20 @@ def charged_with_backlog(port: int, load: server.Load) -> server.Load:
 
 
 def publisher_pids(proc: server.Proc) -> list[int]:
-    """The server's MQTT publisher process (started by its supervisor)."""
+    """The server's MQTT publisher process (forked by its keeper, which is not counted)."""
     found = []
     for pid in server.process_tree(proc.proc.pid):
         try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        if b"iot_config_server.publisher" in command:
+        if name == PUBLISHER_NAME:
             found.append(pid)
     return found
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time the processes ``pids`` used so far."""
+    """User + system CPU time the processes ``pids`` (all their threads) used so far."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError):
@@ -216,6 +223,19 @@ def serving_pids(proc: server.Proc) -> list[int]:
     return [pid for pid in server.process_tree(proc.proc.pid) if pid not in publisher]
 
 
+def memory(pids: list[int]) -> tuple[float, float]:
+    """(RSS, PSS) of the processes ``pids`` in MiB; PSS shares each shared page among its users."""
+    rss = pss = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("Rss", "Pss"):
+                    kib = int(rest.split()[0])
+                    rss, pss = (rss + kib, pss) if key == "Rss" else (rss, pss + kib)
+    return rss / 1024, pss / 1024
+
+
 def connected(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while b"iot_config_mqtt_connected 1.0" not in server.http_get(port, "/metrics")[1]:
@@ -224,29 +244,82 @@ def connected(port: int, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def pin_all_threads(pid: int, cpu: int) -> None:
+    """Move every thread of ``pid`` to ``cpu`` (``taskset -p`` alone moves only the first)."""
+    subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True,
+                   capture_output=True)  # fmt: skip
+
+
+def spread(values: list[float]) -> str:
+    """Median, quartiles and range of ``values``, as text."""
+    q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    low, high = min(values), max(values)
+    return f"median {median:.3f}, quartiles {q1:.3f}-{q3:.3f}, range {low:.3f}-{high:.3f}"
+
+
+#: A device the PUT load writes early (its first request, bb-00-00-00-00-01, is not sent).
+DEVICE = "/esp32/config/bb-00-00-00-00-02.json"
 OFF, ON, ONE_CORE = "mqtt off", "mqtt on", "mqtt on, publisher on the worker's core"
+
+
+@dataclasses.dataclass
+class Round:
+    """One subject's share of one round."""
+
+    put: server.Load  # wrk's own figure
+    charged: server.Load  # with the time the publisher still needed for its backlog
+    get: server.Load
+    serving_cpu: float  # CPU seconds per PUT of the supervisor and the worker
+    publisher_cpu: float  # the same for the publisher process, backlog included
+
+
+def measure(proc: server.Proc, seconds: float, workdir: Path) -> Round:
+    lua = server.PUT_LUA % {"token": server.TOKEN}
+    serving, publisher = serving_pids(proc), publisher_pids(proc)
+    before = cpu_seconds(serving), cpu_seconds(publisher)
+    load = server.run_wrk(proc.port, "/", seconds, 16, workdir, lua=lua)
+    # Before the wait for the backlog, whose /metrics polls the worker answers.
+    serving_cpu = (cpu_seconds(serving) - before[0]) / load.requests
+    charged = charged_with_backlog(proc.port, load)
+    publisher_cpu = (cpu_seconds(publisher) - before[1]) / load.requests
+    get = server.run_wrk(proc.port, DEVICE, 1.0, 50, workdir)
+    return Round(load, charged, get, serving_cpu, publisher_cpu)
+
+
+def verdict(what: str, ratios: list[float], target: float = 5.0) -> str:
+    """One summary line: is the cost ``1 - ratio`` under ``target`` %, beyond the rounds' spread?"""
+    q1, median, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    low, cost, high = (100 * (1 - ratio) for ratio in (q3, median, q1))
+    if high < target:
+        outcome = f"under {target:g} % (met)"
+    elif low > target:
+        outcome = f"over {target:g} % (NOT met)"
+    else:
+        outcome = f"not resolved: the rounds' middle half spans {target:g} %"
+    return (
+        f"{what}: {cost:+.1f} % (middle half of the rounds {low:+.1f} to {high:+.1f} %): {outcome}"
+    )
+
+
+def per_round(runs: list[Round], off: list[Round], value: Callable[[Round], float]) -> list[float]:
+    """Each round's on/off ratio of ``value``: runs measured together share the machine's load."""
+    return [value(on) / value(base) for on, base in zip(runs, off, strict=True)]
 
 
 def throughput(
     report: _harness.Report, broker: Mosquitto, workdir: Path, rounds: int, seconds: float
-) -> None:
+) -> list[str]:
+    """Measure the cost of MQTT to PUTs and device GETs; returns the summary's lines."""
     if shutil.which("wrk") is None:
         print("bench_mqtt: wrk is not installed, skipping throughput (apt-get install -y wrk)")
-        return
+        return []
     subjects = {}
     for name, with_broker in ((OFF, None), (ON, broker), (ONE_CORE, broker)):
         store = workdir / name.replace(" ", "-").replace(",", "").replace("'", "")
         store.mkdir()
         subjects[name] = mqtt_server(name, support.free_port(), store, workdir, with_broker, 5.0)
-    loads: dict[str, list[server.Load]] = {name: [] for name in subjects}
-    reads: dict[str, list[server.Load]] = {name: [] for name in subjects}
-    # CPU seconds per PUT of the serving processes and of the publisher: immune to the load that
-    # other jobs put on this machine, unlike throughput.
-    raw: dict[str, list[server.Load]] = {name: [] for name in subjects}  # wrk's own figure
-    serving_cpu: dict[str, list[float]] = {name: [] for name in subjects}
-    publisher_cpu: dict[str, list[float]] = {name: [] for name in subjects}
-    lua = server.PUT_LUA % {"token": server.TOKEN}
-    device = "/esp32/config/bb-00-00-00-00-01.json"  # one of the MACs the PUT load writes
+    results: dict[str, list[Round]] = {name: [] for name in subjects}
+    rng = random.Random(5)
     with contextlib.ExitStack() as stack:
         for proc in subjects.values():
             stack.enter_context(server.running(proc, "/api/health/live"))
@@ -254,68 +327,83 @@ def throughput(
             connected(subjects[name].port)
         if server.can_pin():  # the design's point: the publisher off the request-serving core
             for pid in publisher_pids(subjects[ON]):
-                subprocess.run(["taskset", "-p", "-c", "1", str(pid)], check=True,
-                               capture_output=True)  # fmt: skip
-        for proc in subjects.values():  # warm-up: every MAC of the load written once
+                pin_all_threads(pid, 1)
+        lua = server.PUT_LUA % {"token": server.TOKEN}
+        for proc in subjects.values():  # warm-up: the MACs of the load written
             server.run_wrk(proc.port, "/", 2, 16, workdir, lua=lua)
-        for _ in range(rounds):
-            for name, proc in subjects.items():
-                serving, publisher = serving_pids(proc), publisher_pids(proc)
-                before = cpu_seconds(serving), cpu_seconds(publisher)
-                load = server.run_wrk(proc.port, "/", seconds, 16, workdir, lua=lua)
-                # Before the wait for the backlog, whose /metrics polls the worker answers.
-                serving_cpu[name].append((cpu_seconds(serving) - before[0]) / load.requests)
-                raw[name].append(load)
-                loads[name].append(charged_with_backlog(proc.port, load))
-                publisher_cpu[name].append((cpu_seconds(publisher) - before[1]) / load.requests)
-                reads[name].append(server.run_wrk(proc.port, device, seconds, 50, workdir))
-        rss = {name: proc.rss()[0] for name, proc in subjects.items()}
-    errors = sum(load.errors for runs in loads.values() for load in runs)
-    without = server.median_load(loads[OFF])
-    get_off = server.median_load(reads[OFF])
-    report.add_value("PUT req/s, mqtt off", without.rps, "req/s", note=f"{errors} errors in all")
-    report.add_value("device GET req/s, mqtt off", get_off.rps, "req/s", note="50 connections")
-    cpu_off = statistics.median(serving_cpu[OFF])
+            status, body = server.http_get(proc.port, DEVICE)
+            if status != 200:
+                raise RuntimeError(f"GET {DEVICE} on {proc.name}: {status} {body[:200]!r}")
+        for index in range(rounds):
+            order = list(subjects)
+            rng.shuffle(order)  # no subject always runs first, or right after another
+            for name in order:
+                results[name].append(measure(subjects[name], seconds, workdir))
+            print(f"bench_mqtt: round {index + 1}/{rounds} done", flush=True)
+        sizes = {
+            name: (memory(server.process_tree(proc.proc.pid)), memory(publisher_pids(proc)))
+            for name, proc in subjects.items()
+        }
+    off = results[OFF]
+    errors = sum(r.put.errors + r.get.errors for runs in results.values() for r in runs)
+    report.add_value(
+        "PUT req/s, mqtt off",
+        statistics.median(r.put.rps for r in off),
+        "req/s",
+        note=f"median of {rounds} rounds of {seconds:g} s; {errors} errors in all",
+    )
+    cpu_off = statistics.median(r.serving_cpu for r in off)
     report.add_value("worker CPU per PUT, mqtt off", cpu_off, "s", note="supervisor + worker")
-    raw_off = server.median_load(raw[OFF])
+    summary = []
     for name in (ON, ONE_CORE):
-        with_mqtt, get_on = server.median_load(loads[name]), server.median_load(reads[name])
-        report.add_value(f"PUT req/s, {name}", with_mqtt.rps, "req/s")
-        for runs, off, how in (
-            (raw[name], raw_off, "during the load"),
-            (loads[name], without, "backlog charged"),
+        runs = results[name]
+        ratios = per_round(runs, off, lambda r: r.put.rps)
+        cpu = per_round(runs, off, lambda r: r.serving_cpu)
+        charged = per_round(runs, off, lambda r: r.charged.rps)
+        gets = per_round(runs, off, lambda r: r.get.rps)
+        for label, values, note, target in (
+            ("PUT cost", ratios, "1 - median on/off req/s per round", 5.0),
+            ("PUT cost with backlog", charged, "the backlog left when wrk stopped charged", None),
+            ("device GET cost", gets, "50 connections, 1 s a round", 5.0),
         ):
-            ratios = ", ".join(
-                f"{on.rps / base.rps:.3f}"
-                for on, base in zip(
-                    runs, raw[OFF] if runs is raw[name] else loads[OFF], strict=True
-                )
-            )
-            cost = 100 * (1 - server.median_load(runs).rps / off.rps)
             report.add_value(
-                f"PUT cost, {name}, {how}",
-                cost,
+                f"{label}, {name}",
+                100 * (1 - statistics.median(values)),
                 "%",
-                target=5.0,
-                note=f"1 - on/off; per round: {ratios}",
+                target=target,
+                note=f"{note}; ratios {spread(values)}",
             )
-        read_cost = 100 * (1 - get_on.rps / get_off.rps)
-        report.add_value(f"device GET cost, {name}", read_cost, "%", target=5.0)
-    cpu_on = statistics.median(serving_cpu[ON] + serving_cpu[ONE_CORE])
+        report.add_value(
+            f"worker CPU per PUT added, {name}",
+            100 * (statistics.median(cpu) - 1),
+            "%",
+            target=5.0,
+            note=f"supervisor + worker, on/off per round: {spread(cpu)}",
+        )
+        report.add_value(
+            f"publisher CPU per PUT, {name}",
+            statistics.median(r.publisher_cpu for r in runs),
+            "s",
+            note="its own process, during the load and its backlog",
+        )
+        where = "publisher on its own core" if name == ON else "publisher on the worker's core"
+        summary.append(verdict(f"PUT req/s cost, {where}", ratios))
+        summary.append(verdict(f"worker CPU per PUT added, {where}", [2 - x for x in cpu]))
+    (rss_off, pss_off), _ = sizes[OFF]
+    (rss_on, pss_on), (rss_pub, pss_pub) = sizes[ON]
+    report.add_value("RSS / PSS, mqtt off", rss_off, "MiB", note=f"PSS {pss_off:.1f} MiB")
     report.add_value(
-        "worker CPU per PUT, mqtt on",
-        cpu_on,
-        "s",
-        note=f"{100 * (cpu_on / cpu_off - 1):+.1f} % of the worker's CPU: the request-serving cost",
+        "RSS added by mqtt",
+        rss_on - rss_off,
+        "MiB",
+        note=f"PSS {pss_on - pss_off:+.1f} MiB; the publisher process: RSS {rss_pub:.1f}, "
+        f"PSS {pss_pub:.1f} MiB",
     )
-    report.add_value(
-        "publisher CPU per PUT",
-        statistics.median(publisher_cpu[ON] + publisher_cpu[ONE_CORE]),
-        "s",
-        note="the publisher process, during the load and its backlog",
+    summary.append(
+        f"memory added: RSS {rss_on - rss_off:+.1f} MiB, PSS {pss_on - pss_off:+.1f} MiB "
+        f"(the publisher process: RSS {rss_pub:.1f}, PSS {pss_pub:.1f} MiB)"
     )
-    report.add_value("RSS, mqtt off", rss[OFF], "MiB", note="supervisor + worker")
-    report.add_value("RSS added by mqtt", rss[ON] - rss[OFF], "MiB", note="+ the publisher")
+    return summary
 
 
 def main() -> int:
@@ -325,7 +413,8 @@ def main() -> int:
     if shutil.which("mosquitto", path=SBIN) is None:
         print("bench_mqtt: mosquitto is not installed, skipping (apt-get install -y mosquitto)")
         return 0
-    samples, rounds, seconds = (40, 2, 3.0) if args.quick else (300, 5, 8.0)
+    samples, rounds, seconds = (40, 3, 2.0) if args.quick else (300, 12, 2.0)
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     report = _harness.Report(
         "mqtt notifications",
         {"samples": samples, "rounds": rounds, "seconds": seconds, "poll": args.poll},
@@ -335,13 +424,17 @@ def main() -> int:
         broker = Mosquitto(workdir / "mosquitto")
         try:
             if server.can_pin():  # the broker stands for another machine: off the server's CPU
-                subprocess.run(["taskset", "-p", "-c", "1", str(broker.pid)], check=False,
-                               capture_output=True)  # fmt: skip
+                pin_all_threads(broker.pid, 1)
             latency(report, broker, workdir, samples, args.poll)
-            throughput(report, broker, workdir, rounds, seconds)
+            summary = throughput(report, broker, workdir, rounds, seconds)
         finally:
             broker.stop()
     report.print()
+    after = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"\nsummary ({rounds} rounds; the target is a cost under 5 %):")
+    for line in summary:
+        print(f"  {line}")
+    print(f"  load average (1, 5, 15 min) before: {load}; after: {after}; {os.cpu_count()} CPUs")
     if args.json:
         report.write_json(args.json)
     return 0

@@ -9,7 +9,8 @@ loads. Baselines, measured interleaved with the subject so machine drift hits al
 
 Then the real app: device GET (200 and 304), admin GET, PUT, list (200 and 10,000 configs),
 health; req/s, p50/p99 latency and errors. Then fleets of 10,000 and 100,000 configs: the list
-warm (200, 304 on its ETag, a page of 100) beside the stat of every file measured in between, and
+warm (200, 304 on its ETag, a page of 100) beside the stat of every file measured in between, the
+same with the inotify watch on and off (``IOT_CONFIG_LIST_WATCH``, also in-process), and
 the memory (RSS and PSS) of every server process after lists, device GETs and PUTs. Numbers, not
 asserts: a human compares them with the targets printed beside them.
 
@@ -18,8 +19,8 @@ gthread, cheroot, granian st/mt) on the bare route, plus robustness probes (SIGT
 in flight, 50 header-trickling clients, RSS): how the production server was chosen.
 
 Run: ``python tests/benchmarks/bench_server.py [--quick] [--device-only] [--json PATH]
-[--scrape-only] [--compare-servers]``; ``--quick --device-only`` gives the device GET vs bare
-ratio soonest.
+[--scrape-only] [--list-watch-only] [--compare-servers]``; ``--quick --device-only`` gives the
+device GET vs bare ratio soonest.
 Needs ``wrk`` and ``nginx`` (Debian: ``apt-get install -y wrk nginx``); parts that need a missing
 tool are skipped with a message.
 """
@@ -98,11 +99,13 @@ def http_get(
 
 def process_tree(pid: int) -> list[int]:
     pids = [pid]
-    for index in range(len(pids)):  # grows while we walk it: breadth-first over children
+    index = 0
+    while index < len(pids):  # grows while we walk it: breadth-first over children
         with contextlib.suppress(OSError):
             for task in os.listdir(f"/proc/{pids[index]}/task"):
                 children = Path(f"/proc/{pids[index]}/task/{task}/children").read_text()
                 pids.extend(int(child) for child in children.split())
+        index += 1
     return pids
 
 
@@ -232,11 +235,13 @@ def nginx_server(port: int, file: Path, workdir: Path) -> Proc | None:
     return Proc("nginx static", [nginx, "-c", str(conf)], port, workdir, env=child_env())
 
 
-def app_server(port: int, store: Path, workdir: Path, threads: int) -> Proc:
+def app_server(
+    port: int, store: Path, workdir: Path, threads: int, list_watch: str = "auto"
+) -> Proc:
     argv = [PYTHON, "-m", "iot_config_server.cli", "serve", "--store", str(store)]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--threads", str(threads)]
     argv += ["--log-level", "WARNING"]
-    env = child_env(IOT_CONFIG_ADMIN_TOKENS=TOKEN)
+    env = child_env(IOT_CONFIG_ADMIN_TOKENS=TOKEN, IOT_CONFIG_LIST_WATCH=list_watch)
     return Proc("iot-config serve", argv, port, workdir, env=env)
 
 
@@ -519,6 +524,91 @@ def bench_scrape(args: Any, workdir: Path) -> Table:
     return table
 
 
+def watch_lines(
+    store: Path, size: int, workdir: Path, list_target: float, quick: bool
+) -> list[Line]:
+    """Warm listings with the inotify watch (``auto``) and without (``off``), beside the floor.
+
+    One server per mode (HTTP 200 and 304) and one in-process store per mode
+    (`ConfigStore.listing`), all interleaved with the stat of every file, so each figure and its
+    floor see the same machine.
+    """
+    from iot_config_core import encode_document, open_store  # noqa: PLC0415
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    repeat = 5 if quick or size > 20_000 else 20
+    modes = ("auto", "off")
+    servers = {mode: app_server(free_port(), store, workdir, 4, mode) for mode in modes}
+    stores = {mode: open_store(str(store), list_watch=mode == "auto") for mode in modes}
+    samples: dict[str, list[float]] = {}
+    floors: list[float] = []
+    with running(servers["auto"], "/api/health/live"), running(servers["off"], "/api/health/live"):
+        etags = {}
+        for mode in modes:
+            list_timings(servers[mode].port, "/api/configs", 1, auth)  # the cold listing
+            etags[mode] = http_get_etag(servers[mode].port, "/api/configs", auth)
+            stores[mode].listing()
+        for _ in range(repeat):
+            floors.append(stat_floor(store))
+            for mode in modes:
+                port = servers[mode].port
+                samples.setdefault(f"{mode} 200", []).extend(
+                    list_timings(port, "/api/configs", 1, auth)[0]
+                )
+                headers = {**auth, "If-None-Match": f'"{etags[mode]}"'}
+                took, status, _ = list_timings(port, "/api/configs", 1, headers)
+                if status != 304:
+                    raise RuntimeError(f"list ({mode}) with its ETag answered {status}")
+                samples.setdefault(f"{mode} 304", []).extend(took)
+                started = time.perf_counter()
+                stores[mode].listing()
+                samples.setdefault(f"{mode} in-process", []).append(time.perf_counter() - started)
+        # One config changed before each listing: a stat, a read and the sort of the summaries.
+        hot = store / f"{HOT_MAC}.json"
+        for turn in range(repeat):
+            for mode in modes:
+                content = {**HOT_CONTENT, "pollSeconds": turn, "deviceName": mode}
+                _harness.durable_write(store, hot.name, encode_document(content))
+                started = time.perf_counter()
+                stores[mode].listing()
+                samples.setdefault(f"{mode} in-process, one changed", []).append(
+                    time.perf_counter() - started
+                )
+    floor = statistics.median(floors) * 1000
+    off = {kind: statistics.median(samples[f"off {kind}"]) * 1000 for kind in ("200", "304")}
+    lines = []
+    for key, taken in samples.items():
+        mode, kind = key.split(" ", 1)
+        median = statistics.median(taken) * 1000
+        note = f"median of {len(taken)}; stat of every file (floor) {floor:,.2f} ms"
+        if mode == "auto" and kind in off:
+            note += f"; watch off {off[kind]:,.1f} ms ({median / off[kind]:.3f}x)"
+        lines.append(
+            Line(
+                f"list {size:,} warm {kind}, watch {mode}",
+                value=f"{median:,.2f} ms",
+                ratio=f"{median / floor:.3f}x fl",
+                target=f"<= {list_target:,.0f} ms",
+                met=median <= list_target,
+                note=note + f"; load average {os.getloadavg()[0]:.1f}",
+            )
+        )
+    for line in lines:
+        print(f"  {Table._row(line)}", flush=True)  # progress as it happens
+    return lines
+
+
+def bench_list_watch(args: Any, workdir: Path) -> Table:
+    """Only the warm listings of 10,000 and 100,000 configs, watch on and off, beside the floor."""
+    sizes = (2_000, 20_000) if args.quick else (10_000, 100_000)
+    table = Table("list watch", {"sizes": sizes, "load": os.getloadavg()[0]})
+    store = workdir / "store"
+    for size, target in zip(sizes, (20.0, 250.0), strict=True):
+        fill_store(store, size)
+        table.lines.extend(watch_lines(store, size, workdir, target, args.quick))
+    return table
+
+
 def bench(args: Any, workdir: Path) -> Table:
     quick: bool = args.quick
     seconds = 3.0 if quick else 8.0
@@ -658,6 +748,7 @@ def bench(args: Any, workdir: Path) -> Table:
                         met=loaded.p99_ms <= 100 and loaded.errors == 0,
                     )
                 )
+        table.lines.extend(watch_lines(store, size, workdir, list_target, quick))
     return table
 
 
@@ -955,6 +1046,11 @@ def main() -> int:
     parser.add_argument(
         "--scrape-only", action="store_true", help="only /metrics on a store of 10,000 configs"
     )
+    parser.add_argument(
+        "--list-watch-only",
+        action="store_true",
+        help="only warm listings of 10,000 and 100,000 configs, inotify watch on vs off",
+    )
     args = parser.parse_args()
     if WRK is None:
         print("bench_server: wrk is not installed, skipping (Debian: apt-get install -y wrk nginx)")
@@ -968,6 +1064,8 @@ def main() -> int:
             table = compare_servers(args, workdir)
         elif args.scrape_only:
             table = bench_scrape(args, workdir)
+        elif args.list_watch_only:
+            table = bench_list_watch(args, workdir)
         else:
             table = bench(args, workdir)
     table.print()
