@@ -199,9 +199,8 @@ class Backend(abc.ABC):
     def put_hidden(self, path: str, data: bytes) -> None:
         """Durably store ``data`` at the hidden ``path`` (``.dir/…/name``, a name never reused).
 
-        The history records a version here *before* the config is swapped and relies on that
-        order: once this returns, the record must survive any crash that the next durable
-        `replace` survives.
+        Once this returns, the record must survive any crash that the next durable `replace`
+        survives: the history writes a record before (or alongside) the swap it describes.
         """
 
     @abc.abstractmethod
@@ -218,3 +217,35 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def remove_hidden(self, paths: Sequence[str]) -> None:
         """Delete the hidden ``paths``; ones already gone are fine (pruning may race)."""
+
+    # -- recorded writes: the history's records with the config, in one step ------------------
+
+    def read_and_list_hidden(
+        self, name: str, limit: int, directory: str
+    ) -> tuple[Blob | None, list[str]]:
+        """`read` ``name`` and `list_hidden` ``directory``; a backend may do both at once."""
+        return self.read(name, limit), self.list_hidden(directory)
+
+    def record_and_replace(
+        self,
+        records: Sequence[tuple[str, bytes]],
+        name: str,
+        data: bytes,
+        expected: Hashable | Absent | AnyVersion,
+    ) -> Entry:
+        """`put_hidden` each ``(path, bytes)`` of ``records``, then `replace`.
+
+        Here the records are durable before the swap. A backend may instead send them alongside
+        the swap (S3) if it returns only when all have completed and raises when any failed.
+        """
+        for path, raw in records:
+            self.put_hidden(path, raw)
+        return self.replace(name, data, expected)
+
+    def record_and_remove(
+        self, records: Sequence[tuple[str, bytes]], name: str, expected: Hashable
+    ) -> None:
+        """`put_hidden` each of ``records``, then `remove` (as `record_and_replace`)."""
+        for path, raw in records:
+            self.put_hidden(path, raw)
+        self.remove(name, expected)

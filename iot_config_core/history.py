@@ -7,25 +7,42 @@ Decisions (docs/history.md says the same for admins):
   Every backend's scan skips dot-names, so records are never listed as configs and never served
   to devices; every replica, the CLI and the library see the same history.
 - **One record per version**, named ``<stamp>-<etag>-<previous>-<nonce>``: the stamp orders
-  records (nanoseconds, and always past the newest record the writer listed, so clock skew between
-  replicas cannot reorder one device's records), ``etag`` is the version written (``none`` for a
-  delete) and ``previous`` the version it replaced. The record holds one JSON line of metadata
-  (when, author, source, request id) and then the exact stored bytes.
-- **Crash-safe, exactly once.** A writer records the version durably *before* its conditional swap
-  and removes the record again when the swap loses a race. Compare-and-swap makes the acknowledged
-  writes a chain: each replaced exactly the version its record names as ``previous``. So history is
-  the chain walked back from the newest record of the current version through ``previous`` links;
-  a record off the chain (a lost race not yet cleaned up, a writer killed between record and swap)
-  was never acknowledged and is not shown. After a SIGKILL at any point, the current config is the
-  head of its history, or (if it was changed outside the store) shown as an ``external`` version.
-  One case cannot be told apart: a hand edit that restores the exact bytes of a recorded version
-  makes that record the head again, and the versions recorded after it drop out of the history.
+  records (nanoseconds, and always past the newest record the writer listed or wrote itself, so
+  clock skew between replicas cannot reorder one device's records), ``etag`` is the version
+  written (``none`` for a delete) and ``previous`` the version it replaced. The record holds one
+  JSON line of metadata (when, author, source, request id) and then the exact stored bytes.
+- **Crash-safe, exactly once.** A writer's record goes with its conditional swap, and a swap that
+  loses a race has its record removed again. Compare-and-swap makes the acknowledged writes a
+  chain: each replaced exactly the version its record names as ``previous``. So history is the
+  chain walked back from the newest record of the current version through ``previous`` links; a
+  record off the chain (a lost race not yet cleaned up, a writer killed before its swap) was never
+  acknowledged and is not shown. Where the record is written depends on the backend
+  (`Backend.record_and_replace`): POSIX, CephFS and memory write it durably *before* the swap,
+  so the current config always has its record; S3 sends it *alongside* the swap (one round trip
+  instead of two) and acknowledges the write only when both completed. A writer killed between
+  its swap and its record there leaves an unacknowledged current version without a record: it is
+  shown as ``external`` with its bytes, and the next write records it as such (a record that
+  lands later is off the chain). The same window shows when another writer reads the new
+  version before its record landed: it records that version as ``external`` (so it appears once,
+  without its author). So after a SIGKILL at any point, the current config is the head
+  of its history, shown as ``external`` if no record of it exists, or the write was not
+  acknowledged. One case cannot be told apart: a hand edit that restores the exact bytes of a
+  recorded version makes that record the head again, and the versions recorded after it drop
+  out of the history.
+- **Requests.** A first write of a device reads the current version and lists its records (at
+  once where the backend can), to know what it replaces and whether that has a record. Then the
+  writer remembers what it wrote (`KNOWN_DEVICES` devices, least recently used out): its next
+  write of that device checks the preconditions on it and swaps against its version token
+  without a read or a listing. If anyone else wrote in between, that swap fails, its record is
+  removed, and the writer reads and lists after all. On S3 a recorded write is then the record's
+  PUT and the config's PUT, sent together.
 - **Changes made outside the store** (a hand edit, a file copied in) have no record: the current
   version is then shown as source ``external``, and the next write through the store records it
   before replacing it, so the chain continues through it.
 - **Bounded.** ``limit`` versions per device (default 20; 0 turns recording off). A writer prunes
-  after its swap, from the listing it already made: chain versions past the limit and records older
-  than the oldest kept one. A few records of slack (a quarter of the limit) let S3 prune in batches.
+  after its swap once the records pass the limit by a quarter of it (the slack): chain versions
+  past the limit and records older than the oldest kept one, in one batch (one DeleteObjects on
+  S3). It prunes from the listing it made, or, when it wrote from what it remembered, lists then.
   A delete is a version too (``deleted``): a deleted config keeps its history and can be restored.
 - **Who.** `attributed` sets the author, source (``api``, ``cli``, ``library``) and request id for
   the writes made inside it (a context variable: per thread and per task); outside it, a write is
@@ -40,15 +57,17 @@ import getpass
 import json
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import attrs
 import jsonpatch
 
-from .backend import Backend, Blob
+from .backend import Backend, Blob, Entry
 from .document import compute_etag
 from .mac import MacAddress
 
@@ -69,6 +88,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HISTORY_LIMIT: Final = 20
 HISTORY_DIR: Final = ".history"
+#: How many devices' last writes a `History` remembers to record the next write without a read.
+KNOWN_DEVICES: Final = 4096
 #: How a version came to be: through the REST API, the CLI, the library, or outside the store.
 SOURCES: Final = ("api", "cli", "library", "external")
 _NONE: Final = "none"  # the etag field of a delete record, the previous field of a create
@@ -163,11 +184,33 @@ class _Name:
 
 @attrs.frozen
 class PendingRecord:
-    """A version recorded before its swap: `History.commit` or `History.abandon` it after."""
+    """The records of one write, to go with its swap: `History.commit` or `abandon` it after.
+
+    ``records`` are ``(path, bytes)``: the version replaced when it had no record yet (an
+    ``external`` one), then the new version. ``listed`` is the device's directory as the writer
+    listed it, or ``None`` when the writer relied on what it knew from its own last write
+    (``count`` records then).
+    """
 
     mac: MacAddress
     name: _Name
-    listed: tuple[_Name, ...]
+    records: tuple[tuple[str, bytes], ...]
+    listed: tuple[_Name, ...] | None
+    count: int
+
+
+@attrs.frozen
+class _Known:
+    """What this process's last write left: enough to record the next one without a read.
+
+    ``token`` is the backend's version token of ``etag``; the next write swaps against it, so
+    if anyone else wrote since, the swap fails and the writer reads and lists after all.
+    """
+
+    etag: str
+    token: Hashable
+    stamp: int
+    count: int
 
 
 def _chain(names: Sequence[_Name], current: str | None) -> tuple[list[_Name], bool]:
@@ -206,6 +249,11 @@ def _newest(names: Sequence[_Name], before: int, etag: str | None) -> int | None
     return None
 
 
+def _parse_all(listed: Iterable[str]) -> list[_Name]:
+    """The record names among ``listed``, oldest first."""
+    return sorted(n for n in (_Name.parse(name) for name in listed) if n is not None)
+
+
 def _encode(meta: Mapping[str, Any], data: bytes) -> bytes:
     return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + data
 
@@ -232,6 +280,9 @@ class History:
         self.limit = limit
         # A quarter of the limit in extra records lets pruning remove several at once.
         self._slack = limit // 4
+        # Per device, what this process's last write left (bounded, least recently used out).
+        self._known: OrderedDict[MacAddress, _Known] = OrderedDict()
+        self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -246,35 +297,65 @@ class History:
         return f"{self._directory(mac)}/{name}"
 
     def _names(self, mac: MacAddress) -> list[_Name]:
-        parsed = (_Name.parse(n) for n in self._backend.list_hidden(self._directory(mac)))
-        return sorted(n for n in parsed if n is not None)
+        return _parse_all(self._backend.list_hidden(self._directory(mac)))
+
+    def directory(self, mac: MacAddress) -> str:
+        """The hidden directory of the records of ``mac`` (for `Backend.read_and_list_hidden`)."""
+        return self._directory(mac)
 
     # -- the write path -------------------------------------------------------------------------
 
-    def begin(self, mac: MacAddress, data: bytes | None, current: Blob | None) -> PendingRecord:
-        """Durably record that ``data`` (``None``: a delete) is about to replace ``current``.
+    def known(self, mac: MacAddress) -> _Known | None:
+        """What this process's last write of ``mac`` left, if it is still remembered."""
+        with self._lock:
+            known = self._known.get(mac)
+            if known is not None:
+                self._known.move_to_end(mac)
+            return known
 
-        Called after the preconditions held on ``current`` and before the conditional swap.
-        A current version with no record (changed outside the store) is recorded first as
-        ``external``, so the chain runs through it.
+    def forget(self, mac: MacAddress) -> None:
+        """Drop what was known of ``mac`` (a swap failed, or its outcome is unknown)."""
+        with self._lock:
+            self._known.pop(mac, None)
+
+    def begin(
+        self, mac: MacAddress, data: bytes | None, current: Blob | None, listed: Sequence[str]
+    ) -> PendingRecord:
+        """The records of ``data`` (``None``: a delete) replacing ``current``, given the listing.
+
+        Called after the preconditions held on ``current``. A current version with no record
+        (changed outside the store) is recorded too, as ``external``, so the chain runs through it.
         """
-        listed = self._names(mac)
-        stamp = max(time.time_ns(), listed[-1].stamp + 1 if listed else 0)
+        names = _parse_all(listed)
+        stamp = max(time.time_ns(), names[-1].stamp + 1 if names else 0)
         previous = None if current is None else compute_etag(current.data)
-        chain, external = _chain(listed, previous)
+        chain, external = _chain(names, previous)
+        records: list[tuple[str, bytes]] = []
         if external:
             before = _Name.make(stamp, previous, chain[0].etag if chain else None)
             saved = None if current is None else current.entry.modified
             meta = self._meta(previous, before.previous, Attribution(None, "external"), saved)
             data_before = b"" if current is None else current.data
-            self._backend.put_hidden(self._path(mac, before.name), _encode(meta, data_before))
-            listed.append(before)
+            records.append((self._path(mac, before.name), _encode(meta, data_before)))
+            names.append(before)
             stamp += 1
+        record, raw = self._record(stamp, data, previous)
+        records.append((self._path(mac, record.name), raw))
+        return PendingRecord(mac, record, tuple(records), tuple(names), len(names) + 1)
+
+    def begin_known(self, mac: MacAddress, data: bytes | None, known: _Known) -> PendingRecord:
+        """The record of ``data`` replacing the version this process wrote last (no listing)."""
+        stamp = max(time.time_ns(), known.stamp + 1)
+        record, raw = self._record(stamp, data, known.etag)
+        return PendingRecord(
+            mac, record, ((self._path(mac, record.name), raw),), None, known.count + 1
+        )
+
+    def _record(self, stamp: int, data: bytes | None, previous: str | None) -> tuple[_Name, bytes]:
         etag = None if data is None else compute_etag(data)
-        record = _Name.make(stamp, etag, previous)
+        name = _Name.make(stamp, etag, previous)
         meta = self._meta(etag, previous, current_attribution(), datetime.now(UTC))
-        self._backend.put_hidden(self._path(mac, record.name), _encode(meta, data or b""))
-        return PendingRecord(mac, record, tuple(listed))
+        return name, _encode(meta, data or b"")
 
     @staticmethod
     def _meta(
@@ -290,31 +371,62 @@ class History:
         }
 
     def abandon(self, pending: PendingRecord) -> None:
-        """Remove the record of a write that did not happen (a lost race, a failed swap)."""
+        """Remove the record of a write that did not happen (a lost race, a failed swap).
+
+        An ``external`` record written with it stays: that version was current.
+        """
+        self.forget(pending.mac)
         try:
             self._backend.remove_hidden([self._path(pending.mac, pending.name.name)])
         except Exception as exc:  # an orphan record is never shown; pruning ends it
             log.warning("could not remove unused history record of %s: %s", pending.mac, exc)
 
-    def commit(self, pending: PendingRecord) -> None:
-        """The swap happened: prune the device's records to the limit (best effort)."""
-        names = [*pending.listed, pending.name]
-        if len(names) <= self.limit + self._slack:
-            return
+    def commit(self, pending: PendingRecord, written: Entry | None) -> None:
+        """The swap happened: remember it for the next write, and prune (best effort).
+
+        ``written`` is the new version (``None`` for a delete).
+        Pruning waits until the records pass the limit by the slack, so a writer that knows
+        its count lists the directory only then, and removes a batch at once.
+        """
+        mac, name = pending.mac, pending.name
+        count = pending.count
+        if count > self.limit + self._slack:
+            count = self._prune(pending)
+        with self._lock:
+            if written is None or name.etag is None:
+                self._known.pop(mac, None)
+                return
+            self._known[mac] = _Known(name.etag, written.token, name.stamp, count)
+            self._known.move_to_end(mac)
+            while len(self._known) > KNOWN_DEVICES:
+                self._known.popitem(last=False)
+
+    def _prune(self, pending: PendingRecord) -> int:
+        """Remove chain versions past the limit and records older than the oldest kept one.
+
+        Returns how many records are left as far as this writer knows.
+        """
+        mac = pending.mac
+        try:
+            listed = self._names(mac) if pending.listed is None else list(pending.listed)
+        except Exception as exc:  # the write is acknowledged; the next one prunes
+            log.warning("could not list the history of %s to prune it: %s", mac, exc)
+            return pending.count
+        names = sorted({*listed, pending.name})
         chain, _ = _chain(names, pending.name.etag)
         keep = chain[: self.limit]
         oldest_kept = keep[-1]
         kept = {n.name for n in keep}
-        doomed = [
-            self._path(pending.mac, n.name) for n in names if n < oldest_kept and n.name not in kept
-        ]
-        doomed += [self._path(pending.mac, n.name) for n in chain[self.limit :]]
+        doomed = {n for n in names if n < oldest_kept and n.name not in kept}
+        doomed.update(chain[self.limit :])
         if not doomed:
-            return
+            return len(names)
         try:
-            self._backend.remove_hidden(sorted(set(doomed)))
+            self._backend.remove_hidden(sorted(self._path(mac, n.name) for n in doomed))
         except Exception as exc:  # the write is acknowledged; the next one prunes
-            log.warning("could not prune the history of %s: %s", pending.mac, exc)
+            log.warning("could not prune the history of %s: %s", mac, exc)
+            return len(names)
+        return len(names) - len(doomed)
 
     # -- the read path --------------------------------------------------------------------------
 

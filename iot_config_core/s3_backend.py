@@ -28,7 +28,7 @@ import threading
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 from fsspec.asyn import sync
@@ -144,6 +144,8 @@ class S3Backend(Backend):
         self._probe_lock = threading.Lock()
         # Whether this server's ETags are MD5s of the bytes (learnt from our own writes).
         self._md5_etags: bool | None = None
+        # Whether the server takes DeleteObjects (learnt from the first batch removed).
+        self._bulk_delete: bool | None = None
 
     @property
     def description(self) -> str:
@@ -300,13 +302,59 @@ class S3Backend(Backend):
         return self._md5_etags is True
 
     def replace(self, name: str, data: bytes, expected: Hashable | Absent | AnyVersion) -> Entry:
+        self._require_conditional_put()
+        return self._run(self._replace, name, bytes(data), expected)
+
+    def _require_conditional_put(self) -> None:
         if not self.capabilities().conditional_put:
             raise UnsupportedStoreError(
                 f"{self.description} does not enforce If-Match/If-None-Match on PUT, so writes "
                 "could silently overwrite each other; refusing to write",
                 backend=self.description,
             )
-        return self._run(self._replace, name, bytes(data), expected)
+
+    def record_and_replace(
+        self,
+        records: Sequence[tuple[str, bytes]],
+        name: str,
+        data: bytes,
+        expected: Hashable | Absent | AnyVersion,
+    ) -> Entry:
+        # The records go alongside the swap, not before it: one round trip instead of two.
+        self._require_conditional_put()
+        swap = self._replace(name, bytes(data), expected)
+        entry: Entry = self._run(self._alongside, records, swap)
+        return entry
+
+    def record_and_remove(
+        self, records: Sequence[tuple[str, bytes]], name: str, expected: Hashable
+    ) -> None:
+        self._require_conditional_delete()
+        self._run(self._alongside, records, self._remove(name, expected))
+
+    async def _alongside(self, records: Sequence[tuple[str, bytes]], swap: Awaitable[T]) -> T:
+        """Await ``swap`` and the PUTs of ``records`` together; raise if any of them failed.
+
+        The swap's own failure (a `VersionConflict` above all) wins: the store then removes
+        records that did land. A record that failed beside a swap that succeeded leaves the new
+        version unrecorded (shown as ``external``), and the write is not acknowledged.
+        """
+        puts = [self._put_hidden(path, bytes(raw)) for path, raw in records]
+        swapped, *recorded = await asyncio.gather(swap, *puts, return_exceptions=True)
+        for outcome in (swapped, *recorded):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return cast("T", swapped)
+
+    def read_and_list_hidden(
+        self, name: str, limit: int, directory: str
+    ) -> tuple[Blob | None, list[str]]:
+        return self._run(self._read_and_list, name, limit, directory)
+
+    async def _read_and_list(
+        self, name: str, limit: int, directory: str
+    ) -> tuple[Blob | None, list[str]]:
+        return await asyncio.gather(self._read(name, limit), self._list_hidden(directory))
 
     async def _replace(
         self, name: str, data: bytes, expected: Hashable | Absent | AnyVersion
@@ -333,13 +381,16 @@ class S3Backend(Backend):
         return self._entry(response["ETag"], _server_time(response))
 
     def remove(self, name: str, expected: Hashable) -> None:
+        self._require_conditional_delete()
+        self._run(self._remove, name, expected)
+
+    def _require_conditional_delete(self) -> None:
         if not self.capabilities().conditional_delete:
             raise UnsupportedStoreError(
                 f"{self.description} ignores If-Match on DELETE, so a delete could remove a "
                 "config someone else just wrote; refusing to delete",
                 backend=self.description,
             )
-        self._run(self._remove, name, expected)
 
     async def _remove(self, name: str, expected: Hashable) -> None:
         try:
@@ -421,6 +472,22 @@ class S3Backend(Backend):
         self._run(self._remove_hidden, list(paths))
 
     async def _remove_hidden(self, paths: list[str]) -> None:
-        # One DELETE each, concurrently: DeleteObjects needs a Content-MD5 some servers check
-        # differently, and pruning removes only a few records at a time.
+        # One DeleteObjects request for a batch; a server that refuses it (its Content-MD5 or
+        # checksum rules differ) gets one DELETE per key from then on, concurrently.
+        if len(paths) > 1 and self._bulk_delete is not False:
+            objects = [{"Key": self._key(p)} for p in paths]
+            try:
+                response = await self._call(
+                    "delete_objects", Delete={"Objects": objects, "Quiet": True}
+                )
+            except OSError as exc:
+                status, code = _status_and_code(exc)
+                if status is None:
+                    raise
+                log.info("%s refuses DeleteObjects (%s %s)", self.description, status, code)
+                self._bulk_delete = False
+            else:
+                self._bulk_delete = True
+                failed = {e.get("Key") for e in response.get("Errors", [])}
+                paths = [p for p in paths if self._key(p) in failed]
         await asyncio.gather(*(self._call("delete_object", Key=self._key(p)) for p in paths))

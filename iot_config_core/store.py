@@ -22,7 +22,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -62,7 +62,7 @@ from .errors import (
     VersionNotFoundError,
 )
 from .etags import ETagCondition
-from .history import DEFAULT_HISTORY_LIMIT, History, Version, json_patch
+from .history import DEFAULT_HISTORY_LIMIT, History, PendingRecord, Version, json_patch
 from .mac import MacAddress
 from .model import ConfigSummary, RawDocument, StoredConfig
 from .patching import Patch, PatchResult
@@ -790,10 +790,12 @@ class ConfigStore:
         create_only: bool,
     ) -> Entry:
         """Read the current version, check the preconditions on it, swap only that version."""
-        name = mac.file_name
+        entry = self._put_after_own(mac, data, match, none_match, create_only=create_only)
+        if entry is not None:
+            return entry
         for _ in range(MAX_WRITE_ATTEMPTS):
             with self._guard("put"):
-                current = self._backend.read(name, self.limits.max_bytes)
+                current, listed = self._read_for_write(mac)
                 if current is None and not self._backend.root_exists():
                     raise self._missing(mac)
             current_etag = None if current is None else compute_etag(current.data)
@@ -801,12 +803,48 @@ class ConfigStore:
             if current is not None and current.data == data:
                 return current.entry
             try:
-                entry = self._swap(mac, data, current, "put")
+                entry = self._swap(mac, data, current, listed, "put")
             except VersionConflict:
                 continue  # another writer got in between: check again against its version
             assert entry is not None
             return entry
         raise self._contended(mac, "put")
+
+    def _put_after_own(
+        self,
+        mac: MacAddress,
+        data: bytes,
+        match: ETagCondition | None,
+        none_match: ETagCondition | None,
+        *,
+        create_only: bool,
+    ) -> Entry | None:
+        """Record and swap against the version this process wrote last, without a read.
+
+        ``None`` when that is not known, when the preconditions or a no-op write need the
+        stored version, or when the swap finds someone else wrote since: then the caller reads.
+        """
+        known = self._history.known(mac) if self._history.enabled else None
+        if known is None or known.etag == compute_etag(data):
+            return None
+        try:
+            self._check(mac, known.etag, match, none_match, create_only=create_only)
+        except (PreconditionFailedError, AlreadyExistsError):
+            return None  # decided on the stored version, not on what this process last wrote
+        pending = self._history.begin_known(mac, data, known)
+        try:
+            return self._record_and_swap(mac, data, known.token, pending, "put")
+        except VersionConflict:
+            return None
+
+    def _read_for_write(self, mac: MacAddress) -> tuple[Blob | None, builtins.list[str]]:
+        """The current version and, with history on, the names in its history directory."""
+        name = mac.file_name
+        if not self._history.enabled:
+            return self._backend.read(name, self.limits.max_bytes), []
+        return self._backend.read_and_list_hidden(
+            name, self.limits.max_bytes, self._history.directory(mac)
+        )
 
     def _put_in_one_request(
         self,
@@ -923,12 +961,12 @@ class ConfigStore:
         name = mac.file_name
         for _ in range(MAX_WRITE_ATTEMPTS):
             with self._guard("delete"):
-                current = self._backend.read(name, self.limits.max_bytes)
+                current, listed = self._read_for_write(mac)
             if current is None:
                 raise self._missing(mac)
             self._check(mac, compute_etag(current.data), match, None, create_only=False)
             try:
-                self._swap(mac, None, current, "delete")
+                self._swap(mac, None, current, listed, "delete")
                 break
             except VersionConflict:
                 continue
@@ -937,32 +975,54 @@ class ConfigStore:
         self._raw.discard(name)
 
     def _swap(
-        self, mac: MacAddress, data: bytes | None, current: Blob | None, action: str
+        self,
+        mac: MacAddress,
+        data: bytes | None,
+        current: Blob | None,
+        listed: Sequence[str],
+        action: str,
     ) -> Entry | None:
-        """Replace ``current`` with ``data`` (``None``: remove it), recorded in the history first.
+        """Replace ``current`` with ``data`` (``None``: remove it), recorded in the history."""
+        expected = ABSENT if current is None else current.entry.token
+        pending = None
+        if self._history.enabled:
+            pending = self._history.begin(mac, data, current, listed)
+        return self._record_and_swap(mac, data, expected, pending, action)
 
-        The record is written before the conditional swap and removed when the swap loses the
-        race (`VersionConflict`), so each acknowledged write is recorded exactly once.
+    def _record_and_swap(
+        self,
+        mac: MacAddress,
+        data: bytes | None,
+        expected: Hashable | Absent,
+        pending: PendingRecord | None,
+        action: str,
+    ) -> Entry | None:
+        """Swap ``expected`` for ``data`` with the records of ``pending`` (see `History`).
+
+        The backend writes the records before the swap or alongside it, and returns once all
+        have completed; a swap that loses its race (`VersionConflict`) has its record removed,
+        so each acknowledged write is recorded exactly once.
         """
         name = mac.file_name
-        pending = None
-        with self._guard(action):
-            if self._history.enabled:
-                pending = self._history.begin(mac, data, current)
-            try:
-                if data is None:
-                    assert current is not None
-                    self._backend.remove(name, current.entry.token)
-                    entry = None
-                else:
-                    expected = ABSENT if current is None else current.entry.token
-                    entry = self._backend.replace(name, data, expected)
-            except VersionConflict:
-                if pending is not None:
-                    self._history.abandon(pending)
-                raise
+        records = () if pending is None else pending.records
+        try:
+            with self._guard(action):
+                try:
+                    if data is None:
+                        assert not isinstance(expected, Absent)
+                        self._backend.record_and_remove(records, name, expected)
+                        entry = None
+                    else:
+                        entry = self._backend.record_and_replace(records, name, data, expected)
+                except VersionConflict:
+                    if pending is not None:
+                        self._history.abandon(pending)
+                    raise
+        except BaseException:
+            self._history.forget(mac)  # whether the swap happened is not known here
+            raise
         if pending is not None:
-            self._history.commit(pending)
+            self._history.commit(pending, entry)
         return entry
 
     @staticmethod

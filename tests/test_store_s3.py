@@ -40,6 +40,7 @@ from iot_config_core.errors import (
 from iot_config_core.mac import MacAddress
 from iot_config_core.s3_backend import S3Backend, S3Capabilities
 from iot_config_core.testing import MAC_A, MAC_B, StoreContract, cas_increment
+from iot_config_core.testing.contract import with_history_limit
 
 BUCKET = "iot-config-tests"
 
@@ -229,6 +230,36 @@ class S3Contract(StoreContract):
         self.write_raw(store, ".hidden.json", b"{}")
         assert [s.mac_address for s in store.list()] == [MAC_A]
         assert store.listing().skipped == ()
+
+    def test_a_write_after_its_own_sends_only_its_record_and_config(
+        self, store: ConfigStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store = with_history_limit(store, 8)
+        store.put(MAC_A, {"n": 0})  # the first write reads and lists
+        fs = backend_of(store)._fs
+        sent: list[str] = []
+        send = fs._call_s3
+
+        async def counted(method: str, *args: Any, **kwargs: Any) -> Any:
+            sent.append(method)
+            return await send(method, *args, **kwargs)
+
+        monkeypatch.setattr(fs, "_call_s3", counted)
+        etags = [store.put(MAC_A, {"n": n}).etag for n in range(1, 4)]
+        assert [m for m in sent if m != "head_object"] == ["put_object"] * 6  # (schema HEADs)
+        # Another client wrote in between: the swap fails, and the write reads and lists.
+        etags.append(self.make_second_client(store).put(MAC_A, {"n": 4}).etag)
+        sent.clear()
+        etags.append(store.put(MAC_A, {"n": 5}).etag)
+        assert {"get_object", "list_objects_v2"} <= set(sent)
+        # Pruning lists only past the slack, and removes its batch in one request.
+        sent.clear()
+        etags += [store.put(MAC_A, {"n": n}).etag for n in range(6, 16)]
+        assert sent.count("list_objects_v2") <= 4
+        assert "delete_objects" in sent
+        assert "delete_object" not in sent
+        assert [v.etag for v in store.history(MAC_A)] == etags[::-1][:8]
+        assert len(backend_of(store).list_hidden(f".history/{MAC_A}")) <= 8 + 2
 
     def test_description_names_bucket_and_endpoint_not_secrets(self, store: ConfigStore) -> None:
         assert store.description.startswith(f"s3://{BUCKET}/")

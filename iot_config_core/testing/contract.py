@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
+from iot_config_core.backend import Blob
 from iot_config_core.document import DEFAULT_MAX_DEPTH, compute_etag, encode_document
 from iot_config_core.errors import (
     AlreadyExistsError,
@@ -36,7 +37,7 @@ from iot_config_core.errors import (
     StoreUnavailableError,
     VersionNotFoundError,
 )
-from iot_config_core.history import attributed
+from iot_config_core.history import PendingRecord, attributed
 from iot_config_core.mac import MacAddress
 from iot_config_core.store import ConfigStore, open_store
 
@@ -83,6 +84,21 @@ def cas_increment(store: ConfigStore, mac: MacAddress | str, times: int) -> int:
             except PreconditionFailedError:
                 retries += 1
     return retries
+
+
+def _pending(
+    store: ConfigStore, mac: MacAddress, data: bytes, current: Blob | None
+) -> PendingRecord:
+    """The records a writer of ``data`` over ``current`` would write, written by no one yet."""
+    history = store._history  # noqa: SLF001
+    listed = store._backend.list_hidden(history.directory(mac))  # noqa: SLF001
+    return history.begin(mac, data, current, listed)
+
+
+def _leave_record(store: ConfigStore, mac: MacAddress, data: bytes, current: Blob | None) -> None:
+    """What a writer killed between its record and its swap (or losing its race) leaves."""
+    for path, raw in _pending(store, mac, data, current).records:
+        store._backend.put_hidden(path, raw)  # noqa: SLF001
 
 
 def with_history_limit(store: ConfigStore, limit: int) -> ConfigStore:
@@ -798,13 +814,13 @@ class StoreContract(abc.ABC):
         backend = store._backend  # noqa: SLF001
         # A writer killed between its record and its swap leaves exactly this behind.
         current = backend.read(MAC_A.file_name, store.limits.max_bytes)
-        store._history.begin(MAC_A, encode_document({"v": "lost"}), current)  # noqa: SLF001
+        _leave_record(store, MAC_A, encode_document({"v": "lost"}), current)
         assert [v.etag for v in store.history(MAC_A)] == [first.etag]
         second = store.put(MAC_A, {"v": 2})
         assert [v.etag for v in store.history(MAC_A)] == [second.etag, first.etag]
         # A writer that read the first version lost its race to the second and has not removed
         # its record yet: the newest record is then one of a version that never was current.
-        store._history.begin(MAC_A, encode_document({"v": "late"}), current)  # noqa: SLF001
+        _leave_record(store, MAC_A, encode_document({"v": "late"}), current)
         history = store.history(MAC_A)
         assert [(v.etag, v.source) for v in history] == [
             (second.etag, "library"),
@@ -814,9 +830,51 @@ class StoreContract(abc.ABC):
         assert [v.etag for v in store.history(MAC_A)] == [third.etag, second.etag, first.etag]
         with pytest.raises(VersionNotFoundError):
             store.version(MAC_A, etag_of({"v": "lost"}))
-        store._history.begin(MAC_B, encode_document({"v": "lost"}), None)  # noqa: SLF001
+        _leave_record(store, MAC_B, encode_document({"v": "lost"}), None)
         with pytest.raises(NotFoundError):
             store.history(MAC_B)
+
+    def test_a_swap_whose_record_never_landed_is_external(self, store: ConfigStore) -> None:
+        # Where the record goes alongside the swap (S3), a writer killed between the two leaves
+        # a current config without a record: shown as external with its bytes, never torn.
+        first = store.put(MAC_A, {"v": 1})
+        backend = store._backend  # noqa: SLF001
+        current = backend.read(MAC_A.file_name, store.limits.max_bytes)
+        assert current is not None
+        unrecorded = encode_document({"v": "unrecorded"})
+        late = _pending(store, MAC_A, unrecorded, current)
+        backend.replace(MAC_A.file_name, unrecorded, current.entry.token)
+        history = store.history(MAC_A)
+        assert [(v.etag, v.source) for v in history] == [
+            (compute_etag(unrecorded), "external"),
+            (first.etag, "library"),
+        ]
+        assert store.version(MAC_A, compute_etag(unrecorded)).content == {"v": "unrecorded"}
+        # Another client writes next (it recorded the unrecorded version as external), and only
+        # then the slow record lands: each version still appears once, in order.
+        other = self.clients(store)[-1]
+        third = other.put(MAC_A, {"v": 3})
+        for path, raw in late.records:
+            backend.put_hidden(path, raw)
+        expected = [third.etag, compute_etag(unrecorded), first.etag]
+        for client in self.clients(store):
+            assert [v.etag for v in client.history(MAC_A)] == expected
+        fourth = store.put(MAC_A, {"v": 4})
+        assert [v.etag for v in store.history(MAC_A)] == [fourth.etag, *expected]
+
+    def test_a_write_after_another_clients_is_recorded_after_it(self, store: ConfigStore) -> None:
+        # A client that remembers its own last write must not record over another client's.
+        clients = self.clients(store)
+        first, other = clients[0], clients[-1]
+        etags = [first.put(MAC_A, {"v": 1}).etag, other.put(MAC_A, {"v": 2}).etag]
+        etags.append(first.put(MAC_A, {"v": 3}).etag)
+        self.write_raw(store, MAC_A.file_name, b'{"v": 4}\n')
+        etags += [compute_etag(b'{"v": 4}\n'), first.put(MAC_A, {"v": 5}).etag]
+        with pytest.raises(PreconditionFailedError):
+            first.put(MAC_A, {"v": 6}, if_match=etags[2])
+        etags.append(first.put(MAC_A, {"v": 7}, if_match=etags[-1]).etag)
+        for client in clients:
+            assert [v.etag for v in client.history(MAC_A)] == etags[::-1]
 
     def test_racing_writers_are_each_recorded_once_in_order(self, store: ConfigStore) -> None:
         k, m = self.counter_threads, self.counter_increments

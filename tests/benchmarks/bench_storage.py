@@ -13,13 +13,17 @@ a fleet of 1,000 configs:
 
 and then every store operation as a ratio to the same operation on local disk in the same run,
 and what the version history costs (`run_history`): ``put`` with history on against off on the
-same backend (target <= 1.5x on local disk and CephFS, <= 1.2x on S3), the listing before and
-after every config got history, and the bytes each recorded version takes.
+same backend (target <= 1.5x on local disk and CephFS, <= 1.2x on S3) by one writer, for a device
+it wrote last (the usual case) and for a first write (read and list first), with the histories
+full so pruning runs at its long-run rate; on S3 the requests per put; the listing before and
+after every config got history, and the bytes each recorded version takes. The loopback S3
+servers have no network round trip, so they are CPU-bound: ``--s3-delay MS`` adds one per request.
 Nothing asserts: run it, read the tables.
 
     python3 tests/benchmarks/bench_storage.py                       # local, moto, SeaweedFS
     python3 tests/benchmarks/bench_storage.py --cephfs /mnt/cephfs  # ... and CephFS
     python3 tests/benchmarks/bench_storage.py --quick               # 200 configs, a smoke run
+    python3 tests/benchmarks/bench_storage.py --quick --s3-delay 10 # ... as if S3 were 10 ms away
 
 With ``--cephfs-second MNT2`` (a second ceph-fuse mount of the same filesystem: another client,
 as a second server replica has) it also times how long a write through the first mount takes to
@@ -28,6 +32,8 @@ show in a listing, and in a device read, through the second (`cross_client`).
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import importlib.util
 import os
@@ -95,6 +101,7 @@ class Backend:
     floor_write: Callable[[str, bytes], None]  # writes to a scratch area, not the fleet
     floor_list: Callable[[], list[str]]
     disk_root: Path | None = None  # where a POSIX store's files are, to weigh the history
+    requests: dict[str, int] | None = None  # S3 requests by operation, counted as they are sent
 
 
 # -- POSIX (local disk, CephFS) ------------------------------------------------------------------
@@ -131,13 +138,27 @@ def posix_backend(name: str, base: Path) -> Backend:
 # -- S3 ------------------------------------------------------------------------------------------
 
 
-def s3_backend(name: str, options: dict[str, Any]) -> Backend:
-    """The floor is one bare request (GET, PUT, LIST pages) through the store's own s3fs client."""
+def s3_backend(name: str, options: dict[str, Any], delay: float = 0.0) -> Backend:
+    """The floor is one bare request (GET, PUT, LIST pages) through the store's own s3fs client.
+
+    ``delay`` seconds are waited before each request is sent, as a network round trip would
+    (requests sent together wait together); loopback servers have none.
+    """
     bucket = "bench"
     prefix = uuid.uuid4().hex
     url = f"s3://{bucket}/{prefix}"
     store = open_store(url, create=True, **options)
     fs = store._backend._fs  # type: ignore[attr-defined]
+    requests: dict[str, int] = collections.Counter()
+    send = fs._call_s3
+
+    async def counted(method: str, *args: Any, **kwargs: Any) -> Any:
+        requests[method] += 1
+        if delay:
+            await asyncio.sleep(delay)
+        return await send(method, *args, **kwargs)
+
+    fs._call_s3 = counted
 
     async def get(key: str) -> bytes:
         response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
@@ -151,7 +172,7 @@ def s3_backend(name: str, options: dict[str, Any]) -> Backend:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{prefix}/", "Delimiter": "/"}
         names: list[str] = []
         while True:
-            page = fs.call_s3("list_objects_v2", **kwargs)
+            page = sync(fs.loop, fs._call_s3, "list_objects_v2", **kwargs)
             names += [item["Key"] for item in page.get("Contents", [])]
             if not page.get("IsTruncated"):
                 return names
@@ -162,10 +183,16 @@ def s3_backend(name: str, options: dict[str, Any]) -> Backend:
         store,
         lambda: open_store(url, **options),
         lambda file_name: sync(fs.loop, get, f"{prefix}/{file_name}"),
-        lambda file_name, data: fs.call_s3(
-            "put_object", Bucket=bucket, Key=f"{prefix}-floor/{file_name}", Body=data
+        lambda file_name, data: sync(
+            fs.loop,
+            fs._call_s3,
+            "put_object",
+            Bucket=bucket,
+            Key=f"{prefix}-floor/{file_name}",
+            Body=data,
         ),
         floor_list,
+        requests=requests,
     )
 
 
@@ -280,8 +307,29 @@ def run_history(backend: Backend, macs: list[MacAddress], sizes: dict[str, int])
 
         return put
 
+    first_macs = macs[4 * batch : 5 * batch]
+    # Another store of the same root, forgetting its own writes: every put is a first write
+    # (read and list, then record and swap), as after another replica wrote the device.
+    first = ConfigStore(on._backend, limits=on.limits, history_limit=on.history_limit)
+    forgetful = put_with(first, first_macs)
+
+    def put_first() -> None:
+        for mac in first_macs:
+            first._history.forget(mac)
+        forgetful()
+
+    # Fill the recorded devices' histories to the limit and its slack first, so pruning runs
+    # as often during the measurement as it does for every device in the long run.
+    for filled in range(on.history_limit + on.history_limit // 4):
+        for i, mac in enumerate(on_macs + first_macs):
+            on.put(mac, config(i, 2000 + filled))
+
     puts = measure(
-        {"put history off": put_with(off, off_macs), "put history on": put_with(on, on_macs)},
+        {
+            "put history off": put_with(off, off_macs),
+            "put history on": put_with(on, on_macs),
+            "put history on, first write": put_first,
+        },
         repeat=sizes["put_rounds"],
         per_call=batch,
     )
@@ -289,6 +337,19 @@ def run_history(backend: Backend, macs: list[MacAddress], sizes: dict[str, int])
     report.add(
         f"{name} put", puts["put history on"], baseline=puts["put history off"], target=target
     )
+    report.add(
+        f"{name} put, first write of a device",
+        puts["put history on, first write"],
+        baseline=puts["put history off"],
+    )
+    if backend.requests is not None:
+        for label, store, targets in (
+            ("off", off, off_macs),
+            ("on", on, on_macs),
+            ("on, first write", first, first_macs),
+        ):
+            per_put = count_requests(backend.requests, store, targets, first=store is first)
+            report.add_value(f"{name} requests per put, history {label}", per_put, "")
 
     def lists(label: str) -> dict[str, Timing]:
         store = backend.reopen()
@@ -320,6 +381,20 @@ def run_history(backend: Backend, macs: list[MacAddress], sizes: dict[str, int])
         report.add_value(f"{name} bytes allocated per version", allocated, "B")
         report.add_value(f"{name} bytes per document", document, "B")
     return report
+
+
+def count_requests(
+    requests: dict[str, int], store: ConfigStore, targets: list[MacAddress], *, first: bool
+) -> float:
+    """The S3 requests per put, over enough rounds to include the history's pruning."""
+    requests.clear()
+    rounds = store.history_limit // 4 + 1 if store.history_limit else 2
+    for turn in range(rounds):
+        for i, mac in enumerate(targets):
+            if first:
+                store._history.forget(mac)
+            store.put(mac, config(i, 5000 + turn))
+    return sum(requests.values()) / (rounds * len(targets))
 
 
 def interleaved_lists(backend: Backend, sizes: dict[str, int]) -> tuple[str, Timing, Timing]:
@@ -426,7 +501,8 @@ def backends(args: Any, scratch: Path) -> Iterator[list[Backend]]:
                 except RuntimeError as exc:
                     print(f"[bench_storage] {name} unavailable: {exc}", file=sys.stderr)
                     continue
-                found.append(s3_backend(name, s3_server.storage_options(server)))
+                options = s3_server.storage_options(server)
+                found.append(s3_backend(name, options, args.s3_delay / 1000))
         yield found
 
 
@@ -440,6 +516,13 @@ def main() -> None:
         help="a second mount of the --cephfs filesystem: also time cross-client visibility",
     )
     parser.add_argument("--skip", nargs="*", default=[], help="backends to leave out")
+    parser.add_argument(
+        "--s3-delay",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="wait this long before each S3 request, as a network round trip would",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     floor = Report("storage: store vs its backend's raw floor", dict(sizes))
