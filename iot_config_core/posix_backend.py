@@ -20,7 +20,6 @@ root, so a warm listing stats only the files reported changed instead of every f
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import logging
@@ -29,9 +28,8 @@ import secrets
 import stat as stat_module
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Self, cast
 
 from .backend import ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict, WatchedScan
 from .directory_watch import DirectoryWatch, filesystem_magic, sees_every_writer
@@ -80,97 +78,6 @@ def sync_directory(path: str) -> None:
         os.close(fd)
 
 
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    # Linux's sync_file_range(2), which the os module lacks; None elsewhere.
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    function.restype = ctypes.c_int
-    return cast("Callable[[int, int, int, int], int]", function)
-
-
-_sync_file_range = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2  # start writing dirty pages out, wait for nothing
-
-
-def _create_file(path: str, data: bytes) -> int:
-    """Create ``path`` (which must not exist) holding ``data``, not yet synced; its open fd.
-
-    On any failure the file is removed again.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-    return fd
-
-
-class _StagedFile:
-    """The new bytes of ``directory/name`` in a uniquely named temp file beside it, not yet synced.
-
-    `install` makes them durable and renames them over the target; leaving the ``with`` block
-    without installing removes the temp file. Staging apart from installing lets a writer do
-    other durable work (a history record) between the two, under no lock.
-    """
-
-    def __init__(self, directory: str, name: str, data: bytes) -> None:
-        self._directory = directory
-        self._target = os.path.join(directory, name)
-        self._temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
-        self._fd: int | None = _create_file(self._temp, data)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._fd is not None:  # never installed
-            os.close(self._fd)
-            self._fd = None
-            with contextlib.suppress(OSError):
-                os.unlink(self._temp)
-
-    def start_writeback(self) -> None:
-        """Ask the kernel to start writing the temp file out now, without waiting (a hint).
-
-        Worth it when another file is fsynced before `install`: on a journaling filesystem
-        with delayed allocation (ext4, XFS) the temp file's blocks are then allocated in the
-        running transaction, so that fsync commits them too and the temp file's own fsync
-        finds little left to do. Errors are ignored: `install` fsyncs anyway.
-        """
-        if _sync_file_range is not None and self._fd is not None:
-            _sync_file_range(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-    def install(self, *, sync: bool = True) -> os.stat_result:
-        """Fsync the temp file, rename it over the target; returns the new file's stat.
-
-        With ``sync`` the directory is fsynced too, so the rename survives a crash.
-        """
-        fd, self._fd = self._fd, None
-        assert fd is not None
-        try:
-            try:
-                os.fsync(fd)
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
-            os.replace(self._temp, self._target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(self._temp)
-            raise
-        if sync:
-            sync_directory(self._directory)
-        return st
-
-
 def write_file_atomically(
     directory: str, name: str, data: bytes, *, sync: bool = True
 ) -> os.stat_result:
@@ -181,8 +88,25 @@ def write_file_atomically(
     many files may pass ``sync=False`` and call `sync_directory` once at the end. Returns the
     new file's stat.
     """
-    with _StagedFile(directory, name, data) as staged:
-        return staged.install(sync=sync)
+    temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, os.path.join(directory, name))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    if sync:
+        sync_directory(directory)
+    return st
 
 
 def _open_directory(path: str) -> int:
@@ -340,30 +264,11 @@ class PosixBackend(Backend):
                 return
 
     def replace(self, name: str, data: bytes, expected: Hashable | Absent | AnyVersion) -> Entry:
-        return self.record_and_replace((), name, data, expected)
-
-    def record_and_replace(
-        self,
-        records: Sequence[tuple[str, bytes]],
-        name: str,
-        data: bytes,
-        expected: Hashable | Absent | AnyVersion,
-    ) -> Entry:
-        # The records are durable before the rename, as the base class orders it, but the
-        # config's temp file is written first and its writeback started: the records' fsync
-        # then commits the temp file's blocks in the same journal transaction, and the temp
-        # file's own fsync before the rename has little left to do (one commit saved on ext4).
-        with _StagedFile(self.root, name, data) as staged:
-            if records:
-                staged.start_writeback()
-            for path, raw in records:
-                self.put_hidden(path, raw)
-            # Unconditional writes take the lock too: a compare-and-swap must not interleave
-            # with them.
-            with self._locked(name):
-                if expected is not ANY and self.current_version(name) != expected:
-                    raise VersionConflict(name)
-                return _entry(staged.install())
+        # Unconditional writes take the lock too: a compare-and-swap must not interleave with them.
+        with self._locked(name):
+            if expected is not ANY and self.current_version(name) != expected:
+                raise VersionConflict(name)
+            return _entry(write_file_atomically(self.root, name, data))
 
     def remove(self, name: str, expected: Hashable) -> None:
         with self._locked(name):
@@ -419,15 +324,18 @@ class PosixBackend(Backend):
         where = self._hidden_dir(directory)
         self._make_dirs(where)
         target = os.path.join(where, name)
-        fd = _create_file(target, data)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         except BaseException:
+            os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(target)
             raise
-        finally:
-            os.close(fd)
+        os.close(fd)
 
     def list_hidden(self, directory: str) -> list[str]:
         try:
