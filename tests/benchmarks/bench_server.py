@@ -24,7 +24,6 @@ Run: ``python tests/benchmarks/bench_server.py [--quick] [--device-only] [--json
 store (and so every floor: the stat, the durable write, the file nginx serves) on another
 filesystem, e.g. a ceph-fuse mount, while the scratch files stay local; ``--fleets`` chooses the
 fleet sizes.
->>>>>>> h-cephmem
 Needs ``wrk`` and ``nginx`` (Debian: ``apt-get install -y wrk nginx``); parts that need a missing
 tool are skipped with a message.
 """
