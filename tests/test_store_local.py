@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import socket
 import time
 from pathlib import Path
@@ -194,3 +195,56 @@ def test_missing_directory_names_itself_and_the_fix(tmp_path: Path) -> None:
     )
     assert info.value.details == {"store": f"file://{missing}"}
     assert not missing.exists()  # opening and failing created nothing
+
+
+def _records(root: Path) -> list[Path]:
+    history = root / ".history"
+    return sorted(p for p in history.rglob("*") if p.is_file()) if history.exists() else []
+
+
+def test_a_failed_record_fsync_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records' fsyncs run beside the config's; one failing stops the swap, and cleans up."""
+    store = open_store(str(tmp_path))
+    first = store.put(MAC_A, {"deviceName": "before"})
+    records_before = _records(tmp_path)
+    real_fsync = os.fsync
+
+    def failing_for_records(fd: int) -> None:
+        if "/.history/" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(5, "Input/output error")  # EIO, as a failing disk reports it
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_for_records)
+    with pytest.raises(StoreUnavailableError):
+        store.put(MAC_A, {"deviceName": "after"})
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert store.get(MAC_A).etag == first.etag
+    assert _records(tmp_path) == records_before  # the new record was removed again
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # so was the temp file
+    assert [v.etag for v in store.history(MAC_A)] == [first.etag]
+    assert store.put(MAC_A, {"deviceName": "after"}).etag in {
+        v.etag for v in store.history(MAC_A)
+    }
+
+
+def test_recorded_writes_work_in_a_forked_child(tmp_path: Path) -> None:
+    """The fsync pool's threads stay in the parent; a forked worker gets a pool of its own."""
+    store = open_store(str(tmp_path))
+    store.put(MAC_A, {"deviceName": "parent"})  # the parent's pool has threads now
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if its recorded write completed
+        try:
+            signal.alarm(20)  # a hang would be a deadlock on the parent's pool: fail, not hang
+            child = open_store(str(tmp_path))
+            child.put(MAC_B, {"deviceName": "child"})
+            store.put(MAC_A, {"deviceName": "child"})
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.get(MAC_A).content["deviceName"] == "child"
+    assert [v.source for v in store.history(MAC_B)] == ["library"]
+    assert len(store.history(MAC_A)) == 2
