@@ -224,9 +224,7 @@ def test_a_failed_record_fsync_writes_nothing(
     assert _records(tmp_path) == records_before  # the new record was removed again
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # so was the temp file
     assert [v.etag for v in store.history(MAC_A)] == [first.etag]
-    assert store.put(MAC_A, {"deviceName": "after"}).etag in {
-        v.etag for v in store.history(MAC_A)
-    }
+    assert store.put(MAC_A, {"deviceName": "after"}).etag in {v.etag for v in store.history(MAC_A)}
 
 
 def test_recorded_writes_work_in_a_forked_child(tmp_path: Path) -> None:
