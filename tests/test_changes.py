@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -29,14 +30,21 @@ C = MacAddress.parse("02:00:00:00:00:0c")
 
 
 class CountedReads(PosixBackend):
-    """The local backend, noting the name of every config it reads."""
+    """The local backend, noting the name of every config it reads; it refuses ``refused``.
+
+    Refusing stands in for a file's permissions (the tests may run as root, whom they do not
+    stop).
+    """
 
     def __init__(self, root: str) -> None:
         super().__init__(root)
         self.reads: list[str] = []
+        self.refused: set[str] = set()
 
     def read(self, name: str, limit: int) -> Blob | None:
         self.reads.append(name)
+        if name in self.refused:
+            raise PermissionError(errno.EACCES, "Permission denied", name)
         return super().read(name, limit)
 
 
@@ -131,6 +139,25 @@ def test_a_changed_file_is_read_once_and_an_unchanged_fleet_not_at_all(root: Pat
     (root / B.file_name).touch()  # a new version token, the same bytes: no change
     assert feed.poll() == []
     assert backend.reads == [B.file_name, B.file_name]
+
+
+@pytest.mark.parametrize("list_watch", [True, False])
+def test_an_unreadable_file_is_held_back_until_it_can_be_read(
+    root: Path, *, list_watch: bool
+) -> None:
+    backend = CountedReads(str(root))
+    store = ConfigStore(backend, list_watch=list_watch)
+    etag = store.put(A, {"n": 1}).etag
+    feed = ChangeFeed(store)
+    feed.poll()
+    backend.refused.add(A.file_name)
+    open_store(str(root)).put(A, {"n": 2})
+    assert feed.poll() == []
+    assert feed.state == {A: etag}
+    assert store.etags().damaged == {A}
+    backend.refused.clear()
+    os.chmod(root / A.file_name, 0o644)  # what a fix of its permissions does
+    assert feed.poll() == [Change(A, store.etag(A))]
 
 
 def test_feeds_polling_in_turn_each_see_every_change(root: Path) -> None:
