@@ -405,20 +405,17 @@ def bench_feed(report: Report, scratch: Path, sizes: dict[str, int]) -> None:
                 assert len(found) == changed, (name, len(found))
                 samples[name].append(elapsed)
         timings = {name: Timing(name, tuple(values)) for name, values in samples.items()}
-        report.add(
-            f"feed poll, {changed} of {count} changed by another process",
-            timings["new"],
-            baseline=timings["old"],
-            target=1.0,
-            note="ChangeFeed.poll on ConfigStore.etags vs the listing-based feed",
-        )
-        report.add(
-            f"feed poll, {changed} of {count} own writes announced",
-            timings["new own"],
-            baseline=timings["old own"],
-            target=1.0,
-            note="etag() per write (vouched) + poll, vs etag() + the listing-based poll",
-        )
+        for case, subject, note in (
+            ("changed by another process", "", "ChangeFeed.poll vs the listing-based feed"),
+            ("own writes announced", " own", "etag() per write, vouched, + poll; the same before"),
+        ):
+            report.add(
+                f"feed poll, {changed} of {count} {case}",
+                timings[f"new{subject}"],
+                baseline=timings[f"old{subject}"],
+                target=1.0,
+                note=note,
+            )
 
 
 _MEMORY_CHILD = """
