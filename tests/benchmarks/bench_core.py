@@ -2,7 +2,8 @@
 
 Each operation is compared with the bare OS/stdlib work it cannot avoid (open+read+json.loads for a
 read, write+fsync+rename for a write, scandir+stat for a listing), on the same files, interleaved.
-The targets are ratios to that floor, so the numbers mean the same on a laptop and in CI. Nothing
+The targets are ratios to that floor, so the numbers mean the same on a laptop and in CI. The
+change feed's poll (``feed``) is compared with the listing-based feed it replaced instead. Nothing
 here asserts: run it, read the table.
 
     python3 tests/benchmarks/bench_core.py          # 10,000 configs (100,000 for memory)
