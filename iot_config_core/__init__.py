@@ -54,6 +54,7 @@ from .schemas import (
 )
 from .store import (
     ConfigStore,
+    ETagListing,
     Listing,
     local_store_root,
     open_store,
@@ -81,6 +82,7 @@ __all__ = [
     "DocumentLimits",
     "DocumentTooLargeError",
     "ETagCondition",
+    "ETagListing",
     "EntityTag",
     "ErrorCode",
     "InvalidDocumentError",

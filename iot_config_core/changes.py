@@ -2,8 +2,10 @@
 
 Every writer is seen -- this process, another server replica, the CLI, a script using the library,
 a hand edit on the file system -- because the feed compares listings instead of hooking writes.
-A listing re-reads only the files whose version token changed, so polling an unchanged fleet
-costs one metadata scan and no reads.
+It lists ETags only (`ConfigStore.etags`), not summaries: polling an unchanged fleet costs one
+metadata scan (with an inotify watch on local disk, one read of the kernel's queue) and no
+reads; a changed file is read and hashed once, and parsed only when its version is new to the
+consumer; the diff looks at the changed devices only.
 
 The feed is a diff against a *baseline*, the ETag of every device the consumer already knows
 about. A fresh consumer starts from the fleet as it is now; one that kept state elsewhere (a
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections import ChainMap
+from collections.abc import Iterable, Iterator, Mapping
 
 import attrs
 
 from .mac import MacAddress
-from .store import ConfigStore, Listing
+from .store import ConfigStore, ETagListing
 
 __all__ = ["Change", "ChangeFeed", "watch"]
 
@@ -50,9 +53,10 @@ class ChangeFeed:
 
     A stored file that does not parse keeps its last valid version here: it is reported neither
     as changed nor as deleted until it is repaired. Devices are served an error for it meanwhile,
-    and a half-saved hand edit is no reason to tell a fleet anything.
+    and a half-saved hand edit is no reason to tell a fleet anything. Telling that needs a parse
+    of each changed file, which `vouch` spares for the versions the consumer read itself.
 
-    Not thread-safe: one consumer polls it. Memory is one entry per device.
+    Not thread-safe: one consumer polls it (and vouches). Memory is one entry per device.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class ChangeFeed:
         self._known: dict[MacAddress, str] = {} if baseline is None else dict(baseline)
         self._silent = baseline is None
         self._generation: int | None = None
+        self._vouched: dict[MacAddress, str] = {}
 
     @property
     def store(self) -> ConfigStore:
@@ -73,16 +78,34 @@ class ChangeFeed:
         """The ETag of every device as of the last poll (a copy)."""
         return dict(self._known)
 
-    def poll(self) -> list[Change]:
-        """List the store once; the changes since the previous poll, sorted by MAC.
+    def vouch(self, mac: MacAddress, etag: str) -> None:
+        """Tell the feed that the consumer has read version ``etag`` of ``mac`` itself.
 
-        Raises what `ConfigStore.listing` raises (`StoreUnavailableError`); the baseline is then
+        When the next poll finds that version, the file is neither read again (where it was read
+        with `ConfigStore.etag` on this feed's store) nor parsed: it is reported like any other
+        change. For a publisher announcing its own writes, whose versions it reads at once to
+        announce them: without this, the next poll would read each again and parse it, only to
+        learn what the publisher already told devices. Vouching for a version that later turns
+        out damaged only means the feed treats it as the consumer already did.
+        """
+        self._vouched[mac] = etag
+
+    def poll(self) -> list[Change]:
+        """List the store's ETags once; the changes since the previous poll, sorted by MAC.
+
+        Raises what `ConfigStore.etags` raises (`StoreUnavailableError`); the baseline is then
         unchanged, so the next successful poll reports everything missed.
         """
-        listing = self._store.listing()
+        known = self._known
+        vouched = ChainMap(self._vouched, known) if self._vouched else known
+        listing = self._store.etags(vouched)
+        self._vouched = {}
         if listing.generation == self._generation:
             return []
-        changes = self._diff(listing)
+        if listing.since == self._generation:
+            changes = self._apply(listing, listing.changed)
+        else:  # the first poll, a resync, or another feed on this store listed in between
+            changes = self._apply(listing, listing.etags.keys() | listing.damaged | known.keys())
         self._generation = listing.generation
         if self._silent:
             self._silent = False
@@ -98,20 +121,26 @@ class ChangeFeed:
         self._known = dict(baseline)
         self._silent = False
         self._generation = None
+        self._vouched = {}
         return self.poll()
 
-    def _diff(self, listing: Listing) -> list[Change]:
+    def _apply(self, listing: ETagListing, macs: Iterable[MacAddress]) -> list[Change]:
+        """Bring the state of ``macs`` up to ``listing``; what changed, sorted by MAC."""
         known = self._known
-        current = {summary.mac_address: summary.etag for summary in listing.summaries}
-        changes = [Change(mac, etag) for mac, etag in current.items() if known.get(mac) != etag]
-        unparsable = {MacAddress.from_file_name(name) for name in listing.skipped}
-        for mac in sorted(known.keys() - current.keys()):
-            if mac in unparsable:
-                current[mac] = known[mac]
-            else:
-                changes.append(Change(mac, None))
-        self._known = current
-        return sorted(changes, key=lambda change: change.mac_address)
+        changes = []
+        for mac in macs:
+            etag = listing.etags.get(mac)
+            if etag is None:
+                if mac not in listing.damaged and known.pop(mac, None) is not None:
+                    changes.append(Change(mac, None))
+            elif known.get(mac) != etag:
+                known[mac] = etag
+                changes.append(Change(mac, etag))
+        return sorted(changes, key=_by_mac)
+
+
+def _by_mac(change: Change) -> int:
+    return change.mac_address.value  # an int: comparing MacAddress objects costs a call each
 
 
 def watch(

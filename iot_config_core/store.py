@@ -74,6 +74,7 @@ __all__ = [
     "DEFAULT_RAW_CACHE_BYTES",
     "CacheStats",
     "ConfigStore",
+    "ETagListing",
     "Listing",
     "local_store_root",
     "open_store",
@@ -232,6 +233,46 @@ class Listing:
     skipped: tuple[str, ...] = ()
 
 
+@attrs.frozen
+class ETagListing:
+    """The version of every stored config, as `ConfigStore.etags` found it.
+
+    ``etags`` maps the MAC of each config to its ETag; ``damaged`` holds the MACs of stored
+    files that do not parse or cannot be read (never in ``etags``). ``generation`` changes
+    whenever either does, and ``changed`` names every MAC whose entry differs from the listing
+    of generation ``since`` (the one before): a caller that saw that one looks at these only.
+    """
+
+    etags: Mapping[MacAddress, str]
+    damaged: frozenset[MacAddress]
+    generation: int
+    since: int = 0
+    changed: frozenset[MacAddress] = frozenset()
+
+
+@attrs.frozen(weakref_slot=False)
+class _Hashed:
+    """What the ETag listing remembers about one version of one file: one per config.
+
+    ``listed``: ``True`` when the listing lists this version, ``False`` when it is damaged,
+    ``None`` when `ConfigStore.etag` hashed it and no listing has decided yet. Remembering an
+    ETag per version token is sound because a token identifies the bytes (`Entry`): on local
+    disk an atomic replace gives a new inode and an in-place edit a new size or modification
+    time (an edit of equal size within one tick of the filesystem clock is the blind spot,
+    the same one the device cache has); on S3 the token is the object's ETag; in memory it
+    holds the stored object itself.
+    """
+
+    token: Hashable
+    etag: str
+    listed: bool | None
+
+
+# A file that cannot be read: damaged, and not remembered (its next permission change, or the
+# next full scan, tries again).
+_UNREADABLE = _Hashed(None, "", listed=False)
+
+
 @attrs.frozen(weakref_slot=False)
 class _Parsed:
     """What the cache remembers about one version of one file.
@@ -382,6 +423,13 @@ class ConfigStore:
         self._watched: WatchedScan | None = None  # made by the first listing, before its scan
         self._generation = 0
         self._warned: set[tuple[str, Hashable]] = set()
+        # The ETag listing (`etags`): its own scan state and cache, shared with `etag` once the
+        # first `etags` call made it (``_etag_listing`` no longer ``None``).
+        self._etag_turn = threading.Lock()
+        self._etag_watched: WatchedScan | None = None
+        self._etag_listing: ETagListing | None = None
+        self._hashed: dict[str, _Hashed] = {}
+        self._unreadable: set[str] = set()  # damaged because unreadable: not in ``_hashed``
         #: The JSON Schemas kept in this store's root; every write is checked against them.
         self.schemas = SchemaStore(backend, limits, self._guard)
 
@@ -527,13 +575,22 @@ class ConfigStore:
         return doc, content
 
     def etag(self, mac: MacLike) -> str | None:
-        """The current ETag of ``mac``, or ``None`` when absent (valid or not)."""
+        """The current ETag of ``mac``, or ``None`` when absent (valid or not).
+
+        Once this store serves an ETag listing (`etags`), the version read is remembered there:
+        the next listing that finds the file at that version neither reads nor hashes it again.
+        """
         mac = _mac(mac)
+        name = mac.file_name
         with self._guard("etag"):
-            blob = self._backend.read(mac.file_name, self.limits.max_bytes)
+            blob = self._backend.read(name, self.limits.max_bytes)
             if blob is None and not self._backend.root_exists():
                 raise self._missing_store()
-        return None if blob is None else compute_etag(blob.data)
+        if blob is None:
+            return None
+        if self._etag_listing is None:
+            return compute_etag(blob.data)
+        return self._hash(name, blob).etag
 
     def exists(self, mac: MacLike) -> bool:
         """Whether anything (valid or not) is stored for ``mac``."""
@@ -735,6 +792,170 @@ class ConfigStore:
         so a metrics scrape can call it on every scrape.
         """
         return len(self.listing().summaries)
+
+    # -- ETag listing ---------------------------------------------------------------------------
+
+    def etags(self, vouched: Mapping[MacAddress, str] | None = None) -> ETagListing:
+        """The ETag of every stored config: what a change feed needs, for less than `listing`.
+
+        The same metadata scan as `listing` (an inotify watch where the backend has one), with
+        a cache of its own, a version token and an ETag per config: a file is read only when
+        its token changed since the last call (or since `etag` read it), and then hashed.
+
+        Only a file that parses is listed: one that does not (a half-saved hand edit, one over
+        the size limit, one that cannot be read) is in ``damaged``, with a warning once per
+        version. So a changed file is parsed as well, except when its new ETag is the one
+        ``vouched`` gives for its MAC: the caller has that version already (a change feed
+        passes the versions it reported before and those its consumer read itself with `etag`:
+        a publisher's own writes), so parsing could tell it nothing it has not acted on. That
+        is the common case under a write load, where parsing would be most of the cost; such a
+        version stays listed until the file changes.
+
+        One call at a time. Raises `StoreUnavailableError` (or `StoreMissingError`) as `listing`
+        does; the next call then scans everything again.
+        """
+        with self._etag_turn, self._guard("list"):
+            if self._list_watch and self._etag_watched is None:
+                self._etag_watched = self._backend.watched_scan()
+            watched = self._etag_watched
+            changes = None if watched is None else watched.changes()
+            try:
+                return self._hash_changed(watched, changes, vouched or {})
+            except BaseException:
+                self._etag_watched = None  # what the watch or scan told is unapplied: rescan
+                raise
+
+    def _hash_changed(
+        self,
+        watched: WatchedScan | None,
+        changes: Mapping[str, Hashable | None] | None,
+        vouched: Mapping[MacAddress, str],
+    ) -> ETagListing:
+        """Apply ``changes`` (or a full scan when ``None``); the ETag listing after.
+
+        The cache is updated only together with the listing, so an entry a listing decided on
+        (``listed`` not ``None``) is always what the current listing says: a full scan skips
+        those whose token is unchanged without parsing their name.
+        """
+        previous = self._etag_listing
+        if previous is None:
+            previous = self._etag_listing = ETagListing({}, frozenset(), 0)
+        cache, unreadable = self._hashed, self._unreadable
+        if changes is None:
+            scanned: Iterable[tuple[str, Hashable | None]] = (
+                self._backend.scan() if watched is None else watched.scan()
+            )
+        elif not changes:
+            return previous
+        else:
+            scanned = changes.items()
+        updates: dict[str, _Hashed | None] = {}  # applied to the cache with the new listing
+        found: dict[MacAddress, _Hashed | None] = {}  # None: not there
+        for name, token in scanned:
+            entry = cache.get(name)
+            if entry is not None and entry.token == token and entry.listed is not None:
+                continue
+            mac = MacAddress.from_file_name(name)
+            if mac is None:
+                if token is not None:
+                    self._warn_once(name, token, self._why_not_a_config(name))
+                continue
+            version = None if token is None else self._hash_version(mac, name, token, vouched)
+            updates[name] = version
+            found[mac] = version
+        if changes is None:  # a full scan names each object once: the rest are gone
+            assert isinstance(scanned, builtins.list)
+            for gone in (cache.keys() | unreadable) - {name for name, _ in scanned}:
+                updates[gone] = None
+                mac = MacAddress.from_file_name(gone)
+                assert mac is not None  # only config names are remembered
+                found[mac] = None
+        for name, version in updates.items():
+            unreadable.discard(name)
+            if version is _UNREADABLE:
+                unreadable.add(name)
+            if version is None or version is _UNREADABLE:
+                cache.pop(name, None)
+            else:
+                cache[name] = version
+        return self._etag_listing_after(previous, found)
+
+    def _hash_version(
+        self, mac: MacAddress, name: str, token: Hashable, vouched: Mapping[MacAddress, str]
+    ) -> _Hashed | None:
+        """The current version of ``name``, hashed, and parsed unless ``vouched`` names it.
+
+        ``None`` when it is gone.
+        """
+        known = self._hashed.get(name)
+        if (
+            known is not None
+            and known.token == token
+            and known.listed is None
+            and vouched.get(mac) == known.etag
+        ):
+            return _Hashed(token, known.etag, listed=True)  # read by `etag`: not again
+        try:
+            blob = self._backend.read(name, self.limits.max_bytes)
+        except OSError as exc:  # one unreadable file must not hide the fleet
+            self._warn_once(name, token, f"unreadable: {exc}")
+            return _UNREADABLE
+        if blob is None:  # deleted since the scan
+            return None
+        etag = self._hash(name, blob).etag
+        try:
+            if vouched.get(mac) == etag:
+                check_size(blob.size, self.limits)
+            else:
+                _decode_stored(blob, self.limits)
+        except InvalidDocumentError as exc:
+            self._warn_once(name, blob.entry.token, exc.message)
+            return _Hashed(blob.entry.token, etag, listed=False)
+        return _Hashed(blob.entry.token, etag, listed=True)
+
+    def _etag_listing_after(
+        self, previous: ETagListing, found: Mapping[MacAddress, _Hashed | None]
+    ) -> ETagListing:
+        """``previous`` with the versions ``found`` (``None``: not listed); itself if the same."""
+        damaged = set(previous.damaged)
+        etags = previous.etags
+        changed: set[MacAddress] = set()
+        for mac, version in found.items():
+            etag = None if version is None or not version.listed else version.etag
+            broken = version is not None and version.listed is False
+            if etags.get(mac) != etag or (mac in damaged) != broken:
+                changed.add(mac)
+                if broken:
+                    damaged.add(mac)
+                else:
+                    damaged.discard(mac)
+        if not changed:
+            return previous
+        current = dict(etags)
+        for mac in changed:
+            version = found[mac]
+            if version is not None and version.listed:
+                current[mac] = version.etag
+            else:
+                current.pop(mac, None)
+        listing = ETagListing(
+            current,
+            frozenset(damaged),
+            previous.generation + 1,
+            since=previous.generation,
+            changed=frozenset(changed),
+        )
+        self._etag_listing = listing
+        return listing
+
+    def _hash(self, name: str, blob: Blob) -> _Hashed:
+        """The ETag of ``blob``, hashed once per version and remembered for the ETag listing."""
+        known = self._hashed.get(name)
+        if known is not None and known.token == blob.entry.token:
+            return known
+        hashed = _Hashed(blob.entry.token, compute_etag(blob.data), listed=None)
+        self._hashed[name] = hashed
+        return hashed
 
     # -- writes ---------------------------------------------------------------------------------
 

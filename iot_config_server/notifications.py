@@ -18,6 +18,9 @@ bounded by the fleet, not the write rate). An own write's entry is only the MAC:
 read from the store when published, so announcements of concurrent writes can never leave an
 older version announced last. A listed change carries the version its listing saw and is
 published without a read: if the store has moved on since, the next poll reports the newer one.
+A poll costs a metadata scan plus a read and a hash of each changed file, and a parse only of
+versions this process has not read itself: the version of each own write read for its
+announcement is vouched for to the feed (`ChangeFeed.vouch`), so each own write is read once.
 
 **The broker's retained topics are the record of what devices were told.** The publisher
 subscribes to ``<prefix>/+`` (without the echo of its own publishes, which it records when it
@@ -651,19 +654,23 @@ class Notifier:
             # Own writes are read now, so announcements of concurrent writes can never leave an
             # older version announced last: a write handed off after its device left the queue
             # queues it again and is read again. The bytes' ETag is what a device polling gets.
-            # A listed change is published with the version its listing saw.
+            # A listed change is published with the version its listing saw. The feed is
+            # told of each version read here, so its next poll neither reads nor parses it.
             versions: list[tuple[MacAddress, Change | None, str | None]] = []
             for index, (mac, listed) in enumerate(batch):
                 if listed is not None:
                     versions.append((mac, listed, listed.etag))
                     continue
                 try:
-                    versions.append((mac, None, self._store.etag(mac)))
+                    current = self._store.etag(mac)
                 except ConfigError as exc:
                     self._store_failed(exc)
                     with self._wake:  # retried once the hold is over
                         self._requeue(batch[index:])
                     break
+                if current is not None:
+                    self._feed.vouch(mac, current)
+                versions.append((mac, None, current))
             sends: list[tuple[_Sent, str, bytes, bool]] = []
             with self._wake:
                 if not self._ready:

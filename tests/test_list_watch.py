@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from iot_config_core import ConfigStore, compute_etag, open_store
+from iot_config_core import ConfigStore, DocumentLimits, compute_etag, open_store
 from iot_config_core.directory_watch import (
     LOCAL_FILESYSTEMS,
     DirectoryWatch,
@@ -111,6 +111,11 @@ def doc(name: str) -> str:
 
 def etags(store: ConfigStore) -> dict[str, str]:
     return {str(s.mac_address): s.etag for s in store.listing().summaries}
+
+
+def hashed(store: ConfigStore) -> dict[str, str]:
+    """What the ETag listing (`ConfigStore.etags`) lists, as `etags` gives the listing's."""
+    return {str(mac): etag for mac, etag in store.etags().etags.items()}
 
 
 def expected(*files: Path) -> dict[str, str]:
@@ -249,7 +254,7 @@ def test_every_kind_of_change_by_another_process_is_listed_next(
     a, b, c = (tmp_path / mac.file_name for mac in (MAC_A, MAC_B, mac_c))
     a.write_text(doc("a"))
     store = open_store(str(tmp_path))
-    assert etags(store) == expected(a)
+    assert etags(store) == hashed(store) == expected(a)
     steps: list[tuple[str, Path, tuple[Any, ...], tuple[Path, ...]]] = [
         ("replace", b, (doc("b"),), (a, b)),
         ("write", a, (doc("a, edited in place"),), (a, b)),
@@ -264,11 +269,13 @@ def test_every_kind_of_change_by_another_process_is_listed_next(
         before = store.listing()
         writer.do(op, path, *args)
         assert etags(store) == expected(*now), op
+        assert hashed(store) == expected(*now), op
         if op not in ("chmod", "touch"):  # the same bytes: the same listing
             assert store.listing().generation > before.generation, op
     writer.do("truncate", c, 0)  # now damaged: skipped, not listed
-    assert etags(store) == {}
+    assert etags(store) == hashed(store) == {}
     assert store.listing().skipped == (c.name,)
+    assert store.etags().damaged == {mac_c}
 
 
 def test_changes_through_other_names_are_listed_next(tmp_path: Path, writer: Writer) -> None:
@@ -281,14 +288,14 @@ def test_changes_through_other_names_are_listed_next(tmp_path: Path, writer: Wri
     target.write_text(doc("soft"))
     a, b = root / MAC_A.file_name, root / MAC_B.file_name
     store = open_store(str(root))
-    assert etags(store) == {}
+    assert etags(store) == hashed(store) == {}
     writer.do("link", linked, str(a))
     writer.do("symlink", target, str(b))
-    assert etags(store) == expected(a, b)
+    assert etags(store) == hashed(store) == expected(a, b)
     # Written through the other hard link and the symlink's target: no event in the root.
     writer.do("write", linked, doc("hard, edited elsewhere"))
     writer.do("write", target, doc("soft, edited elsewhere"))
-    assert etags(store) == expected(a, b)
+    assert etags(store) == hashed(store) == expected(a, b)
 
 
 def test_the_setting_turns_the_watch_off(tmp_path: Path, writer: Writer) -> None:
@@ -307,6 +314,66 @@ def test_the_setting_turns_the_watch_off(tmp_path: Path, writer: Writer) -> None
     writer.do("write", elsewhere / "other-name.json", doc("edited through another name"))
     assert etags(stat_every_file) == expected(a) != before
     assert etags(watched) == before
+
+
+# Stored bytes of every kind the listings tell apart: valid, and damaged in each way they know.
+CONTENTS = st.one_of(
+    st.builds(lambda text: doc(text).encode(), st.text(max_size=12)),
+    st.sampled_from(
+        [
+            b"",
+            b'{"n": ',
+            b"[1, 2]",
+            b'{"a": 1, "a": 2}',
+            b'{"n": NaN}',
+            b"\xef\xbb\xbf{}",
+            b'{"n": "\xff"}',
+            b'{"pad": "' + b"x" * 80 + b'"}',  # over the limit below
+        ]
+    ),
+)
+FLEETS = st.dictionaries(
+    st.sampled_from(
+        [MacAddress(n).file_name for n in range(1, 7)]
+        + ["not-a-config.json", "02-00-00-00-00-01.JSON", "020000000001.json"]
+    ),
+    CONTENTS,
+    max_size=9,
+)
+
+
+def same_as_listing(store: ConfigStore) -> None:
+    """The ETag listing lists what the listing does, and holds back what it skips."""
+    listing, found = store.listing(), store.etags()
+    assert found.etags == {s.mac_address: s.etag for s in listing.summaries}
+    skipped = {MacAddress.from_file_name(name) for name in listing.skipped}
+    assert found.damaged == skipped - {None}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleets=st.lists(FLEETS, min_size=1, max_size=4), in_place=st.booleans())
+def test_the_etag_listing_agrees_with_the_listing(
+    fleets: list[dict[str, bytes]], *, in_place: bool
+) -> None:
+    """Random fleets on a real directory, each rewritten into the next: both listings agree."""
+    root = Path(tempfile.mkdtemp(prefix="etag-listing-"))
+    try:
+        store = open_store(str(root), limits=DocumentLimits(max_bytes=64))
+        for fleet in fleets:
+            for path in root.iterdir():
+                if path.name not in fleet:
+                    path.unlink()
+            for name, content in fleet.items():
+                path = root / name
+                if in_place:
+                    path.write_bytes(content)
+                else:
+                    path.with_suffix(".new").write_bytes(content)
+                    path.with_suffix(".new").replace(path)
+            same_as_listing(store)
+            same_as_listing(open_store(str(root), limits=DocumentLimits(max_bytes=64)))
+    finally:
+        shutil.rmtree(root)
 
 
 NAMES = [MacAddress.parse(f"02:00:00:00:00:{i:02x}").file_name for i in range(1, 5)]
@@ -377,6 +444,9 @@ class ListingAgainstAnotherProcess(RuleBasedStateMachine):
         assert {s.mac_address.file_name: s.etag for s in listing.summaries} == valid
         assert [s.mac_address.file_name for s in listing.summaries] == sorted(valid)
         assert set(listing.skipped) == self.files.keys() - valid.keys()
+        found = self.store.etags()
+        assert {mac.file_name: etag for mac, etag in found.etags.items()} == valid
+        assert {mac.file_name for mac in found.damaged} == self.files.keys() - valid.keys()
 
     def teardown(self) -> None:
         if hasattr(self, "writer"):

@@ -2,7 +2,8 @@
 
 Each operation is compared with the bare OS/stdlib work it cannot avoid (open+read+json.loads for a
 read, write+fsync+rename for a write, scandir+stat for a listing), on the same files, interleaved.
-The targets are ratios to that floor, so the numbers mean the same on a laptop and in CI. Nothing
+The targets are ratios to that floor, so the numbers mean the same on a laptop and in CI. The
+change feed's poll (``feed``) is compared with the listing-based feed it replaced instead. Nothing
 here asserts: run it, read the table.
 
     python3 tests/benchmarks/bench_core.py          # 10,000 configs (100,000 for memory)
@@ -12,6 +13,8 @@ here asserts: run it, read the table.
 
 from __future__ import annotations
 
+import functools
+import gc
 import importlib.util
 import json
 import os
@@ -25,16 +28,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _harness import Report, common_arguments, measure
+from _harness import Report, Timing, common_arguments, measure
 
 if importlib.util.find_spec("iot_config_core") is None:
     # Run from a checkout without installing: make the repository root importable.
     sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
-from iot_config_core import ConfigStore, MacAddress, encode_document, open_store
+from iot_config_core import Change, ChangeFeed, ConfigStore, MacAddress, encode_document, open_store
 from iot_config_core.wire import summaries_to_wire
 
-BENCHMARKS = ("get", "get_raw", "put", "list_warm", "list_cold", "wire", "memory")
+BENCHMARKS = ("get", "get_raw", "put", "list_warm", "list_cold", "wire", "feed", "memory")
 
 # Sizes from the issue, and small ones for --quick.
 FULL = {
@@ -44,6 +47,8 @@ FULL = {
     "fleet": 10_000,
     "list_rounds": 15,
     "cold_rounds": 9,
+    "feed_fleet": 1_000,
+    "feed_rounds": 15,
     "memory_fleet": 100_000,
 }
 QUICK = {
@@ -53,6 +58,8 @@ QUICK = {
     "fleet": 1_000,
     "list_rounds": 5,
     "cold_rounds": 3,
+    "feed_fleet": 1_000,
+    "feed_rounds": 5,
     "memory_fleet": 5_000,
 }
 
@@ -308,11 +315,115 @@ def bench_wire(report: Report, summaries: list[Any], sizes: dict[str, int]) -> N
     )
 
 
+class ListingFeed:
+    """The change feed as it was before `ConfigStore.etags`: a diff of whole listings.
+
+    Kept here as the baseline of the feed benchmark: each changed file is read, parsed and
+    summarised by `ConfigStore.listing`, and every poll that finds a change diffs the fleet.
+    """
+
+    def __init__(self, store: ConfigStore) -> None:
+        self.store = store
+        self.known: dict[MacAddress, str] = {}
+        self.generation: int | None = None
+
+    def poll(self) -> list[Change]:
+        listing = self.store.listing()
+        if listing.generation == self.generation:
+            return []
+        known = self.known
+        current = {summary.mac_address: summary.etag for summary in listing.summaries}
+        changes = [Change(mac, etag) for mac, etag in current.items() if known.get(mac) != etag]
+        damaged = {MacAddress.from_file_name(name) for name in listing.skipped}
+        for mac in sorted(known.keys() - current.keys()):
+            if mac in damaged:
+                current[mac] = known[mac]
+            else:
+                changes.append(Change(mac, None))
+        self.known = current
+        self.generation = listing.generation
+        return sorted(changes, key=lambda change: change.mac_address)
+
+
+def announce_and_poll(feed: ChangeFeed | ListingFeed, chosen: list[MacAddress]) -> object:
+    """What a publisher does for its own writes: read each one's ETag, then poll."""
+    for mac in chosen:
+        etag = feed.store.etag(mac)
+        if isinstance(feed, ChangeFeed):
+            assert etag is not None
+            feed.vouch(mac, etag)
+    return feed.poll()
+
+
+def bench_feed(report: Report, scratch: Path, sizes: dict[str, int]) -> None:
+    """`ChangeFeed.poll` after N of the fleet's files changed, against the listing-based feed.
+
+    Two cases, each timed on its own store objects over the same changes: writes by another
+    process (the poll reads each changed file), and a publisher's own writes, where each
+    changed version is first read with `ConfigStore.etag` for its announcement (timed too) and
+    vouched for. Changes are atomic replaces without fsync (setup, untimed).
+    """
+    root = scratch / "feed"
+    count = sizes["feed_fleet"]
+    macs = populate(root, count)
+    index = {mac: number for number, mac in enumerate(macs)}
+    rng = random.Random(13)
+    variant = 0
+
+    def change(chosen: list[MacAddress]) -> None:
+        nonlocal variant
+        variant += 1
+        for mac in chosen:
+            path = root / mac.file_name
+            temp = root / f".{mac.file_name}.tmp"
+            temp.write_bytes(encode_document(typical_config(index[mac], variant)))
+            os.replace(temp, path)
+
+    for changed in (1, 10, 100, count):
+        old, new = ListingFeed(open_store(str(root))), ChangeFeed(open_store(str(root)))
+        old_own, new_own = ListingFeed(open_store(str(root))), ChangeFeed(open_store(str(root)))
+        for feed in (old, new, old_own, new_own):
+            feed.poll()
+
+        samples: dict[str, list[float]] = {"old": [], "new": [], "old own": [], "new own": []}
+        for _ in range(sizes["feed_rounds"]):
+            chosen = rng.sample(macs, changed)
+            change(chosen)
+            subjects: dict[str, Callable[[], object]] = {
+                "old": old.poll,
+                "new": new.poll,
+                "old own": functools.partial(announce_and_poll, old_own, chosen),
+                "new own": functools.partial(announce_and_poll, new_own, chosen),
+            }
+            for name in rng.sample(list(subjects), len(subjects)):  # in a shuffled order
+                gc.collect()
+                gc.disable()
+                started = time.perf_counter()
+                found = subjects[name]()
+                elapsed = time.perf_counter() - started
+                gc.enable()
+                assert isinstance(found, list)
+                assert len(found) == changed, (name, len(found))
+                samples[name].append(elapsed)
+        timings = {name: Timing(name, tuple(values)) for name, values in samples.items()}
+        for case, subject, note in (
+            ("changed by another process", "", "ChangeFeed.poll vs the listing-based feed"),
+            ("own writes announced", " own", "etag() per write, vouched, + poll; the same before"),
+        ):
+            report.add(
+                f"feed poll, {changed} of {count} {case}",
+                timings[f"new{subject}"],
+                baseline=timings[f"old{subject}"],
+                target=1.0,
+                note=note,
+            )
+
+
 _MEMORY_CHILD = """
 import gc, json, sys, tracemalloc
 from iot_config_core import open_store
 
-def rss():
+def rss():def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * {page}
 
@@ -397,6 +508,8 @@ def main() -> None:
             summaries = bench_list(report, scratch, sizes)
             if "wire" in chosen:
                 bench_wire(report, summaries, sizes)
+        if "feed" in chosen:
+            bench_feed(report, scratch, sizes)
         if "memory" in chosen:
             bench_memory(report, scratch, sizes)
     finally:
