@@ -101,6 +101,39 @@ def multiprocess_directory(workers: int) -> Iterator[str | None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+class _ProcessFiles(Collector):
+    """The metric files of every process counting in ``directory``, summed at each scrape.
+
+    prometheus_client's `MultiProcessCollector`, minus one failure: a process that is starting
+    (a worker, a restarted MQTT publisher) creates its file empty and sizes it a moment later,
+    and reading that empty file raises, which failed the scrape, or, at registration, the
+    worker's start. A file without its header yet holds no values: it is skipped until the next
+    scrape. ``describe`` is empty so registering reads no file at all.
+    """
+
+    HEADER_BYTES = 8  # the used-length field every file starts with
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        ready = []
+        with os.scandir(self._directory) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".db"):
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # a dead process's file removed
+                    if entry.stat().st_size >= self.HEADER_BYTES:
+                        ready.append(entry.path)
+        metrics: Iterator[Metric] = iter(
+            MultiProcessCollector.merge(ready, accumulate=True)  # type: ignore[no-untyped-call]
+        )
+        return metrics
+
+
 def use_file_backed_values() -> None:
     """Make metrics created from now on in this process keep their values in files.
 
@@ -247,7 +280,7 @@ class AppMetrics:
         counted_in: CollectorRegistry | None = self.registry
         if files:
             use_file_backed_values()
-            MultiProcessCollector(self.registry, path=files)  # type: ignore[no-untyped-call]
+            self.registry.register(_ProcessFiles(files))
             counted_in = None  # the values live in the files the collector above sums
         self._requests = Counter(
             "http_requests",
@@ -302,7 +335,7 @@ class AppMetrics:
         For the MQTT publisher process of a server whose one worker keeps its own metrics in
         memory: values in files cost a request more than values in memory.
         """
-        MultiProcessCollector(self.registry, path=directory)  # type: ignore[no-untyped-call]
+        self.registry.register(_ProcessFiles(directory))
 
     def gauge(self, name: str, documentation: str, mode: GaugeMode) -> Gauge:
         """A gauge of this app; ``mode`` combines the values of several processes (``livemax``)."""

@@ -302,3 +302,24 @@ def test_a_hung_store_holds_neither_the_scrape_nor_more_than_one_thread(
     while fresh() != 3 and time.monotonic() < deadline:  # the hung one ends, the next is fresh
         pass
     assert fresh() in (3, 4)
+
+
+def test_a_metric_file_still_being_created_is_skipped_not_fatal(tmp_path: Path) -> None:
+    """A starting process creates its file empty and sizes it a moment later (a startup race).
+
+    Reading the empty file raised in prometheus_client's collector: a worker registering it then
+    failed to start, and a scrape at that moment failed. Now that file waits for the next scrape.
+    """
+    from prometheus_client.mmap_dict import MmapedDict  # noqa: PLC0415
+
+    files = tmp_path / "metrics"
+    files.mkdir()
+    running = MmapedDict(str(files / "counter_100.db"))  # a process that has counted
+    key = '["iot_config_mqtt_publishes", "iot_config_mqtt_publishes_total", {}, "Publishes."]'
+    running.write_value(key, 3.0, 0.0)
+    running.close()
+    (files / "counter_200.db").touch()  # a process that has just created its file
+    collected = metrics.AppMetrics(lambda: 0)
+    collected.include_files(str(files))
+    text = collected.exposition().decode()
+    assert "iot_config_mqtt_publishes_total 3.0" in text
