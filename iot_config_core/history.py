@@ -202,22 +202,38 @@ class _Name:
 
 
 @attrs.frozen
+class _Tally:
+    """How many records a device has as far as this process knows: when to prune, never what.
+
+    ``epoch`` names the listing the count started from, ``writes`` how many writes this process
+    made since, each from what it remembered. A prune lowers ``records`` and keeps the other two,
+    so a prune of an older write can tell how many writes came after it (`History._pruned`).
+    """
+
+    records: int
+    epoch: int
+    writes: int = 0
+
+    def after_write(self) -> _Tally:
+        """The tally once one more write from what this process remembered is recorded."""
+        return _Tally(self.records + 1, self.epoch, self.writes + 1)
+
+
+@attrs.frozen
 class PendingRecord:
     """The records of one write, to go with its swap: `History.commit` or `abandon` it after.
 
     ``records`` are ``(path, bytes)``: the version replaced when it had no record yet (an
     ``external`` one), then the new version. ``listed`` is the device's directory as the writer
-    listed it, or ``None`` when the writer relied on what it knew from its own last write
-    (``count`` records then). ``epoch`` names the listing ``count`` started from, which
-    later writes from what this process remembered carry on (see `History._pruned`).
+    listed it, or ``None`` when the writer relied on what it knew from its own last write.
+    ``tally`` is the device's record count with this write, as far as this process knows.
     """
 
     mac: MacAddress
     name: _Name
     records: tuple[tuple[str, bytes], ...]
     listed: tuple[_Name, ...] | None
-    count: int
-    epoch: int
+    tally: _Tally
 
 
 @attrs.frozen
@@ -226,15 +242,12 @@ class _Known:
 
     ``token`` is the backend's version token of ``etag``; the next write swaps against it, so
     if anyone else wrote since, the swap fails and the writer reads and lists after all.
-    ``count`` is how many records the device has as far as this process knows: it only decides
-    when to prune, never what.
     """
 
     etag: str
     token: Hashable
     stamp: int
-    count: int
-    epoch: int
+    tally: _Tally
 
 
 @attrs.define(eq=False)
@@ -404,15 +417,15 @@ class History:
             stamp += 1
         record, raw = self._record(stamp, data, previous)
         records.append((self._path(mac, record.name), raw))
-        count = len(names) + 1
-        return PendingRecord(mac, record, tuple(records), tuple(names), count, next(self._epochs))
+        tally = _Tally(len(names) + 1, next(self._epochs))
+        return PendingRecord(mac, record, tuple(records), tuple(names), tally)
 
     def begin_known(self, mac: MacAddress, data: bytes | None, known: _Known) -> PendingRecord:
         """The record of ``data`` replacing the version this process wrote last (no listing)."""
         stamp = max(time.time_ns(), known.stamp + 1)
         record, raw = self._record(stamp, data, known.etag)
         path = self._path(mac, record.name)
-        return PendingRecord(mac, record, ((path, raw),), None, known.count + 1, known.epoch)
+        return PendingRecord(mac, record, ((path, raw),), None, known.tally.after_write())
 
     def _record(self, stamp: int, data: bytes | None, previous: str | None) -> tuple[_Name, bytes]:
         etag = None if data is None else compute_etag(data)
@@ -455,19 +468,19 @@ class History:
         mac, name = pending.mac, pending.name
         state = self._state()
         with state.lock:
-            count, epoch = pending.count, pending.epoch
+            tally = pending.tally
             began = state.known.get(mac)
-            if pending.listed is None and began is not None and began.epoch == epoch:
-                count = began.count + 1  # with what a prune removed since this write began
+            if pending.listed is None and began is not None and began.tally.epoch == tally.epoch:
+                tally = began.tally.after_write()  # with what a prune removed since it began
             if written is None or name.etag is None:
                 state.known.pop(mac, None)
             else:
-                state.known[mac] = _Known(name.etag, written.token, name.stamp, count, epoch)
+                state.known[mac] = _Known(name.etag, written.token, name.stamp, tally)
                 state.known.move_to_end(mac)
                 while len(state.known) > KNOWN_DEVICES:
                     state.known.popitem(last=False)
-            if count > self.limit + self._slack:
-                self._queue(state, attrs.evolve(pending, count=count))
+            if tally.records > self.limit + self._slack:
+                self._queue(state, attrs.evolve(pending, tally=tally))
 
     # -- pruning, on the pruner thread ----------------------------------------------------------
 
@@ -539,7 +552,7 @@ class History:
             while state.queued:
                 mac, pending = state.queued.popitem(last=False)
                 known = state.known.get(mac)
-                if known is None or known.count > self.limit + self._slack:
+                if known is None or known.tally.records > self.limit + self._slack:
                     return pending
             state.changed.notify_all()  # a `flush` may wait for the queue to empty
             if not state.changed.wait_for(lambda: state.queued, PRUNER_IDLE_SECONDS):
@@ -549,19 +562,20 @@ class History:
         """Lower the remembered count of ``pending.mac`` after its prune (``state.lock`` held).
 
         ``left`` is how many records up to ``pending``'s own the prune's listing had, less those
-        it removed. A remembered write of the same epoch counts from the same listing, plus one
-        per write of this process since ``pending`` (their records are newer; each `commit`
-        adds one to the count as it then is, so it also keeps an adjustment made while that
-        write was in flight): its count is now ``left`` plus those writes. Newer records of
-        other writers are not counted: one that lost its race removes its record, and one that
-        won makes this process's next write fail its swap, read and list (a new epoch). A write
-        of another epoch counted from a later listing, with or without the removed records: its
-        count stays, too high at worst, which only brings the next prune (a listing) forward.
+        it removed. A remembered write of the same epoch counts from the same listing, and the
+        writes this process made since ``pending`` each added one record, newer than it: the
+        count is now ``left`` plus those writes (each `commit` counts on from the count as it
+        then is, so a write in flight during this keeps it). Newer records of other writers
+        are not counted: one that lost its race removes its record, and one that won makes this
+        process's next write fail its swap, then read and list (a new epoch). A remembered
+        write of another epoch counted from a later listing, with or without the removed
+        records: it is left alone, too high at worst, which only brings the next prune forward.
         """
         known = state.known.get(pending.mac)
-        if known is not None and known.epoch == pending.epoch:
-            count = left + known.count - pending.count
-            state.known[pending.mac] = attrs.evolve(known, count=count)
+        if known is not None and known.tally.epoch == pending.tally.epoch:
+            writes_since = known.tally.writes - pending.tally.writes
+            tally = attrs.evolve(known.tally, records=left + writes_since)
+            state.known[pending.mac] = attrs.evolve(known, tally=tally)
 
     def _prune(self, pending: PendingRecord) -> int | None:
         """Remove chain versions past the limit and records older than the oldest kept one.

@@ -56,9 +56,23 @@ class _HeldRemovals(MemoryBackend):
         super().remove_hidden(paths)
 
 
-def _store(backend: MemoryBackend) -> ConfigStore:
+class _GatedRemovals(MemoryBackend):
+    """A memory backend whose removals each wait for a pass through ``gate``, one at a time."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.entered = threading.Semaphore(0)
+        self.gate = threading.Semaphore(0)
+
+    def remove_hidden(self, paths: Sequence[str]) -> None:
+        self.entered.release()
+        assert self.gate.acquire(timeout=60), "the test never let the removal through"
+        super().remove_hidden(paths)
+
+
+def _store(backend: MemoryBackend, limit: int = LIMIT) -> ConfigStore:
     backend.create_root()
-    return ConfigStore(backend, history_limit=LIMIT)
+    return ConfigStore(backend, history_limit=limit)
 
 
 def _records(store: ConfigStore, mac: MacAddress = MAC_A) -> int:
@@ -87,6 +101,27 @@ def test_writes_return_while_a_prune_is_held_and_the_device_is_queued_once() -> 
     assert backend.removals == 2
     assert _records(store) == LIMIT
     assert [v.etag for v in store.history(MAC_A)] == _last(LIMIT, 15)
+
+
+def test_the_count_stays_right_when_prunes_and_writes_interleave() -> None:
+    # Without a slack, every write past the limit asks for a prune; the pruner is let through
+    # one removal at a time, so its count adjustments land between particular writes.
+    limit = 3
+    backend = _GatedRemovals("/fleet")
+    store = _store(backend, limit)
+    for n in range(limit + 1):
+        store.put(MAC_A, {"n": n})
+    assert backend.entered.acquire(timeout=60)  # the prune of the fourth write, held
+    store.put(MAC_A, {"n": 4})  # asks for a prune while one runs
+    backend.gate.release()
+    assert backend.entered.acquire(timeout=60)  # the first adjusted the count; the next is held
+    store.put(MAC_A, {"n": 5})  # counts on from the adjusted count, and asks again
+    for _ in range(10):
+        backend.gate.release()
+    # The last write's prune must still find the device over the limit and run.
+    assert store.wait_for_background(timeout=60)
+    assert _records(store) == limit
+    assert [v.etag for v in store.history(MAC_A)] == _last(limit, 5)
 
 
 def test_a_failed_prune_is_logged_and_the_next_write_prunes_again(
