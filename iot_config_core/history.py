@@ -39,10 +39,16 @@ Decisions (docs/history.md says the same for admins):
 - **Changes made outside the store** (a hand edit, a file copied in) have no record: the current
   version is then shown as source ``external``, and the next write through the store records it
   before replacing it, so the chain continues through it.
-- **Bounded.** ``limit`` versions per device (default 20; 0 turns recording off). A writer prunes
-  after its swap once the records pass the limit by a quarter of it (the slack): chain versions
-  past the limit and records older than the oldest kept one, in one batch (one DeleteObjects on
-  S3). It prunes from the listing it made, or, when it wrote from what it remembered, lists then.
+- **Bounded.** ``limit`` versions per device (default 20; 0 turns recording off). Once a
+  device's records pass the limit by a quarter of it (the slack), its writer hands the device to
+  a pruner thread and returns: pruning is off the write path. The pruner removes chain versions
+  past the limit and records older than the oldest kept one, counted back from the write that
+  handed it the device, in one batch (one DeleteObjects on S3), from that write's listing or,
+  when it wrote from what it remembered, from a listing of its own. Records of later writes are
+  newer than that write's, so they are never removed, and the acknowledged versions within the
+  last ``limit`` that are older are among those it keeps. A device is queued at most once; at
+  interpreter exit the pending prunes get a few seconds (`EXIT_WAIT_SECONDS`), and if the process
+  dies first, the next write over the limit, by any process, prunes again.
   A delete is a version too (``deleted``): a deleted config keeps its history and can be restored.
 - **Who.** `attributed` sets the author, source (``api``, ``cli``, ``library``) and request id for
   the writes made inside it (a context variable: per thread and per task); outside it, a write is
@@ -51,14 +57,18 @@ Decisions (docs/history.md says the same for admins):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import getpass
+import itertools
 import json
 import logging
+import os
 import secrets
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -90,6 +100,10 @@ DEFAULT_HISTORY_LIMIT: Final = 20
 HISTORY_DIR: Final = ".history"
 #: How many devices' last writes a `History` remembers to record the next write without a read.
 KNOWN_DEVICES: Final = 4096
+#: How long an idle pruner thread waits for more work before it ends (the next prune starts one).
+PRUNER_IDLE_SECONDS: Final = 2.0
+#: How long interpreter exit waits for pending prunes, so a CLI write still prunes.
+EXIT_WAIT_SECONDS: Final = 5.0
 #: How a version came to be: through the REST API, the CLI, the library, or outside the store.
 SOURCES: Final = ("api", "cli", "library", "external")
 _NONE: Final = "none"  # the etag field of a delete record, the previous field of a create
@@ -188,20 +202,38 @@ class _Name:
 
 
 @attrs.frozen
+class _Tally:
+    """How many records a device has as far as this process knows: when to prune, never what.
+
+    ``epoch`` names the listing the count started from, ``writes`` how many writes this process
+    made since, each from what it remembered. A prune lowers ``records`` and keeps the other two,
+    so a prune of an older write can tell how many writes came after it (`History._pruned`).
+    """
+
+    records: int
+    epoch: int
+    writes: int = 0
+
+    def after_write(self) -> _Tally:
+        """The tally once one more write from what this process remembered is recorded."""
+        return _Tally(self.records + 1, self.epoch, self.writes + 1)
+
+
+@attrs.frozen
 class PendingRecord:
     """The records of one write, to go with its swap: `History.commit` or `abandon` it after.
 
     ``records`` are ``(path, bytes)``: the version replaced when it had no record yet (an
     ``external`` one), then the new version. ``listed`` is the device's directory as the writer
-    listed it, or ``None`` when the writer relied on what it knew from its own last write
-    (``count`` records then).
+    listed it, or ``None`` when the writer relied on what it knew from its own last write.
+    ``tally`` is the device's record count with this write, as far as this process knows.
     """
 
     mac: MacAddress
     name: _Name
     records: tuple[tuple[str, bytes], ...]
     listed: tuple[_Name, ...] | None
-    count: int
+    tally: _Tally
 
 
 @attrs.frozen
@@ -215,7 +247,29 @@ class _Known:
     etag: str
     token: Hashable
     stamp: int
-    count: int
+    tally: _Tally
+
+
+@attrs.define(eq=False)
+class _ProcessState:
+    """What one process keeps of a `History`: its remembered writes and its pending prunes.
+
+    A forked child (Granian's workers, the MQTT publisher) must not inherit it: the parent's
+    pruner thread does not run there, and a lock another thread held at the fork stays held in
+    the child for ever. `History._state` makes a fresh one whenever the process id changed.
+    """
+
+    pid: int = attrs.field(factory=os.getpid)
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    #: Notified when a device is queued, and when the pruner finished one or went idle.
+    changed: threading.Condition = attrs.field(
+        default=attrs.Factory(lambda self: threading.Condition(self.lock), takes_self=True)
+    )
+    known: OrderedDict[MacAddress, _Known] = attrs.field(factory=OrderedDict)
+    #: The devices to prune, each at most once, with the newest write that asked for it.
+    queued: OrderedDict[MacAddress, PendingRecord] = attrs.field(factory=OrderedDict)
+    pruning: MacAddress | None = None
+    thread: threading.Thread | None = None
 
 
 def _chain(names: Sequence[_Name], current: str | None) -> tuple[list[_Name], bool]:
@@ -239,12 +293,17 @@ def _chain(names: Sequence[_Name], current: str | None) -> tuple[list[_Name], bo
                 head = index
                 break
         external = current is not None or head is not None
+    return _links(names, head), external
+
+
+def _links(names: Sequence[_Name], head: int | None) -> list[_Name]:
+    """The records from ``names[head]`` back through the ``previous`` links, newest first."""
     chain: list[_Name] = []
     while head is not None:
         record = names[head]
         chain.append(record)
         head = _newest(names, head, record.previous)
-    return chain, external
+    return chain
 
 
 def _newest(names: Sequence[_Name], before: int, etag: str | None) -> int | None:
@@ -285,9 +344,8 @@ class History:
         self.limit = limit
         # A quarter of the limit in extra records lets pruning remove several at once.
         self._slack = limit // 4
-        # Per device, what this process's last write left (bounded, least recently used out).
-        self._known: OrderedDict[MacAddress, _Known] = OrderedDict()
-        self._lock = threading.Lock()
+        self._epochs = itertools.count()
+        self._process = _ProcessState()
 
     @property
     def enabled(self) -> bool:
@@ -308,20 +366,33 @@ class History:
         """The hidden directory of the records of ``mac`` (for `Backend.read_and_list_hidden`)."""
         return self._directory(mac)
 
+    def _state(self) -> _ProcessState:
+        """This process's state; a forked child starts afresh (the pid tells, as for watches).
+
+        Two threads of a new child racing here each make one: the loser's remembered writes are
+        forgotten (its next write reads) and its queued prune still runs on its own thread.
+        """
+        state = self._process
+        if state.pid != os.getpid():
+            state = self._process = _ProcessState()
+        return state
+
     # -- the write path -------------------------------------------------------------------------
 
     def known(self, mac: MacAddress) -> _Known | None:
         """What this process's last write of ``mac`` left, if it is still remembered."""
-        with self._lock:
-            known = self._known.get(mac)
+        state = self._state()
+        with state.lock:
+            known = state.known.get(mac)
             if known is not None:
-                self._known.move_to_end(mac)
+                state.known.move_to_end(mac)
             return known
 
     def forget(self, mac: MacAddress) -> None:
         """Drop what was known of ``mac`` (a swap failed, or its outcome is unknown)."""
-        with self._lock:
-            self._known.pop(mac, None)
+        state = self._state()
+        with state.lock:
+            state.known.pop(mac, None)
 
     def begin(
         self, mac: MacAddress, data: bytes | None, current: Blob | None, listed: Sequence[str]
@@ -346,15 +417,15 @@ class History:
             stamp += 1
         record, raw = self._record(stamp, data, previous)
         records.append((self._path(mac, record.name), raw))
-        return PendingRecord(mac, record, tuple(records), tuple(names), len(names) + 1)
+        tally = _Tally(len(names) + 1, next(self._epochs))
+        return PendingRecord(mac, record, tuple(records), tuple(names), tally)
 
     def begin_known(self, mac: MacAddress, data: bytes | None, known: _Known) -> PendingRecord:
         """The record of ``data`` replacing the version this process wrote last (no listing)."""
         stamp = max(time.time_ns(), known.stamp + 1)
         record, raw = self._record(stamp, data, known.etag)
-        return PendingRecord(
-            mac, record, ((self._path(mac, record.name), raw),), None, known.count + 1
-        )
+        path = self._path(mac, record.name)
+        return PendingRecord(mac, record, ((path, raw),), None, known.tally.after_write())
 
     def _record(self, stamp: int, data: bytes | None, previous: str | None) -> tuple[_Name, bytes]:
         etag = None if data is None else compute_etag(data)
@@ -387,51 +458,152 @@ class History:
             log.warning("could not remove unused history record of %s: %s", pending.mac, exc)
 
     def commit(self, pending: PendingRecord, written: Entry | None) -> None:
-        """The swap happened: remember it for the next write, and prune (best effort).
+        """The swap happened: remember it for the next write, and queue a prune if it is due.
 
         ``written`` is the new version (``None`` for a delete).
         Pruning waits until the records pass the limit by the slack, so a writer that knows
-        its count lists the directory only then, and removes a batch at once.
+        its count lists the directory only then, and removes a batch at once. It runs on the
+        pruner thread: the write returns without waiting for it.
         """
         mac, name = pending.mac, pending.name
-        count = pending.count
-        if count > self.limit + self._slack:
-            count = self._prune(pending)
-        with self._lock:
+        state = self._state()
+        with state.lock:
+            tally = pending.tally
+            began = state.known.get(mac)
+            if pending.listed is None and began is not None and began.tally.epoch == tally.epoch:
+                tally = began.tally.after_write()  # with what a prune removed since it began
             if written is None or name.etag is None:
-                self._known.pop(mac, None)
-                return
-            self._known[mac] = _Known(name.etag, written.token, name.stamp, count)
-            self._known.move_to_end(mac)
-            while len(self._known) > KNOWN_DEVICES:
-                self._known.popitem(last=False)
+                state.known.pop(mac, None)
+            else:
+                state.known[mac] = _Known(name.etag, written.token, name.stamp, tally)
+                state.known.move_to_end(mac)
+                while len(state.known) > KNOWN_DEVICES:
+                    state.known.popitem(last=False)
+            if tally.records > self.limit + self._slack:
+                self._queue(state, attrs.evolve(pending, tally=tally))
 
-    def _prune(self, pending: PendingRecord) -> int:
+    # -- pruning, on the pruner thread ----------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until this process has no prune queued or running; whether that happened in time.
+
+        ``timeout`` in seconds, ``None`` for no limit. Tests and scripts that count records call
+        it; writes never need it.
+        """
+        state = self._state()
+        with state.lock:
+            return state.changed.wait_for(
+                lambda: not state.queued and state.pruning is None, timeout
+            )
+
+    def _queue(self, state: _ProcessState, pending: PendingRecord) -> None:
+        """Hand ``mac`` to the pruner, starting it if it is not running (``state.lock`` held).
+
+        A device already queued keeps its place and takes the newer write, which prunes from a
+        newer head; one being pruned is queued again, to run only if still due (`_next`).
+        """
+        state.queued[pending.mac] = pending
+        if state.thread is not None:
+            state.changed.notify_all()
+            return
+        thread = threading.Thread(
+            target=self._prune_queued, args=(state,), name="iot-config-history-pruner", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError as exc:  # the interpreter is shutting down: the next write prunes
+            state.queued.clear()
+            state.changed.notify_all()
+            log.warning("could not start pruning the history: %s", exc)
+            return
+        state.thread = thread
+        _PRUNED.add(self)
+
+    def _prune_queued(self, state: _ProcessState) -> None:
+        """The pruner thread: prune the queued devices, end after a while with none queued."""
+        try:
+            while True:
+                with state.lock:
+                    pending = self._next(state)
+                    if pending is None:
+                        state.thread = None  # under the lock: a later `_queue` starts another
+                        return
+                    state.pruning = pending.mac
+                left = self._prune(pending)
+                with state.lock:
+                    if left is not None:
+                        self._pruned(state, pending, left)
+                    state.pruning = None
+                    state.changed.notify_all()
+        except BaseException:  # never expected (`_prune` logs its failures): do not wedge `flush`
+            with state.lock:
+                state.thread = None
+                state.pruning = None
+                state.changed.notify_all()
+            raise
+
+    def _next(self, state: _ProcessState) -> PendingRecord | None:
+        """The next device still due for pruning, waiting for one a while (``state.lock`` held).
+
+        A device whose remembered count a prune since brought back under the limit and slack is
+        skipped; one not remembered (deleted, or forgotten) is pruned, as its write asked.
+        """
+        while True:
+            while state.queued:
+                mac, pending = state.queued.popitem(last=False)
+                known = state.known.get(mac)
+                if known is None or known.tally.records > self.limit + self._slack:
+                    return pending
+            state.changed.notify_all()  # a `flush` may wait for the queue to empty
+            if not state.changed.wait_for(lambda: state.queued, PRUNER_IDLE_SECONDS):
+                return None
+
+    def _pruned(self, state: _ProcessState, pending: PendingRecord, left: int) -> None:
+        """Lower the remembered count of ``pending.mac`` after its prune (``state.lock`` held).
+
+        ``left`` is how many records up to ``pending``'s own the prune's listing had, less those
+        it removed. A remembered write of the same epoch counts from the same listing, and the
+        writes this process made since ``pending`` each added one record, newer than it: the
+        count is now ``left`` plus those writes (each `commit` counts on from the count as it
+        then is, so a write in flight during this keeps it). Newer records of other writers
+        are not counted: one that lost its race removes its record, and one that won makes this
+        process's next write fail its swap, then read and list (a new epoch). A remembered
+        write of another epoch counted from a later listing, with or without the removed
+        records: it is left alone, too high at worst, which only brings the next prune forward.
+        """
+        known = state.known.get(pending.mac)
+        if known is not None and known.tally.epoch == pending.tally.epoch:
+            writes_since = known.tally.writes - pending.tally.writes
+            tally = attrs.evolve(known.tally, records=left + writes_since)
+            state.known[pending.mac] = attrs.evolve(known, tally=tally)
+
+    def _prune(self, pending: PendingRecord) -> int | None:
         """Remove chain versions past the limit and records older than the oldest kept one.
 
-        Returns how many records are left as far as this writer knows.
+        The chain is walked back from ``pending``'s own record: writes acknowledged after it
+        have newer records (their stamps pass the ones they replaced), which this never
+        removes, and the acknowledged versions within the last ``limit`` that are older are the
+        first of this chain, all kept. Returns how many records up to ``pending``'s the listing
+        had, less those removed; ``None`` if pruning failed (logged: the writes are acknowledged,
+        and the count, still over the limit, makes the next write prune again).
         """
         mac = pending.mac
         try:
             listed = self._names(mac) if pending.listed is None else list(pending.listed)
-        except Exception as exc:  # the write is acknowledged; the next one prunes
-            log.warning("could not list the history of %s to prune it: %s", mac, exc)
-            return pending.count
-        names = sorted({*listed, pending.name})
-        chain, _ = _chain(names, pending.name.etag)
-        keep = chain[: self.limit]
-        oldest_kept = keep[-1]
-        kept = {n.name for n in keep}
-        doomed = {n for n in names if n < oldest_kept and n.name not in kept}
-        doomed.update(chain[self.limit :])
-        if not doomed:
-            return len(names)
-        try:
-            self._backend.remove_hidden(sorted(self._path(mac, n.name) for n in doomed))
-        except Exception as exc:  # the write is acknowledged; the next one prunes
+            names = sorted({*listed, pending.name})
+            head = names.index(pending.name)
+            chain = _links(names, head)
+            keep = chain[: self.limit]
+            oldest_kept = keep[-1]
+            kept = {n.name for n in keep}
+            doomed = {n for n in names if n < oldest_kept and n.name not in kept}
+            doomed.update(chain[self.limit :])
+            if doomed:
+                self._backend.remove_hidden(sorted(self._path(mac, n.name) for n in doomed))
+        except Exception as exc:
             log.warning("could not prune the history of %s: %s", mac, exc)
-            return len(names)
-        return len(names) - len(doomed)
+            return None
+        return head + 1 - len(doomed)
 
     # -- the read path --------------------------------------------------------------------------
 
@@ -504,3 +676,16 @@ class History:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+#: Every `History` that started a pruner thread in this process (weakly: stores come and go).
+_PRUNED: weakref.WeakSet[History] = weakref.WeakSet()
+
+
+@atexit.register
+def _prune_before_exit() -> None:
+    """Give pending prunes `EXIT_WAIT_SECONDS` at exit (the pruner threads are daemons)."""
+    deadline = time.monotonic() + EXIT_WAIT_SECONDS
+    for history in list(_PRUNED):
+        if not history.flush(max(deadline - time.monotonic(), 0.0)):
+            log.warning("history pruning unfinished at exit: the next writes over the limit prune")

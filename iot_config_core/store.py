@@ -1303,6 +1303,15 @@ class ConfigStore:
         """How many versions are kept per device (0: history is off)."""
         return self._history.limit
 
+    def wait_for_background(self, timeout: float | None = None) -> bool:
+        """Wait until this store's background work in this process is done: history pruning.
+
+        A write returns before its device's history is pruned (a thread does it); tests and
+        scripts that count records call this first. ``timeout`` in seconds (``None``: no
+        limit); returns whether all was done in time.
+        """
+        return self._history.flush(timeout)
+
     def _current(self, mac: MacAddress, action: str) -> Blob | None:
         with self._guard(action):
             current = self._backend.read(mac.file_name, self.limits.max_bytes)

@@ -255,6 +255,7 @@ class S3Contract(StoreContract):
         # Pruning lists only past the slack, and removes its batch in one request.
         sent.clear()
         etags += [store.put(MAC_A, {"n": n}).etag for n in range(6, 16)]
+        assert store.wait_for_background(timeout=60)  # pruning runs after the write returns
         assert sent.count("list_objects_v2") <= 4
         assert "delete_objects" in sent
         assert "delete_object" not in sent

@@ -782,11 +782,20 @@ class StoreContract(abc.ABC):
         limited = with_history_limit(store, 3)
         etags = [limited.put(MAC_A, {"v": i}).etag for i in range(10)]
         assert [v.etag for v in limited.history(MAC_A)] == etags[::-1][:3]
-        assert len(store._backend.list_hidden(f".history/{MAC_A}")) == 3  # noqa: SLF001
+        assert limited.wait_for_background(timeout=60)  # pruning runs after the write returns
+        assert len(store.backend.list_hidden(f".history/{MAC_A}")) == 3
+        # With a slack (a quarter of the limit), records are pruned back to the limit.
+        slack = with_history_limit(store, 8)
+        etags = [slack.put(MAC_B, {"v": i}).etag for i in range(8 + 2 + 1)]
+        assert slack.wait_for_background(timeout=60)
+        assert len(store.backend.list_hidden(f".history/{MAC_B}")) == 8
+        assert [v.etag for v in slack.history(MAC_B)] == etags[::-1][:8]
+        slack.delete(MAC_B)
+        assert store.backend.list_hidden(f".history/{MAC_B}") != []
         off = with_history_limit(store, 0)
-        off.put(MAC_B, {"v": 1})
-        off.delete(MAC_B)
-        assert store._backend.list_hidden(f".history/{MAC_B}") == []  # noqa: SLF001
+        off.put(MAC_C, {"v": 1})
+        off.delete(MAC_C)
+        assert store.backend.list_hidden(f".history/{MAC_C}") == []
         assert off.history(MAC_A) == []
         with pytest.raises(VersionNotFoundError):
             off.rollback(MAC_A, etags[-2])
@@ -884,6 +893,48 @@ class StoreContract(abc.ABC):
         assert all(isinstance(r, int) for r in results), results
         expected = [etag_of({"count": n}) for n in range(k * m, -1, -1)]
         assert [v.etag for v in clients[-1].history(MAC_C)] == expected
+
+    def test_a_burst_while_pruning_keeps_every_version_within_the_limit(
+        self, store: ConfigStore
+    ) -> None:
+        # Writers race on one device with a small limit, so each client's pruner works through
+        # the burst, and a reader alongside sees only acknowledged versions, newest first. At
+        # the end, before and after pruning settled, the last `limit` versions are all there.
+        k, m, limit = self.counter_threads, self.counter_increments, 4
+        clients = [with_history_limit(c, limit) for c in self.clients(store)]
+        clients[0].put(MAC_C, {"count": 0})
+        count_of = {etag_of({"count": n}): n for n in range(k * m + 1)}
+        writing = [k]
+        turn = threading.Lock()
+        seen: list[list[int]] = []
+
+        def write(i: int) -> int:
+            try:
+                return cas_increment(clients[i % len(clients)], MAC_C, m)
+            finally:
+                with turn:
+                    writing[0] -= 1
+
+        def read() -> None:
+            while writing[0] and len(seen) < 500:
+                versions = clients[-1].history(MAC_C)
+                # A version whose record has not landed yet shows as external (S3), and so does
+                # one read just before a burst of writes pruned its record: not what this checks.
+                if versions[0].source != "external":
+                    seen.append([count_of[v.etag] for v in versions if v.etag is not None])
+
+        results = _run_threads(k + 1, lambda i: write(i) if i < k else read())
+        assert all(isinstance(r, int) for r in results[:k]), results
+        for counts in seen:
+            assert 0 < len(counts) <= limit, counts
+            assert counts == sorted(set(counts), reverse=True), counts
+        expected = [etag_of({"count": n}) for n in range(k * m, k * m - limit, -1)]
+        for client in clients:
+            assert [v.etag for v in client.history(MAC_C)] == expected
+        for client in clients:
+            assert client.wait_for_background(timeout=60)
+            assert [v.etag for v in client.history(MAC_C)] == expected
+        assert len(store.backend.list_hidden(f".history/{MAC_C}")) <= limit + limit // 4
 
 
 class PosixStoreContract(StoreContract):

@@ -32,13 +32,19 @@ class StoreModelMachine(RuleBasedStateMachine):
     root, so cache coherence between clients is checked on every step. The history model is a
     list of versions per MAC (ETags, ``None`` for a delete), newest first, pruned to the store's
     limit, plus the version a hand edit made that no write has recorded yet (shown as external).
+    The limit is small, so the clients' pruners work (in the background) through every run.
     """
+
+    history_limit = 2
 
     def __init__(self, contract: StoreContract) -> None:
         super().__init__()
         self.contract = contract
-        self.store = contract.make_store()
-        self.clients = contract.clients(self.store)
+        self.clients = [
+            ConfigStore(c.backend, limits=c.limits, history_limit=self.history_limit)
+            for c in contract.clients(contract.make_store())
+        ]
+        self.store = self.clients[0]
         self.model: dict[MacAddress, tuple[dict[str, Any], str]] = {}
         self.history: dict[MacAddress, list[str | None]] = {}
         self.external: dict[MacAddress, str] = {}
@@ -194,6 +200,15 @@ class StoreModelMachine(RuleBasedStateMachine):
                 self._client(client).history(mac)
             return
         assert [v.etag for v in self._client(client).history(mac)] == expected
+
+    @rule()
+    def records_are_bounded(self) -> None:
+        # Once pruning settled, a device keeps at most the limit and its slack in records.
+        for client in self.clients:
+            assert client.wait_for_background(timeout=60)
+        for mac in (MAC_A, MAC_B, MAC_C):
+            records = self.store.backend.list_hidden(f".history/{mac}")
+            assert len(records) <= self.history_limit + self.history_limit // 4, records
 
     @rule(mac=macs, client=client)
     def rollback_to_oldest(self, mac: MacAddress, client: int) -> None:
