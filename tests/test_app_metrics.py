@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -310,14 +312,14 @@ def test_a_metric_file_still_being_created_is_skipped_not_fatal(tmp_path: Path) 
     Reading the empty file raised in prometheus_client's collector: a worker registering it then
     failed to start, and a scrape at that moment failed. Now that file waits for the next scrape.
     """
-    from prometheus_client.mmap_dict import MmapedDict  # noqa: PLC0415
-
     files = tmp_path / "metrics"
     files.mkdir()
-    running = MmapedDict(str(files / "counter_100.db"))  # a process that has counted
-    key = '["iot_config_mqtt_publishes", "iot_config_mqtt_publishes_total", {}, "Publishes."]'
-    running.write_value(key, 3.0, 0.0)
-    running.close()
+    counting = (  # another process, counting in its file there
+        "from prometheus_client import Counter\n"
+        "Counter('iot_config_mqtt_publishes', 'Publishes.').inc(3)\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(files)}
+    subprocess.run([sys.executable, "-c", counting], env=env, check=True, timeout=60)
     (files / "counter_200.db").touch()  # a process that has just created its file
     collected = metrics.AppMetrics(lambda: 0)
     collected.include_files(str(files))
