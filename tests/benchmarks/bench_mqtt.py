@@ -21,7 +21,9 @@ Real parts: Debian's Mosquitto, ``iot-config serve`` processes on one local stor
 - RSS and PSS (from /proc/PID/smaps_rollup: shared pages divided among their users) of the
   servers after the load, and of the publisher process alone.
 
-Run: ``python tests/benchmarks/bench_mqtt.py [--quick] [--json PATH] [--poll SECONDS]``.
+Run: ``python tests/benchmarks/bench_mqtt.py [--quick] [--json PATH] [--poll SECONDS] [--rounds N]
+[--dir DIR]`` (``--dir /dev/shm``: the stores on tmpfs, so PUTs are CPU-bound, not fsync-bound:
+a stricter test, with far less spread between rounds than a disk's flush times leave).
 Needs ``mosquitto`` (``apt-get install -y mosquitto``) and, for throughput, ``wrk``.
 """
 
@@ -409,11 +411,18 @@ def throughput(
 def main() -> int:
     parser = _harness.common_arguments(__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--poll", type=float, default=1.0, help="publishers' poll interval")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="throughput rounds (default 12, 3 with --quick): more narrow the spread of the median",
+    )
     args = parser.parse_args()
     if shutil.which("mosquitto", path=SBIN) is None:
         print("bench_mqtt: mosquitto is not installed, skipping (apt-get install -y mosquitto)")
         return 0
     samples, rounds, seconds = (40, 3, 2.0) if args.quick else (300, 12, 2.0)
+    rounds = args.rounds or rounds
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     report = _harness.Report(
         "mqtt notifications",
