@@ -23,7 +23,7 @@ Real parts: Debian's Mosquitto, ``iot-config serve`` processes on one local stor
 
 Run: ``python tests/benchmarks/bench_mqtt.py [--quick] [--json PATH] [--poll SECONDS] [--rounds N]
 [--dir DIR]`` (``--dir /dev/shm``: the stores on tmpfs, so PUTs are CPU-bound, not fsync-bound:
-a stricter test, with far less spread between rounds than a disk's flush times leave).
+a stricter test, with less spread between rounds than a disk's flush times leave).
 Needs ``mosquitto`` (``apt-get install -y mosquitto``) and, for throughput, ``wrk``.
 """
 
