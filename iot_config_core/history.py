@@ -60,6 +60,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import functools
 import getpass
 import itertools
 import json
@@ -123,8 +124,12 @@ _ATTRIBUTION: contextvars.ContextVar[Attribution | None] = contextvars.ContextVa
 )
 
 
+@functools.cache
 def os_user() -> str | None:
-    """Who runs this process (the author of CLI and library changes), if the OS can tell."""
+    """Who runs this process (the author of CLI and library changes), if the OS can tell.
+
+    Looked up once: a passwd lookup costs about as much as the rest of a write's Python.
+    """
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (some containers)

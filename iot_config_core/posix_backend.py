@@ -32,6 +32,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Final
 
 from .backend import ANY, Absent, AnyVersion, Backend, Blob, Entry, VersionConflict, WatchedScan
 from .directory_watch import DirectoryWatch, filesystem_magic, sees_every_writer
@@ -68,6 +69,9 @@ def _entry(st: os.stat_result) -> Entry:
     return Entry(_token(st), datetime.fromtimestamp(st.st_mtime, UTC))
 
 
+_CREATE_NEW: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
 def sync_directory(path: str) -> None:
     """Fsync a directory, so the renames in it survive a crash (where the filesystem allows)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -97,7 +101,7 @@ def write_file_atomically(
     exception from it leaves the target as it was).
     """
     temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    fd = os.open(temp, _CREATE_NEW, 0o666)
     try:
         try:
             _write_all(fd, data)
@@ -331,7 +335,7 @@ class PosixBackend(Backend):
         with os.scandir(self.root) as it:
             next(it, None)
         path = self._path(f".health-{secrets.token_hex(6)}{TEMP_SUFFIX}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, _CREATE_NEW, 0o600)
         try:
             os.write(fd, b"ok\n")
             os.fsync(fd)
@@ -399,9 +403,12 @@ class PosixBackend(Backend):
             for path, data in records:
                 directory, _, file_name = path.rpartition("/")
                 where = self._hidden_dir(directory)
-                self._make_dirs(where)
                 target = os.path.join(where, file_name)
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+                try:
+                    fd = os.open(target, _CREATE_NEW, 0o666)
+                except FileNotFoundError:  # the device's first record: make its directory
+                    self._make_dirs(where)
+                    fd = os.open(target, _CREATE_NEW, 0o666)
                 try:
                     _write_all(fd, data)
                     written.append((target, fd, _FSYNC_POOL.submit(fd)))

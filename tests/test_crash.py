@@ -28,7 +28,7 @@ MAC = MacAddress.parse("aa:bb:cc:00:00:01")
 # the test fail or pass vacuously), then more up to ROUNDS while the time budget lasts.
 MIN_ROUNDS = 10
 ROUNDS = 30
-TIME_BUDGET_SECONDS = 15.0
+TIME_BUDGET_SECONDS = 8.0
 
 # The child writes version i as {"version": i, "pad": <size derived from i>}: sizes vary from a
 # few bytes to ~60 KB so a kill often lands mid-write or mid-fsync, and every version can be
