@@ -116,9 +116,12 @@ class Row:
     baseline: float | None = None
     target: float | None = None
     note: str = ""
+    paired_ratio: float | None = None  # median of the per-round ratios (`Report.add`, paired)
 
     @property
     def ratio(self) -> float | None:
+        if self.paired_ratio is not None:
+            return self.paired_ratio
         if self.baseline is None or self.baseline == 0:
             return None
         return self.value / self.baseline
@@ -178,8 +181,17 @@ class Report:
         baseline: Timing | None = None,
         target: float | None = None,
         note: str = "",
+        paired: bool = False,
     ) -> Row:
-        """Add a timed row (median per operation), as a ratio to ``baseline`` when given."""
+        """Add a timed row (median per operation), as a ratio to ``baseline`` when given.
+
+        ``paired``: the two were timed round-robin by one `measure`, so round i of each ran side
+        by side; the ratio is then the median of the per-round ratios, which a disk whose flush
+        time drifts during the run (a VM's) moves far less than the ratio of the medians.
+        """
+        pairs = None
+        if paired and baseline is not None and len(baseline.samples) == len(timing.samples):
+            pairs = [a / b for a, b in zip(timing.samples, baseline.samples, strict=True) if b]
         row = Row(
             name=name,
             value=timing.median,
@@ -190,6 +202,7 @@ class Report:
             baseline=None if baseline is None else baseline.median,
             target=target,
             note=note,
+            paired_ratio=statistics.median(pairs) if pairs else None,
         )
         self.rows.append(row)
         return row
