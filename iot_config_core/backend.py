@@ -13,7 +13,8 @@ store turns both into typed errors.
 from __future__ import annotations
 
 import abc
-from collections.abc import Hashable, Sequence
+import contextlib
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Final
 
@@ -26,6 +27,7 @@ __all__ = [
     "AnyVersion",
     "Backend",
     "Blob",
+    "ChangeScanner",
     "Entry",
     "VersionConflict",
     "WatchedScan",
@@ -249,3 +251,39 @@ class Backend(abc.ABC):
         for path, raw in records:
             self.put_hidden(path, raw)
         self.remove(name, expected)
+
+
+#: What `ChangeScanner.since_last_call` yields: ``(None, every object once)`` after a full scan,
+#: else ``(changes, changes' items)``, the names that may have changed and their tokens.
+ScanAnswer = tuple[Mapping[str, Hashable | None] | None, Sequence[tuple[str, Hashable | None]]]
+
+
+class ChangeScanner:
+    """One consumer's answer to "what changed since my last call": its own watch, or a scan.
+
+    The watch (`Backend.watched_scan`, made on first use when ``watch`` is on) is this
+    consumer's alone, so nobody else's call drains it. When the consumer fails to apply an
+    answer (its block raises), the watch is dropped, so the next answer is a full scan and no
+    change is lost with the failed one. One call at a time: the caller serialises them.
+    """
+
+    def __init__(self, backend: Backend, *, watch: bool) -> None:
+        self._backend = backend
+        self._watch = watch
+        self._watched: WatchedScan | None = None
+
+    @contextlib.contextmanager
+    def since_last_call(self) -> Iterator[ScanAnswer]:
+        """The changes since the last call, or a full scan; apply them inside the block."""
+        if self._watch and self._watched is None:
+            self._watched = self._backend.watched_scan()
+        watched = self._watched
+        changes = None if watched is None else watched.changes()
+        try:
+            if changes is None:
+                yield None, (self._backend.scan() if watched is None else watched.scan())
+            else:
+                yield changes, tuple(changes.items())
+        except BaseException:
+            self._watched = None
+            raise

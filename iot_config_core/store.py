@@ -34,9 +34,9 @@ from .backend import (
     AnyVersion,
     Backend,
     Blob,
+    ChangeScanner,
     Entry,
     VersionConflict,
-    WatchedScan,
 )
 from .document import (
     DocumentLimits,
@@ -419,14 +419,13 @@ class ConfigStore:
         self._scans_started = 0
         self._scan_listed = 0  # number of the latest scan that produced ``_listing``
         self._listing = Listing((), 0)
-        self._list_watch = list_watch
-        self._watched: WatchedScan | None = None  # made by the first listing, before its scan
+        self._list_changes = ChangeScanner(backend, watch=list_watch)
         self._generation = 0
         self._warned: set[tuple[str, Hashable]] = set()
         # The ETag listing (`etags`): its own scan state and cache, shared with `etag` once the
         # first `etags` call made it (``_etag_listing`` no longer ``None``).
         self._etag_turn = threading.Lock()
-        self._etag_watched: WatchedScan | None = None
+        self._etag_changes = ChangeScanner(backend, watch=list_watch)
         self._etag_listing: ETagListing | None = None
         self._hashed: dict[str, _Hashed] = {}
         self._unreadable: set[str] = set()  # damaged because unreadable: not in ``_hashed``
@@ -646,32 +645,21 @@ class ConfigStore:
         With a watch (`Backend.watched_scan`), only the names it reports are checked, and a full
         scan happens only when it cannot tell.
         """
-        with self._guard("list"):
-            if self._list_watch and self._watched is None:
-                self._watched = self._backend.watched_scan()
-            watched = self._watched
-            changes = None if watched is None else watched.changes()
-            try:
-                return self._list(watched, changes)
-            except BaseException:
-                if changes is not None:  # names taken from the watch may be unapplied: rescan
-                    self._watched = None
-                raise
+        with self._guard("list"), self._list_changes.since_last_call() as (changes, scanned):
+            return self._list(changes, scanned)
 
     def _list(
-        self, watched: WatchedScan | None, changes: Mapping[str, Hashable | None] | None
+        self,
+        changes: Mapping[str, Hashable | None] | None,
+        scanned: Sequence[tuple[str, Hashable | None]],
     ) -> Listing:
-        """Apply ``changes`` (or a full scan when ``None``) to the cache; the listing after."""
+        """Apply ``scanned``, a full scan or the ``changes``, to the cache; the listing after."""
         cache = self._parsed
         if changes is None:
-            scanned: Iterable[tuple[str, Hashable | None]] = (
-                self._backend.scan() if watched is None else watched.scan()
-            )
             skipped: list[str] = []
         elif not changes:
             return self._listing
         else:
-            scanned = changes.items()
             skipped = [name for name in self._listing.skipped if name not in changes]
         changed = False
         cached_seen = 0  # scanned names now in the cache: fewer than it holds means deletions
@@ -699,7 +687,6 @@ class ConfigStore:
         # A full scan names each object once (`Backend.scan`): fewer than the cache holds
         # means deletions.
         if changes is None and cached_seen != len(cache):
-            assert isinstance(scanned, list)
             for gone in cache.keys() - {name for name, _ in scanned}:
                 del cache[gone]
             changed = True
@@ -814,24 +801,20 @@ class ConfigStore:
         One call at a time. Raises `StoreUnavailableError` (or `StoreMissingError`) as `listing`
         does; the next call then scans everything again.
         """
-        with self._etag_turn, self._guard("list"):
-            if self._list_watch and self._etag_watched is None:
-                self._etag_watched = self._backend.watched_scan()
-            watched = self._etag_watched
-            changes = None if watched is None else watched.changes()
-            try:
-                return self._hash_changed(watched, changes, vouched or {})
-            except BaseException:
-                self._etag_watched = None  # what the watch or scan told is unapplied: rescan
-                raise
+        with (
+            self._etag_turn,
+            self._guard("list"),
+            self._etag_changes.since_last_call() as (changes, scanned),
+        ):
+            return self._hash_changed(changes, scanned, vouched or {})
 
     def _hash_changed(
         self,
-        watched: WatchedScan | None,
         changes: Mapping[str, Hashable | None] | None,
+        scanned: Sequence[tuple[str, Hashable | None]],
         vouched: Mapping[MacAddress, str],
     ) -> ETagListing:
-        """Apply ``changes`` (or a full scan when ``None``); the ETag listing after.
+        """Apply ``scanned``, a full scan or the ``changes``; the ETag listing after.
 
         The cache is updated only together with the listing, so an entry a listing decided on
         (``listed`` not ``None``) is always what the current listing says: a full scan skips
@@ -841,14 +824,8 @@ class ConfigStore:
         if previous is None:
             previous = self._etag_listing = ETagListing({}, frozenset(), 0)
         cache, unreadable = self._hashed, self._unreadable
-        if changes is None:
-            scanned: Iterable[tuple[str, Hashable | None]] = (
-                self._backend.scan() if watched is None else watched.scan()
-            )
-        elif not changes:
+        if changes is not None and not changes:
             return previous
-        else:
-            scanned = changes.items()
         updates: dict[str, _Hashed | None] = {}  # applied to the cache with the new listing
         found: dict[MacAddress, _Hashed | None] = {}  # None: not there
         for name, token in scanned:
@@ -864,7 +841,6 @@ class ConfigStore:
             updates[name] = version
             found[mac] = version
         if changes is None:  # a full scan names each object once: the rest are gone
-            assert isinstance(scanned, builtins.list)
             for gone in (cache.keys() | unreadable) - {name for name, _ in scanned}:
                 updates[gone] = None
                 mac = MacAddress.from_file_name(gone)

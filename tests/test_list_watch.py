@@ -7,13 +7,14 @@ filesystem decision is checked with the real ``statfs`` of directories on this m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from iot_config_core import ConfigStore, DocumentLimits, compute_etag, open_store
+from iot_config_core import (
+    ConfigStore,
+    DocumentLimits,
+    StoreUnavailableError,
+    compute_etag,
+    open_store,
+)
+from iot_config_core.backend import ChangeScanner, ScanAnswer
 from iot_config_core.directory_watch import (
     LOCAL_FILESYSTEMS,
     DirectoryWatch,
@@ -208,6 +216,67 @@ def test_an_overflowed_queue_forces_a_full_scan(tmp_path: Path, writer: Writer) 
     assert watched.changes() is None
     assert sorted(name for name, _ in watched.scan()) == sorted([a.name, b.name])
     assert watched.changes() == {}
+
+
+def _names(scanned: Iterable[tuple[str, object]]) -> list[str]:
+    return sorted(name for name, _ in scanned)
+
+
+def _taken_but_not_applied(scanner: ChangeScanner) -> ScanAnswer:
+    """An answer whose consumer fails while applying it."""
+    with contextlib.suppress(RuntimeError), scanner.since_last_call() as answer:
+        raise RuntimeError("the consumer failed half-way through")
+    return answer
+
+
+def test_an_answer_not_applied_makes_the_next_one_a_full_scan(tmp_path: Path) -> None:
+    a, b = tmp_path / MAC_A.file_name, tmp_path / MAC_B.file_name
+    a.write_text(doc("a"))
+    backend = PosixBackend(str(tmp_path))
+    scanner = ChangeScanner(backend, watch=True)
+    changes, scanned = _taken_but_not_applied(scanner)
+    assert changes is None
+    assert _names(scanned) == [a.name]
+    with scanner.since_last_call() as (changes, scanned):  # not the watch's "nothing since"
+        assert changes is None
+        assert _names(scanned) == [a.name]
+    b.write_text(doc("b"))
+    changes, _ = _taken_but_not_applied(scanner)
+    assert changes == {b.name: backend.version(b.name)}
+    with scanner.since_last_call() as (changes, scanned):  # b's change is not lost
+        assert changes is None
+        assert _names(scanned) == sorted([a.name, b.name])
+    with scanner.since_last_call() as (changes, _):
+        assert changes == {}
+
+
+def test_a_listing_that_failed_on_its_full_scan_lists_everything_next(tmp_path: Path) -> None:
+    """The store's side of the test above: a config the failed listing never reached is listed."""
+    (tmp_path / MAC_A.file_name).write_text(doc("a"))
+    (tmp_path / MAC_B.file_name).write_text(doc("b"))
+    store = ConfigStore(PosixBackend(str(tmp_path)))
+    failing = _FailingReads(store)
+    with pytest.raises(StoreUnavailableError):
+        store.list()
+    assert failing.reads == 1  # it stopped at the first file it read
+    failing.armed = False
+    assert {s.mac_address for s in store.list()} == {MAC_A, MAC_B}
+
+
+class _FailingReads:
+    """Makes the store's backend fail its next read with an error the listing does not expect."""
+
+    def __init__(self, store: ConfigStore) -> None:
+        backend = store._backend
+        self.armed, self.reads, read = True, 0, backend.read
+
+        def failing(name: str, limit: int) -> Any:
+            if self.armed:
+                self.reads += 1
+                raise RuntimeError(f"simulated failure reading {name}")
+            return read(name, limit)
+
+        backend.read = failing  # type: ignore[method-assign]
 
 
 def test_a_replaced_root_forces_a_full_scan(tmp_path: Path, writer: Writer) -> None:
