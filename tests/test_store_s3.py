@@ -270,8 +270,8 @@ class S3Contract(StoreContract):
 
 class TestMotoStore(S3Contract):
     server_fixture = "moto"
-    # moto spends ~10 ms of CPU a request: half the examples of SeaweedFS's run, which (with
-    # radosgw in `nox -s ceph`) is the real server the state machine is meant for.
+    # moto spends ~10 ms of CPU a request: half the examples of SeaweedFS's run, the real S3
+    # server the state machine is meant for (radosgw refuses our deletes: it has no run).
     stateful_settings = settings(S3Contract.stateful_settings, max_examples=6)
 
     def test_listing_pages_through(self, store: ConfigStore) -> None:
